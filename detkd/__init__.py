@@ -1,0 +1,3 @@
+"""detkd: knowledge distillation for torchvision object detectors."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""Typed YAML configs: schema (dataclasses) and loading (inheritance, overrides, validation)."""
+
+from detkd.config.load import config_hash, dump_config, load_config
+from detkd.config.schema import (
+    Config,
+    DataConfig,
+    DatasetConfig,
+    DistillConfig,
+    ModelConfig,
+    TeacherConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "Config", "DataConfig", "DatasetConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
+    "TrainConfig", "config_hash", "dump_config", "load_config",
+]

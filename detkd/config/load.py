@@ -1,0 +1,338 @@
+"""YAML configs with ``_base_`` inheritance, command-line overrides and typed validation.
+
+* ``_base_: path.yaml`` (or a list of paths, relative to the including file) is loaded
+  first and the file's own keys are merged into it recursively (mappings merge, every
+  other value replaces).
+* Overrides ``a.b.c=VALUE`` (or ``a.b.c VALUE`` pairs) are applied last; VALUE is parsed as
+  YAML, so ``train.amp=true`` is a bool and ``model.anchor_sizes=[[16],[32]]`` a list.
+* The merged mapping is converted into :class:`detkd.config.schema.Config`; an unknown
+  key or a wrong type is a :class:`DetkdError` naming the dotted key and the file (or
+  ``--opts``) where it was set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from detkd.config.schema import Config
+from detkd.errors import DetkdError
+
+OVERRIDE_SOURCE = "--opts"
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise DetkdError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise DetkdError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DetkdError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, new: dict, origins: dict, source: str, prefix: str = "") -> dict:
+    """Merge ``new`` into ``base`` recursively, recording which file set each key."""
+    out = dict(base)
+    for key, value in new.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origins, source, path + ".")
+        else:
+            out[key] = value
+            _record(origins, path, value, source)
+    return out
+
+
+def _record(origins: dict, path: str, value: Any, source: str) -> None:
+    origins[path] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(origins, f"{path}.{k}", v, source)
+
+
+def load_yaml_tree(path: str | Path, origins: dict | None = None, _stack: tuple = ()) -> dict:
+    """Load ``path`` with its ``_base_`` chain merged in. ``origins`` maps dotted keys to
+    the file that set them (for error messages)."""
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise DetkdError(f"circular _base_ chain: {chain}")
+    origins = {} if origins is None else origins
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise DetkdError(f"{path}: _base_ must be a path or a list of paths")
+    merged: dict = {}
+    for base in bases:
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise DetkdError(f"{path}: _base_ file not found: {base_path}")
+        base_origins: dict = {}
+        merged = _merge(merged, load_yaml_tree(base_path, base_origins, (*_stack, path)), origins, "")
+        origins.update(base_origins)
+    return _merge(merged, data, origins, str(path))
+
+
+def parse_overrides(opts: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c.d", "2"]`` -> ``[("a.b", 1), ("c.d", 2)]``."""
+    pairs: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(opts):
+        item = opts[i]
+        if "=" in item:
+            key, raw = item.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(opts):
+                raise DetkdError(f"--opts: '{item}' has no value (use KEY=VALUE or KEY VALUE)")
+            key, raw = item, opts[i + 1]
+            i += 2
+        if not key or key.startswith(".") or key.endswith("."):
+            raise DetkdError(f"--opts: invalid key '{key}'")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key, value))
+    return pairs
+
+
+def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict) -> dict:
+    for key, value in pairs:
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise DetkdError(f"--opts: '{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+        _record(origins, key, value, OVERRIDE_SOURCE)
+    return tree
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _where(path: str, origins: dict, default_source: str) -> str:
+    probe = path
+    while probe:
+        if probe in origins and origins[probe]:
+            return origins[probe]
+        probe = probe.rpartition(".")[0]
+    return default_source
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Invalid(f"expected a mapping for section, got {type(value).__name__}")
+        return _build(tp, value, path + ".", ctx)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path, ctx)
+            except _Invalid as exc:
+                errors.append(str(exc))
+        raise _Invalid(f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise _Invalid(f"must be one of {_type_name(tp)}, got {value!r}{hint}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid(f"expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise _Invalid(f"expected {_type_name(tp)} ({len(args)} values), got {value!r}")
+        return tuple(_convert(v, a, f"{path}[{i}]", ctx) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Invalid(f"expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def _build(cls: type, data: dict, prefix: str, ctx: tuple[dict, str]) -> Any:
+    origins, source = ctx
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DetkdError(f"{_where(path, origins, source)}: unknown config key '{path}'{hint}")
+        try:
+            kwargs[key] = _convert(value, hints[key], path, ctx)
+        except _Invalid as exc:
+            raise DetkdError(f"{_where(path, origins, source)}: '{path}': {exc}") from None
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DetkdError(f"{source}: section '{prefix.rstrip('.') or '<root>'}': {exc}") from None
+    # Sections default to their dataclass defaults; explicit sub-dicts were built above.
+    return obj
+
+
+def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<dict>") -> Config:
+    cfg = _build(Config, tree, "", (origins or {}, source))
+    check_config(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, merge, override and validate a config file."""
+    origins: dict = {}
+    tree = load_yaml_tree(path, origins)
+    tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
+    return config_from_dict(tree, origins, str(Path(path)))
+
+
+# ----------------------------------------------------------------------------- range checks
+
+
+def _positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise DetkdError(f"{source}: '{key}' must be {bound}, got {value}")
+
+
+def _fraction(value: float, key: str, source: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise DetkdError(f"{source}: '{key}' must be in [0, 1], got {value}")
+
+
+def check_config(cfg: Config, source: str) -> None:
+    """Value-range checks that types alone cannot express."""
+    m = cfg.model
+    if m.num_classes < 2:
+        raise DetkdError(f"{source}: 'model.num_classes' must be >= 2 (background + 1 class), got {m.num_classes}")
+    for key in ("min_size", "max_size", "out_channels", "representation_size", "rpn_batch_size_per_image",
+                "box_batch_size_per_image", "box_detections_per_img", "roi_output_size"):
+        _positive(getattr(m, key), f"model.{key}", source)
+    for key in ("rpn_positive_fraction", "box_positive_fraction", "rpn_nms_thresh", "box_nms_thresh",
+                "box_score_thresh"):
+        _fraction(getattr(m, key), f"model.{key}", source)
+    if len(m.image_mean) != 3 or len(m.image_std) != 3:
+        raise DetkdError(f"{source}: 'model.image_mean' and 'model.image_std' need 3 values each")
+    t = cfg.train
+    _positive(t.epochs, "train.epochs", source)
+    _positive(t.batch_size, "train.batch_size", source)
+    _positive(t.workers, "train.workers", source, allow_zero=True)
+    _positive(t.log_interval, "train.log_interval", source)
+    _positive(t.optimizer.lr, "train.optimizer.lr", source)
+    _positive(t.optimizer.weight_decay, "train.optimizer.weight_decay", source, allow_zero=True)
+    _positive(t.scheduler.warmup_iters, "train.scheduler.warmup_iters", source, allow_zero=True)
+    _fraction(t.scheduler.warmup_factor, "train.scheduler.warmup_factor", source)
+    if t.max_iters is not None:
+        _positive(t.max_iters, "train.max_iters", source)
+    if t.clip_grad_norm is not None:
+        _positive(t.clip_grad_norm, "train.clip_grad_norm", source)
+    _positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
+    _positive(t.checkpoint_interval, "train.checkpoint_interval", source)
+    _positive(cfg.eval.batch_size, "eval.batch_size", source)
+    if not cfg.output_dir:
+        raise DetkdError(f"{source}: 'output_dir' must not be empty")
+    if (cfg.teacher is None) != (cfg.distill is None):
+        raise DetkdError(f"{source}: a distillation run needs both a 'teacher' and a 'distill' section")
+    if cfg.distill is not None:
+        d = cfg.distill
+        _fraction(d.mu, "distill.mu", source)
+        for key in ("nu", "gamma", "lam", "margin", "bg_weight"):
+            _positive(getattr(d, key), f"distill.{key}", source, allow_zero=True)
+        _positive(d.temperature, "distill.temperature", source)
+        if d.hint and not d.hint_levels:
+            raise DetkdError(f"{source}: 'distill.hint_levels' is empty while 'distill.hint' is on")
+        if not cfg.teacher.checkpoint:
+            raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The merged config as YAML (what is saved beside each run)."""
+    return yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_hash(cfg: Config, sections: typing.Iterable[str] = ("model", "data", "teacher", "distill")) -> str:
+    """Hash of the parts of a config that decide what a checkpoint means."""
+    tree = config_to_dict(cfg)
+    payload = json.dumps({k: _plain(tree[k]) for k in sections}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

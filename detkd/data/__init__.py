@@ -1,0 +1,18 @@
+"""Datasets (COCO, VOC, synthetic demo), augmentations and batching for detection."""
+
+from detkd.data.coco import CocoDetection
+from detkd.data.demo import generate_demo_dataset, save_preview
+from detkd.data.transforms import AugmentConfig, build_transforms
+from detkd.data.utils import collate_fn
+from detkd.data.voc import VOC_CLASSES, VOCDetection
+
+__all__ = [
+    "AugmentConfig",
+    "CocoDetection",
+    "VOCDetection",
+    "VOC_CLASSES",
+    "build_transforms",
+    "collate_fn",
+    "generate_demo_dataset",
+    "save_preview",
+]

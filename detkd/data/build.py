@@ -1,0 +1,110 @@
+"""Datasets and loaders from the config."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detkd.config.schema import DataConfig, DatasetConfig
+from detkd.data.coco import CocoDetection
+from detkd.data.sampler import ResumableSampler
+from detkd.data.transforms import build_transforms
+from detkd.data.utils import collate_fn
+from detkd.data.voc import VOCDetection
+from detkd.engine import dist
+from detkd.errors import DetkdError
+
+__all__ = ["build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]
+
+
+def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
+    """Generate (or reuse the cached) embedded demo data; return (image_dir, ann_file)."""
+    from detkd.data.demo import generate_demo_dataset
+
+    if split not in ("train", "val"):
+        raise DetkdError(f"data split for type 'demo' must be 'train' or 'val', got '{split}'")
+    demo = data.demo
+    out = Path(demo.out_dir)
+    # One process generates; the others wait and reuse the cache.
+    if dist.is_main():
+        generate_demo_dataset(out, seed=demo.seed, num_train=demo.num_train, num_val=demo.num_val,
+                              image_size=demo.image_size)
+    dist.barrier()
+    return out / split, out / "annotations" / f"instances_{split}.json"
+
+
+class EpochSeeded(Dataset):
+    """Makes augmentation a pure function of (seed, epoch, index).
+
+    Each item re-seeds the transform's random generators, so a resumed run, a run with
+    another worker count, or another rank layout augments every image exactly as an
+    uninterrupted run would.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> Any:
+        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}/{idx}".encode(), digest_size=4).digest()
+        item_seed = int.from_bytes(digest, "little")
+        random.seed(item_seed)
+        np.random.seed(item_seed)
+        # The transforms draw from torch's RNG; fork it so the model's random stream (RPN and
+        # RoI samplers) never depends on data loading.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.dataset[idx]
+
+    def __getattr__(self, name: str) -> Any:
+        # Delegate dataset attributes (coco, label_to_cat_id, summary, ...).
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def build_dataset(ds: DatasetConfig, data: DataConfig, train: bool, seed: int | None = None) -> Dataset:
+    """One split as a dataset; training splits get augmentation (seeded per item)."""
+    transforms = build_transforms(data.augment, train=train) if train else None
+    min_box = data.augment.min_box_size
+    if ds.type in ("coco", "demo"):
+        if ds.type == "demo":
+            image_dir, ann_file = demo_paths(data, ds.split)
+        else:
+            if not ds.ann_file or not ds.image_dir:
+                raise DetkdError("a coco dataset needs both 'image_dir' and 'ann_file' in its data section")
+            image_dir, ann_file = Path(ds.image_dir), Path(ds.ann_file)
+        dataset: Any = CocoDetection(image_dir, ann_file, transforms=transforms,
+                                     skip_empty=ds.skip_empty and train, min_box_size=min_box)
+    else:
+        if not ds.root:
+            raise DetkdError("a voc dataset needs 'root' (the VOCdevkit/VOC2007 directory) in its data section")
+        kwargs = {"classes": ds.classes} if ds.classes else {}
+        dataset = VOCDetection(ds.root, split=ds.split, transforms=transforms, use_difficult=ds.use_difficult,
+                               skip_empty=ds.skip_empty and train, min_box_size=min_box, **kwargs)
+    if ds.max_images is not None:
+        dataset.ids = dataset.ids[: ds.max_images]
+    if train and seed is not None:
+        return EpochSeeded(dataset, seed)
+    return dataset
+
+
+def build_eval_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
+    """In-order loader; under torch.distributed each rank gets a disjoint shard."""
+    sampler = ResumableSampler(len(dataset), shuffle=False, rank=dist.get_rank(),
+                               world_size=dist.get_world_size(), pad=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_fn, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,83 @@
+"""Crash-safe checkpoints.
+
+A checkpoint is written to a temporary file in the same directory, flushed and fsynced,
+then atomically renamed over the old one, so a killed process leaves either the previous
+complete file or the new complete file, never a torn one. The ``model`` entry is a plain
+torchvision ``FasterRCNN`` state dict: ``FasterRCNN(...).load_state_dict(ckpt["model"])``
+works without detkd.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detkd.errors import DetkdError
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        # Make the rename itself durable.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DetkdError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise DetkdError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise DetkdError(f"{path} is not a detkd checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """``--resume auto``: the newest readable training checkpoint in ``output_dir``."""
+    candidates = sorted(Path(output_dir).glob("last*.pth"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except DetkdError:
+            continue
+        if "optimizer" in ckpt:
+            return path
+    return None

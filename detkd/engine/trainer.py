@@ -1,0 +1,361 @@
+"""The training loop: one readable function, :func:`train`.
+
+It trains a plain torchvision Faster R-CNN, or a :class:`detkd.distill.Distiller` when the
+config has ``teacher`` and ``distill`` sections; both return a dict of loss terms whose sum
+is the objective. Around the loop: per-iteration LR schedule, AMP on CUDA, gradient
+clipping, non-finite loss policy, a log line every ``log_interval`` iterations with every
+term, ``metrics.jsonl``, periodic evaluation, ``last.pth``/``best.pth`` checkpoints that
+resume exactly (RNG states, sampler position), and SIGINT/SIGTERM handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import detkd
+from detkd.config.load import config_hash, dump_config
+from detkd.config.schema import Config
+from detkd.data.build import build_dataset, build_eval_loader, collate_fn
+from detkd.data.sampler import ResumableSampler
+from detkd.engine import dist
+from detkd.engine.checkpoint import atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint
+from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from detkd.errors import DetkdError
+from detkd.evaluation.inference import evaluate_detector
+from detkd.modeling.detector import build_detector, count_parameters
+from detkd.utils.logger import MetricsWriter, format_terms, setup_logging
+
+log = logging.getLogger("detkd")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DetkdError(f"train.device is '{name}' but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars on rank 0; by default only when stderr is a terminal (not in CI logs)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return progress and dist.is_main()
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The student detector, wrapped in a Distiller when the config distills."""
+    student = build_detector(cfg.model)
+    if cfg.distill is None:
+        return student
+    from detkd.distill.distiller import build_distiller
+
+    return build_distiller(cfg, student)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def student_of(model: nn.Module) -> nn.Module:
+    core = unwrap(model)
+    return getattr(core, "student", core)
+
+
+def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return images, targets
+
+
+def prepare_output_dir(out: Path, resuming: bool) -> None:
+    """Refuse to write into a directory that holds another run (nothing is overwritten)."""
+    if resuming or not out.exists():
+        return
+    held = [p.name for p in (out / "last.pth", out / "best.pth", out / "model_final.pth") if p.exists()]
+    if held:
+        raise DetkdError(
+            f"output directory {out} already holds a run ({', '.join(held)}); "
+            "use --resume auto to continue it, or choose another output_dir"
+        )
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next iteration boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train (and evaluate) from a validated config. Returns the final metrics.
+
+    ``resume``: a checkpoint path, or ``"auto"`` for the latest valid one in
+    ``cfg.output_dir``. ``force_resume`` accepts a checkpoint made with another config.
+    """
+    device = resolve_device(cfg.train.device)
+    distributed = dist.init_distributed(device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(cfg.output_dir)
+
+    ckpt_path: Path | None = None
+    if resume == "auto":
+        ckpt_path = latest_checkpoint(out)
+    elif resume:
+        ckpt_path = Path(resume)
+    if dist.is_main():
+        prepare_output_dir(out, resuming=resume is not None)
+    logger = setup_logging(out, dist.is_main())
+    if resume == "auto" and ckpt_path is None:
+        logger.info("--resume auto: no checkpoint in %s, starting from scratch", out)
+
+    amp = cfg.train.amp and device.type == "cuda"
+    if cfg.train.amp and not amp:
+        logger.warning("train.amp is on but the device is %s: training in float32", device)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.train.seed)
+
+    # --- data
+    train_set = build_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.train.seed)
+    val_set = build_dataset(cfg.data.val, cfg.data, train=False)
+    if len(train_set) == 0:
+        raise DetkdError(f"the training set is empty ({cfg.data.train.type}: {cfg.data.train.ann_file or cfg.data.train.root or cfg.data.demo.out_dir})")
+    logger.info("train set: %d images (%s); val set: %d images", len(train_set), train_set.summary(), len(val_set))
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world)
+    bs = cfg.train.batch_size
+    loader = DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=cfg.train.workers,
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda",
+                        # A private generator keeps loader start-up off the global RNG (exact resume).
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    val_loader = build_eval_loader(val_set, cfg.eval.batch_size, cfg.train.workers)
+
+    # --- model, optimizer, schedule
+    model = build_model(cfg).to(device)
+    if cfg.train.sync_bn and distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = scaled_lr(cfg.train.optimizer, bs, world)
+    optimizer = build_optimizer(params, cfg.train.optimizer, lr)
+    iters_per_epoch = math.ceil(sampler.per_rank() / bs)
+    total_iters = cfg.train.epochs * iters_per_epoch
+    if cfg.train.max_iters is not None:
+        total_iters = min(total_iters, cfg.train.max_iters)
+    epochs = math.ceil(total_iters / iters_per_epoch)
+    scheduler = build_scheduler(optimizer, cfg.train.scheduler, iters_per_epoch, total_iters)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    logger.info("model: %s (%.2fM parameters, %.2fM trainable); device %s x%d; lr %.4g; %d iterations (%d/epoch)",
+                cfg.model.arch if cfg.model.arch != "custom" else f"custom {cfg.model.backbone}-FPN",
+                count_parameters(student_of(model)) / 1e6, sum(p.numel() for p in params) / 1e6,
+                device, world, lr, total_iters, iters_per_epoch)
+
+    # --- resume
+    start_epoch, global_iter, iter_in_epoch = 0, 0, 0
+    best: float | None = None
+    chash = config_hash(cfg)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        if "optimizer" not in ckpt:
+            raise DetkdError(f"{ckpt_path} holds weights only (no optimizer state); use model.weights to start from it")
+        if ckpt.get("config_hash") != chash and not force_resume:
+            raise DetkdError(f"{ckpt_path} was made with a different config (hash {ckpt.get('config_hash')} vs "
+                             f"{chash}); pass --force-resume to resume anyway")
+        student_of(model).load_state_dict(ckpt["model"])
+        if "adapters" in ckpt and hasattr(unwrap(model), "adapters"):
+            unwrap(model).adapters.load_state_dict(ckpt["adapters"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, global_iter, iter_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["iter_in_epoch"]
+        best = ckpt.get("best")
+        set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s at epoch %d, iteration %d", ckpt_path, start_epoch, global_iter)
+
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dump_config(cfg), out / "config.yaml")
+    ddp_model = model
+    if distributed:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    metrics_file = MetricsWriter(out / "metrics.jsonl" if dist.is_main() else None)
+
+    def checkpoint(name: str, epoch: int, in_epoch: int) -> None:
+        if not dist.is_main():
+            return
+        core = unwrap(model)
+        state = {
+            "model": student_of(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch, "iter": global_iter, "iter_in_epoch": in_epoch, "best": best,
+            "rng": rng_state(), "config": dump_config(cfg), "config_hash": chash,
+            "version": detkd.__version__,
+        }
+        if hasattr(core, "adapters"):
+            state["adapters"] = core.adapters.state_dict()
+        atomic_save(state, out / name)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        metrics = evaluate_detector(student_of(model), val_loader, val_set, cfg.eval.metric, device,
+                                    progress=progress)
+        if dist.is_main():
+            logger.info("eval epoch %d iter %d: %s", epoch, global_iter, format_terms(metrics, 4))
+            metrics_file.write({"type": "eval", "epoch": epoch, "iter": global_iter, **metrics})
+        return metrics
+
+    nonfinite_streak = 0
+    metrics: dict[str, float] = {}
+    stop = StopRequest()
+    t_start = time.time()
+    with stop:
+        from tqdm import tqdm
+
+        for epoch in range(start_epoch, epochs):
+            sampler.set_epoch(epoch, start=iter_in_epoch * bs)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            ddp_model.train()
+            bar = tqdm(total=iters_per_epoch, initial=iter_in_epoch, desc=f"epoch {epoch}", leave=False,
+                       disable=not show_progress(progress), dynamic_ncols=True)
+            t_iter = time.time()
+            for images, targets in loader:
+                if global_iter >= total_iters:
+                    break
+                images, targets = to_device(images, targets, device)
+                if hasattr(unwrap(model), "set_epoch"):
+                    unwrap(model).set_epoch(epoch)
+                with torch.autocast("cuda", enabled=True) if amp else nullcontext():
+                    losses = ddp_model(images, targets)
+                total = sum(losses.values())
+                if not torch.isfinite(total):
+                    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                    nonfinite_streak += 1
+                    logger.warning("non-finite loss at iteration %d in %s", global_iter, ", ".join(bad))
+                    metrics_file.write({"type": "nonfinite", "iter": global_iter, "terms": bad})
+                    if cfg.train.nonfinite_policy == "stop" or nonfinite_streak > cfg.train.max_nonfinite_skips:
+                        raise DetkdError(f"non-finite loss in {', '.join(bad)} at iteration {global_iter}; "
+                                         f"stopped (the last checkpoint in {out} is intact)")
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                nonfinite_streak = 0
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if cfg.train.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                global_iter += 1
+                iter_in_epoch += 1
+                bar.update(1)
+
+                if global_iter % cfg.train.log_interval == 0 or global_iter == total_iters:
+                    values = {k: v.item() for k, v in losses.items()}
+                    values["loss"] = total.item()
+                    values.update(getattr(unwrap(model), "last_stats", {}))
+                    values = dist.reduce_mean(values)
+                    elapsed = (time.time() - t_iter) / cfg.train.log_interval
+                    t_iter = time.time()
+                    current_lr = optimizer.param_groups[0]["lr"]
+                    logger.info("epoch %d iter %d/%d lr %.5f %s (%.2fs/it)", epoch, global_iter, total_iters,
+                                current_lr, format_terms(values), elapsed)
+                    metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": current_lr,
+                                        **values})
+                if stop.signum is not None:
+                    checkpoint("last.pth", epoch, iter_in_epoch)
+                    logger.warning("signal %d: saved %s at iteration %d; resume with --resume auto",
+                                   stop.signum, out / "last.pth", global_iter)
+                    bar.close()
+                    dist.cleanup()
+                    raise SystemExit(128 + stop.signum)
+            bar.close()
+            done = global_iter >= total_iters
+            # A run stopped by max_iters mid-epoch records its position in the epoch.
+            position = (epoch + 1, 0) if iter_in_epoch >= iters_per_epoch or not done else (epoch, iter_in_epoch)
+            iter_in_epoch = 0
+            interval = cfg.train.eval_interval
+            if done or (interval and (epoch + 1) % interval == 0):
+                metrics = evaluate(epoch)
+                score = metrics.get(cfg.train.best_metric)
+                if dist.is_main() and score is not None and (best is None or score > best):
+                    best = score
+                    checkpoint("best.pth", *position)
+            if done or (epoch + 1) % cfg.train.checkpoint_interval == 0:
+                checkpoint("last.pth", *position)
+            if done:
+                break
+
+    if dist.is_main():
+        atomic_save(student_of(model).state_dict(), out / "model_final.pth")
+        summary = {"final": metrics, "best": best, "iterations": global_iter,
+                   "train_seconds": round(time.time() - t_start, 1)}
+        atomic_write_text(__import__("json").dumps(summary, indent=2), out / "results.json")
+        logger.info("done in %.1fs: %s; weights %s", time.time() - t_start, format_terms(metrics, 4),
+                    out / "model_final.pth")
+    dist.cleanup()
+    return metrics

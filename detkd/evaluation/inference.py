@@ -1,0 +1,95 @@
+"""Run a detector over an evaluation loader and score it (COCO and/or VOC metrics).
+
+Under ``torch.distributed`` each rank predicts its shard of the loader; the predictions
+are gathered on rank 0 for one COCO evaluation, and the metrics broadcast back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from detkd.engine import dist
+from detkd.evaluation.coco_eval import detections_to_coco, evaluate_coco
+from detkd.evaluation.voc_eval import evaluate_voc
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device,
+            progress: bool | None = None) -> dict[int, dict[str, np.ndarray]]:
+    """``{image_id: {"boxes", "scores", "labels"}}`` (numpy, original image coordinates)."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    preds: dict[int, dict[str, np.ndarray]] = {}
+    from detkd.engine.trainer import show_progress
+
+    disable = not show_progress(progress)
+    for images, targets in tqdm(loader, desc="eval", leave=False, disable=disable, dynamic_ncols=True):
+        outputs = model([img.to(device) for img in images])
+        for target, out in zip(targets, outputs):
+            preds[int(target["image_id"])] = {k: v.cpu().numpy() for k, v in out.items()}
+    model.train(was_training)
+    return preds
+
+
+def ground_truth(dataset: Dataset) -> tuple[Any, dict[int, int], list[str]]:
+    """(pycocotools COCO, label -> category id, class names) of an evaluation dataset."""
+    core = getattr(dataset, "dataset", dataset)
+    if hasattr(core, "coco"):
+        return core.coco, core.label_to_cat_id, list(core.class_names)
+    coco = core.to_coco()  # VOC: category ids are the labels
+    return coco, {i + 1: i + 1 for i in range(len(core.class_names))}, list(core.class_names)
+
+
+def _voc_ground_truth(dataset: Dataset, image_ids: list[int], label_of_cat: dict[int, int]) -> list[dict]:
+    core = getattr(dataset, "dataset", dataset)
+    if hasattr(core, "get_annotation"):
+        by_id = {a["image_id"]: a for a in (core.get_annotation(i) for i in range(len(core)))}
+        return [by_id[i] for i in image_ids]
+    gts = []
+    for image_id in image_ids:
+        anns = core.coco.imgToAnns.get(image_id, [])
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        gts.append({
+            "boxes": np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+            "labels": np.array([label_of_cat[a["category_id"]] for a in anns], dtype=np.int64),
+            "difficult": np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        })
+    return gts
+
+
+def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: Dataset, metric: str) -> dict[str, float]:
+    """COCO metrics (AP, AP50, ...) and/or VOC mAP@0.5 (``VOC_mAP``, ``VOC_mAP_07``)."""
+    coco, label_to_cat, names = ground_truth(dataset)
+    image_ids = sorted(preds)
+    metrics: dict[str, float] = {}
+    if metric in ("coco", "both"):
+        results = detections_to_coco([preds[i] for i in image_ids], image_ids, label_to_cat)
+        metrics.update(evaluate_coco(coco, results, img_ids=image_ids))
+    if metric in ("voc", "both"):
+        cat_to_label = {c: lbl for lbl, c in label_to_cat.items()}
+        gts = _voc_ground_truth(dataset, image_ids, cat_to_label)
+        voc = evaluate_voc(gts, [preds[i] for i in image_ids], num_classes=len(names) + 1, class_names=names)
+        metrics["VOC_mAP"] = voc["mAP"]
+        metrics["VOC_mAP_07"] = voc["mAP_07"]
+    return metrics
+
+
+def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: Dataset, metric: str,
+                      device: torch.device, progress: bool | None = None) -> dict[str, float]:
+    """Predict (sharded over ranks), gather on rank 0, score, broadcast the metrics."""
+    preds = predict(model, loader, device, progress)
+    gathered = dist.all_gather_object(preds) if dist.is_dist() else [preds]
+    metrics: dict[str, float] = {}
+    if dist.is_main():
+        merged: dict[int, dict[str, np.ndarray]] = {}
+        for part in gathered:
+            merged.update(part)
+        metrics = score_predictions(merged, dataset, metric)
+    return dist.broadcast_object(metrics)

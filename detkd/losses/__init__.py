@@ -1,0 +1,53 @@
+"""detkd's shared loss submodule: pure functions (plus thin nn.Module wrappers).
+
+* ``detection``: Chen et al. (NeurIPS 2017) detection distillation terms.
+* ``kd``: single-teacher KD, FitNet, attention transfer, similarity preserving.
+* ``multi_teacher``: AVER, EBKD, AEKD, CA-MKD, FitNet-MKD.
+* ``online``: deep mutual learning, feature fusion learning, SCD self-distillation.
+
+Equations and conventions: ``../shared/spec/methods.md``.
+"""
+
+from detkd.losses.detection import (
+    BoundedRegressionLoss,
+    HintLoss,
+    ObjectnessSoftCE,
+    WeightedSoftCE,
+    bound_active,
+    bounded_regression_loss,
+    hint_loss,
+    objectness_soft_ce,
+    weighted_soft_ce,
+)
+from detkd.losses.kd import (
+    ConvRegressor,
+    at_loss,
+    attention_map,
+    fitnet_loss,
+    kd_loss,
+    similarity_matrix,
+    sp_loss,
+)
+from detkd.losses.multi_teacher import (
+    CAMKDRegressors,
+    aekd_loss,
+    aekd_weights,
+    aver_loss,
+    camkd_inter_loss,
+    camkd_kd_loss,
+    confidence_weights,
+    ebkd_loss,
+    ebkd_weights,
+    fitnet_mkd_loss,
+    solve_one_class_svm_dual,
+)
+from detkd.losses.online import FFLLosses, FusionModule, dml_losses, ffl_losses, ffl_rampup, scd_loss
+
+__all__ = [
+    "BoundedRegressionLoss", "HintLoss", "ObjectnessSoftCE", "WeightedSoftCE", "bound_active",
+    "bounded_regression_loss", "hint_loss", "objectness_soft_ce", "weighted_soft_ce",
+    "ConvRegressor", "at_loss", "attention_map", "fitnet_loss", "kd_loss", "similarity_matrix", "sp_loss",
+    "CAMKDRegressors", "aekd_loss", "aekd_weights", "aver_loss", "camkd_inter_loss", "camkd_kd_loss",
+    "confidence_weights", "ebkd_loss", "ebkd_weights", "fitnet_mkd_loss", "solve_one_class_svm_dual",
+    "FFLLosses", "FusionModule", "dml_losses", "ffl_losses", "ffl_rampup", "scd_loss",
+]

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny embedded demo dataset and a tiny CPU detector config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+# Keep the test processes from oversubscribing a 2-core machine.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_dir(tmp_path_factory) -> Path:
+    from detkd.data.demo import generate_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(out, seed=0, num_train=16, num_val=8, image_size=96)
+    return out
+
+
+def tiny_opts(demo_dir: Path, output_dir: Path, **extra: object) -> list[str]:
+    """Overrides that turn the demo config into a seconds-long CPU run."""
+    opts = {
+        "data.demo.out_dir": str(demo_dir), "data.demo.num_train": 16, "data.demo.num_val": 8,
+        "data.demo.image_size": 96, "model.min_size": 96, "model.max_size": 96,
+        "model.out_channels": 32, "model.representation_size": 64,
+        "model.rpn_pre_nms_top_n_train": 200, "model.rpn_post_nms_top_n_train": 100,
+        "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 50,
+        "model.rpn_batch_size_per_image": 64, "model.box_batch_size_per_image": 32,
+        "train.batch_size": 2, "train.workers": 0, "train.log_interval": 2,
+        "train.scheduler.name": "step", "train.scheduler.warmup_iters": 2, "train.scheduler.milestones": [100],
+        "train.optimizer.lr": 0.01, "train.eval_interval": 0, "eval.batch_size": 4,
+        "output_dir": str(output_dir),
+    }
+    opts.update(extra)
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+@pytest.fixture
+def demo_cfg_path() -> Path:
+    return REPO / "configs" / "demo" / "faster_rcnn_demo.yaml"

@@ -1,0 +1,122 @@
+"""Config inheritance, overrides and validation errors."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detkd.config.load import config_hash, dump_config, load_config, parse_overrides
+from detkd.errors import DetkdError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, data: dict | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_base_inheritance_merges_recursively(tmp_path):
+    write(tmp_path / "base" / "a.yaml", {"model": {"num_classes": 5, "out_channels": 64}, "train": {"epochs": 3}})
+    write(tmp_path / "base" / "b.yaml", {"_base_": "a.yaml", "model": {"out_channels": 32}})
+    child = write(tmp_path / "child.yaml", {"_base_": ["base/b.yaml"], "train": {"batch_size": 7}})
+    cfg = load_config(child)
+    assert cfg.model.num_classes == 5  # from the grand-parent
+    assert cfg.model.out_channels == 32  # parent overrides grand-parent
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 7
+    assert cfg.model.min_size == 800  # untouched default
+
+
+def test_overrides_both_forms_and_yaml_values(tmp_path):
+    path = write(tmp_path / "c.yaml", {"model": {"num_classes": 5}})
+    cfg = load_config(path, ["train.epochs=2", "model.num_classes", "11", "train.amp=true",
+                             "model.anchor_sizes=[[16],[32]]", "train.optimizer.lr=0.5"])
+    assert cfg.train.epochs == 2 and cfg.model.num_classes == 11 and cfg.train.amp is True
+    assert cfg.model.anchor_sizes == [[16], [32]]
+    assert cfg.train.optimizer.lr == 0.5 and isinstance(cfg.train.optimizer.lr, float)
+
+
+def test_parse_overrides_missing_value():
+    with pytest.raises(DetkdError, match="has no value"):
+        parse_overrides(["train.epochs"])
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    base = write(tmp_path / "base.yaml", {"model": {"num_clases": 5}})
+    child = write(tmp_path / "child.yaml", {"_base_": "base.yaml"})
+    with pytest.raises(DetkdError) as err:
+        load_config(child)
+    msg = str(err.value)
+    assert "model.num_clases" in msg and str(base) in msg and "num_classes" in msg
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path / "c.yaml", {"train": {"epochs": "ten"}})
+    with pytest.raises(DetkdError, match=r"c\.yaml: 'train\.epochs': expected an integer"):
+        load_config(path)
+
+
+def test_override_error_names_opts(tmp_path):
+    path = write(tmp_path / "c.yaml", {})
+    with pytest.raises(DetkdError, match=r"--opts: unknown config key 'train\.epoch'.*epochs"):
+        load_config(path, ["train.epoch=3"])
+
+
+def test_literal_choice_and_range_checks(tmp_path):
+    path = write(tmp_path / "c.yaml", {"train": {"optimizer": {"name": "adam"}}})
+    with pytest.raises(DetkdError, match="adamw"):
+        load_config(path)
+    path = write(tmp_path / "d.yaml", {"train": {"optimizer": {"lr": -1}}})
+    with pytest.raises(DetkdError, match="train.optimizer.lr' must be > 0"):
+        load_config(path)
+    path = write(tmp_path / "e.yaml", {"model": {"num_classes": 1}})
+    with pytest.raises(DetkdError, match="num_classes"):
+        load_config(path)
+
+
+def test_bool_is_not_an_int_and_int_is_a_float(tmp_path):
+    path = write(tmp_path / "c.yaml", {"train": {"epochs": True}})
+    with pytest.raises(DetkdError, match="epochs"):
+        load_config(path)
+    path = write(tmp_path / "d.yaml", {"train": {"optimizer": {"lr": 1}}})
+    assert load_config(path).train.optimizer.lr == 1.0
+
+
+def test_missing_file_invalid_yaml_and_cycles(tmp_path):
+    with pytest.raises(DetkdError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = write(tmp_path / "bad.yaml", "model: [1, 2\n")
+    with pytest.raises(DetkdError, match="invalid YAML"):
+        load_config(bad)
+    write(tmp_path / "x.yaml", {"_base_": "y.yaml"})
+    write(tmp_path / "y.yaml", {"_base_": "x.yaml"})
+    with pytest.raises(DetkdError, match="circular"):
+        load_config(tmp_path / "x.yaml")
+    with pytest.raises(DetkdError, match="_base_ file not found"):
+        load_config(write(tmp_path / "z.yaml", {"_base_": "missing.yaml"}))
+
+
+def test_distill_needs_teacher(tmp_path):
+    path = write(tmp_path / "c.yaml", {"distill": {"mu": 0.5}})
+    with pytest.raises(DetkdError, match="both a 'teacher' and a 'distill'"):
+        load_config(path)
+    path = write(tmp_path / "d.yaml", {"teacher": {"checkpoint": "t.pth"}, "distill": {"mu": 1.5}})
+    with pytest.raises(DetkdError, match="distill.mu"):
+        load_config(path)
+
+
+def test_dump_roundtrip_and_hash(tmp_path):
+    cfg = load_config(REPO / "configs/demo/faster_rcnn_demo.yaml", ["train.epochs=2"])
+    dumped = write(tmp_path / "dumped.yaml", dump_config(cfg))
+    again = load_config(dumped)
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+    other = load_config(REPO / "configs/demo/faster_rcnn_demo.yaml", ["model.out_channels=32"])
+    assert config_hash(other) != config_hash(cfg)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                                        if "_base_" not in p.parts and "cls" not in p.parts))
+def test_every_shipped_config_validates(path):
+    load_config(REPO / path)
