@@ -238,6 +238,28 @@ def _build(cls: type, data: dict, prefix: str, ctx: tuple[dict, str]) -> Any:
     return obj
 
 
+def resolve_teacher_config(tree: dict, origins: dict, source: str) -> dict:
+    """``teacher.config: FILE.yaml`` takes the teacher's ``model`` section from the config
+    the teacher was trained with (path relative to the file that names it); keys under
+    ``teacher.model`` still override it."""
+    teacher = tree.get("teacher")
+    if not isinstance(teacher, dict) or not teacher.get("config"):
+        return tree
+    ref = teacher["config"]
+    if not isinstance(ref, str):
+        raise DetkdError(f"{_where('teacher.config', origins, source)}: 'teacher.config' must be a path")
+    named_in = _where("teacher.config", origins, source)
+    base_dir = Path(named_in).parent if named_in not in ("", OVERRIDE_SOURCE) else Path.cwd()
+    path = (base_dir / ref).resolve()
+    if not path.is_file():
+        raise DetkdError(f"{named_in}: teacher config not found: {path}")
+    teacher_tree = load_yaml_tree(path)
+    model = teacher_tree.get("model", {})
+    teacher["model"] = _merge(model, teacher.get("model") or {}, {}, "")
+    teacher["config"] = str(path)
+    return tree
+
+
 def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<dict>") -> Config:
     cfg = _build(Config, tree, "", (origins or {}, source))
     check_config(cfg, source)
@@ -249,6 +271,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     origins: dict = {}
     tree = load_yaml_tree(path, origins)
     tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
+    tree = resolve_teacher_config(tree, origins, str(Path(path)))
     return config_from_dict(tree, origins, str(Path(path)))
 
 

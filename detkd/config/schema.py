@@ -174,9 +174,11 @@ class EvalConfig:
 
 @dataclass
 class TeacherConfig:
-    """A frozen teacher: its own model config and a checkpoint (a detkd checkpoint or a
-    plain state dict)."""
+    """A frozen teacher: its model config and a checkpoint (a detkd checkpoint or a plain
+    state dict). ``config`` names the YAML file the teacher was trained with: its ``model``
+    section becomes the base of ``teacher.model``."""
 
+    config: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     checkpoint: str = ""
 

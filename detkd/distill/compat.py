@@ -166,7 +166,9 @@ def check_compatible(
         a_s = student.rpn.anchor_generator.num_anchors_per_location()
         a_t = teacher.rpn.anchor_generator.num_anchors_per_location()
         if a_s != a_t:
-            raise DetkdError(f"RPN distillation ({switch}) needs the same anchors per location: student {a_s}, teacher {a_t}")
+            raise DetkdError(
+                f"RPN distillation ({switch}) needs the same anchors per location: student {a_s}, teacher {a_t}"
+            )
         if len(f_s) != len(f_t):
             raise DetkdError(
                 f"RPN distillation ({switch}) needs the same number of feature levels: student has "

@@ -168,6 +168,7 @@ class Distiller(nn.Module):
         teacher.requires_grad_(False)
         teacher.eval()
         self.terms = enabled_terms(cfg)
+        self.hint_levels = [str(level) for level in cfg.hint_levels]
         hint_channels = check_compatible(student_cfg, teacher_cfg, cfg, student, teacher)
         ref = next(student.parameters())
         self.adapters: Optional[HintAdapters] = None
@@ -290,7 +291,7 @@ class Distiller(nn.Module):
             self._stats["raw_rpn_bound"] = bound.detach()
         if "hint" in terms:
             assert self.adapters is not None
-            hint = hint_losses(self.adapters, features, t_features, cfg.hint_levels, reduction="mean")
+            hint = hint_losses(self.adapters, features, t_features, self.hint_levels, reduction="mean")
             losses["loss_hint"] = hint * cfg.gamma
             self._stats["raw_hint"] = hint.detach()
         return losses
@@ -392,7 +393,9 @@ class Distiller(nn.Module):
         t_obj, t_deltas = self.teacher.rpn.head(list(t_features.values()))
         grids = [tuple(o.shape[-2:]) for o in t_obj]
         if grids != rpn["grids"]:  # check_compatible makes this unreachable for sane models
-            raise DetkdError(f"RPN distillation: teacher feature grids {grids} differ from the student's {rpn['grids']}")
+            raise DetkdError(
+                f"RPN distillation: teacher feature grids {grids} differ from the student's {rpn['grids']}"
+            )
         t_obj, t_deltas = concat_box_prediction_layers(t_obj, t_deltas)
         return t_obj.flatten(), t_deltas
 
@@ -430,4 +433,8 @@ def build_distiller(cfg: Config, student: FasterRCNN) -> Distiller:
     teacher = build_detector(cfg.teacher.model)
     path = cfg.teacher.checkpoint
     load_matching(teacher, read_state_dict(path), f"teacher.checkpoint {path}")
+    s_size, t_size = (cfg.model.min_size, cfg.model.max_size), (cfg.teacher.model.min_size, cfg.teacher.model.max_size)
+    if s_size != t_size:
+        log.info("the teacher sees the student's transformed batch (min/max size %s); "
+                 "teacher.model.min_size/max_size %s are not used", s_size, t_size)
     return Distiller(student, teacher, cfg.distill, student_cfg=cfg.model, teacher_cfg=cfg.teacher.model)

@@ -223,7 +223,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             raise DetkdError(f"{ckpt_path} was made with a different config (hash {ckpt.get('config_hash')} vs "
                              f"{chash}); pass --force-resume to resume anyway")
         student_of(model).load_state_dict(ckpt["model"])
-        if "adapters" in ckpt and hasattr(unwrap(model), "adapters"):
+        if "adapters" in ckpt and getattr(unwrap(model), "adapters", None) is not None:
             unwrap(model).adapters.load_state_dict(ckpt["adapters"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -238,8 +238,10 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         atomic_write_text(dump_config(cfg), out / "config.yaml")
     ddp_model = model
     if distributed:
+        # Scheduled or zero-weight distillation terms leave the adapters unused in some steps.
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.distill is not None)
     metrics_file = MetricsWriter(out / "metrics.jsonl" if dist.is_main() else None)
 
     def checkpoint(name: str, epoch: int, in_epoch: int) -> None:
@@ -255,7 +257,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             "rng": rng_state(), "config": dump_config(cfg), "config_hash": chash,
             "version": detkd.__version__,
         }
-        if hasattr(core, "adapters"):
+        if getattr(core, "adapters", None) is not None:
             state["adapters"] = core.adapters.state_dict()
         atomic_save(state, out / name)
 

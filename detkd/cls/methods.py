@@ -1,0 +1,321 @@
+"""The classification methods: what is trained, which losses, which optimizers.
+
+Three shapes of training step:
+
+* :class:`StudentMethod` — one student (+ auxiliary regressors) and frozen teachers:
+  ``baseline``, ``kd``, ``fitnet``, ``at``, ``sp``, ``aver``, ``ebkd``, ``aekd``, ``camkd``,
+  ``fitnet_mkd`` and the teacher-free self-distillation ``scd``; one optimizer.
+* :class:`DMLMethod` — K peers, one optimizer each; ``sequential`` updates follow DML's
+  Algorithm 1 (peer k is updated against the current predictions of the others, which are
+  recomputed after each update), ``simultaneous`` updates all peers from one forward.
+* :class:`FFLMethod` — K sub-networks (one optimizer) and the fusion module (its own
+  optimizer), one joint loss.
+
+Every method exposes ``step(x, y, epoch) -> {term: float}``, ``eval_logits(x) ->
+{name: logits}``, ``networks`` (name -> trainable network, saved as weights files) and the
+optimizers/schedulers (stepped once per iteration by :meth:`step`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkd.cls.config import ClsConfig, MethodConfig
+from detkd.cls.data import UNLABELLED, ClsData
+from detkd.cls.models import feature_shapes
+from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from detkd.errors import DetkdError
+from detkd.losses.kd import ConvRegressor, at_loss, fitnet_loss, kd_loss, sp_loss
+from detkd.losses.multi_teacher import (CAMKDRegressors, aekd_loss, aver_loss, camkd_inter_loss, camkd_kd_loss,
+                                        ebkd_loss, fitnet_mkd_loss)
+from detkd.losses.online import FusionModule, dml_losses, ffl_losses, scd_loss
+
+log = logging.getLogger("detkd")
+
+
+def labelled_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean CE over samples with a visible label; 0 (not NaN) when a batch has none."""
+    mask = labels != UNLABELLED
+    if bool(mask.all()):
+        return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float()[mask], labels[mask], reduction="sum") / mask.sum().clamp_min(1)
+
+
+def _stage_index(idx: int, n: int, key: str, who: str) -> int:
+    if not -n <= idx < n:
+        raise DetkdError(f"'{key}' = {idx} is out of range for the {who} ({n} stages: 0..{n - 1} or -{n}..-1)")
+    return idx % n
+
+
+class _Optimized:
+    """Optimizers + per-iteration schedulers; one backward/step helper."""
+
+    def __init__(self, cfg: ClsConfig, iters_per_epoch: int, total_iters: int) -> None:
+        self.cfg = cfg
+        self.iters_per_epoch, self.total_iters = iters_per_epoch, total_iters
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        self.param_groups: list[list[nn.Parameter]] = []
+
+    def add_optimizer(self, params: Sequence[nn.Parameter], lr: float | None = None) -> int:
+        params = [p for p in params if p.requires_grad]
+        ocfg = self.cfg.train.optimizer
+        base_lr = scaled_lr(ocfg, self.cfg.train.batch_size, 1) if lr is None else lr
+        opt = build_optimizer(params, ocfg, base_lr)
+        self.optimizers.append(opt)
+        self.schedulers.append(build_scheduler(opt, self.cfg.train.scheduler, self.iters_per_epoch,
+                                               self.total_iters))
+        self.param_groups.append(params)
+        return len(self.optimizers) - 1
+
+    def backward_step(self, total: Tensor, terms: dict[str, Tensor], which: Sequence[int]) -> None:
+        if not torch.isfinite(total):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["loss"]
+            raise DetkdError(f"non-finite loss in {', '.join(bad)}; lower train.optimizer.lr or the method "
+                             f"weights (the last checkpoint in {self.cfg.output_dir} is intact)")
+        for i in which:
+            self.optimizers[i].zero_grad(set_to_none=True)
+        total.backward()
+        for i in which:
+            if self.cfg.train.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(self.param_groups[i], self.cfg.train.clip_grad_norm)
+            self.optimizers[i].step()
+
+    def scheduler_step(self) -> None:
+        for s in self.schedulers:
+            s.step()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    def optimizer_state(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers]}
+
+
+# ------------------------------------------------------------------------- one student
+
+
+class StudentMethod(_Optimized):
+    def __init__(self, cfg: ClsConfig, student: nn.Module, teachers: list[nn.Module], data: ClsData,
+                 iters_per_epoch: int, total_iters: int) -> None:
+        super().__init__(cfg, iters_per_epoch, total_iters)
+        self.m: MethodConfig = cfg.method
+        self.name = self.m.name
+        self.student, self.teachers = student, teachers
+        self.networks = {"student": student}
+        self.aux = nn.ModuleDict()
+        device = next(student.parameters()).device
+        size, c_in = data.image_size, data.in_channels
+        s_shapes = feature_shapes(student, c_in, size)
+        t_shapes = [feature_shapes(t, c_in, size) for t in teachers]
+        m = self.m
+        if self.name == "fitnet":
+            si = _stage_index(m.fitnet_stage, len(s_shapes), "method.fitnet_stage", "student")
+            ti_raw = m.fitnet_teacher_stage if m.fitnet_teacher_stage is not None else m.fitnet_stage
+            ti = _stage_index(ti_raw, len(t_shapes[0]), "method.fitnet_teacher_stage", "teacher")
+            try:
+                self.aux["regressor"] = ConvRegressor(s_shapes[si], t_shapes[0][ti])
+            except ValueError as exc:
+                raise DetkdError(f"fitnet: student stage {si} and teacher stage {ti} cannot be paired: {exc}; "
+                                 f"choose other stages (method.fitnet_stage / method.fitnet_teacher_stage)") from None
+            self.fitnet_stages = (si, ti)
+        elif self.name == "at":
+            ns, nt = len(s_shapes), len(t_shapes[0])
+            if m.at_stages is None:
+                n = min(ns, nt)
+                pairs = [(ns - n + i, nt - n + i) for i in range(n)]
+            else:
+                pairs = []
+                for idx in m.at_stages:
+                    si = _stage_index(idx, ns, "method.at_stages", "student")
+                    ti = si + nt - ns  # same distance from the deepest stage
+                    if not 0 <= ti < nt:
+                        raise DetkdError(f"method.at_stages: student stage {si} has no teacher stage at the same "
+                                         f"depth from the end (teacher has {nt} stages)")
+                    pairs.append((si, ti))
+            self.at_pairs = pairs
+        elif self.name == "sp":
+            self.sp_stages = (_stage_index(m.sp_stage, len(s_shapes), "method.sp_stage", "student"),
+                              _stage_index(m.sp_stage, len(t_shapes[0]), "method.sp_stage", "teacher"))
+        elif self.name in ("camkd", "fitnet_mkd"):
+            self.aux["regressors"] = CAMKDRegressors(s_shapes[-1][0], [s[-1] for s in t_shapes])
+        self.aux.to(device)
+        self.add_optimizer([*student.parameters(), *self.aux.parameters()])
+
+    def train(self) -> None:
+        self.student.train()
+        self.aux.train()
+        for t in self.teachers:
+            t.eval()
+
+    def loss_terms(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
+        m, name = self.m, self.name
+        logits, feats = self.student(x, return_features=True)
+        terms: dict[str, Tensor] = {"ce": m.ce_weight * labelled_ce(logits, y)}
+        if name == "baseline":
+            return terms
+        if name == "scd":
+            terms["scd"] = m.scd_beta * scd_loss(feats, m.scd_target)
+            return terms
+        with torch.no_grad():
+            outs = [t(x, return_features=True) for t in self.teachers]
+        t_logits = [o[0] for o in outs]
+        t_feats = [o[1] for o in outs]
+        T = m.temperature
+        if name == "kd":
+            terms["kd"] = m.kd_weight * kd_loss(logits, t_logits[0], T)
+        elif name == "fitnet":
+            si, ti = self.fitnet_stages
+            terms["fitnet"] = m.fitnet_weight * fitnet_loss(self.aux["regressor"](feats[si]), t_feats[0][ti])
+        elif name == "at":
+            terms["at"] = m.at_weight * torch.stack(
+                [at_loss(feats[si], t_feats[0][ti]) for si, ti in self.at_pairs]).sum()
+        elif name == "sp":
+            si, ti = self.sp_stages
+            terms["sp"] = m.sp_weight * sp_loss(feats[si], t_feats[0][ti])
+        elif name == "aver":
+            terms["kd"] = m.kd_weight * aver_loss(logits, t_logits, T)
+        elif name == "ebkd":
+            terms["kd"] = m.kd_weight * ebkd_loss(logits, t_logits, T)
+        elif name == "aekd":
+            terms["kd"] = m.kd_weight * aekd_loss(logits, t_logits, T, c_tol=m.aekd_c_tol)
+        elif name == "camkd":
+            terms["kd"] = m.kd_weight * camkd_kd_loss(logits, t_logits, y, T)
+            if epoch >= m.camkd_inter_start_epoch:
+                regressed = self.aux["regressors"](feats[-1])
+                classifiers: list[Callable[[Tensor], Tensor]] = [t.classifier_from_features for t in self.teachers]
+                terms["inter"] = m.camkd_inter_weight * camkd_inter_loss(
+                    regressed, [f[-1] for f in t_feats], classifiers, y,
+                    detach_weights=m.camkd_detach_inter_weights)
+        elif name == "fitnet_mkd":
+            regressed = self.aux["regressors"](feats[-1])
+            terms["fitnet"] = m.fitnet_mkd_weight * fitnet_mkd_loss(regressed, [f[-1] for f in t_feats])
+        else:  # pragma: no cover - the config schema lists the methods
+            raise DetkdError(f"unknown method '{name}'")
+        return terms
+
+    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float]:
+        terms = self.loss_terms(x, y, epoch)
+        total = torch.stack(list(terms.values())).sum()
+        self.backward_step(total, terms, [0])
+        self.scheduler_step()
+        return {**{k: v.item() for k, v in terms.items()}, "loss": total.item()}
+
+    @torch.no_grad()
+    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
+        return {"student": self.student(x)}
+
+    def aux_state(self) -> dict:
+        return {"aux": self.aux.state_dict()}
+
+
+# ------------------------------------------------------------------------- DML
+
+
+class DMLMethod(_Optimized):
+    def __init__(self, cfg: ClsConfig, peers: list[nn.Module], iters_per_epoch: int, total_iters: int) -> None:
+        super().__init__(cfg, iters_per_epoch, total_iters)
+        self.peers = peers
+        self.networks = {f"peer{k}": p for k, p in enumerate(peers)}
+        self.mode = "ensemble" if cfg.method.name == "dml_e" else "peers"
+        self.sequential = cfg.method.dml_update == "sequential"
+        for p in peers:
+            self.add_optimizer(list(p.parameters()))
+
+    def train(self) -> None:
+        for p in self.peers:
+            p.train()
+
+    def _mask(self, y: Tensor) -> Tensor | None:
+        mask = y != UNLABELLED
+        return None if bool(mask.all()) else mask
+
+    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float]:
+        mask = self._mask(y)
+        k_peers = len(self.peers)
+        out: dict[str, float] = {}
+        if self.sequential:
+            # Algorithm 1: peer k is updated against the others' current predictions. Outputs
+            # of peers not yet updated in this iteration are still current; the updated peer's
+            # are recomputed (no grad) before the next peer's update.
+            with torch.no_grad():
+                current = [p(x) for p in self.peers[1:]]
+            current.insert(0, None)  # peer 0's logits are computed with grad below
+            for k, peer in enumerate(self.peers):
+                logits_k = peer(x)
+                logits = [logits_k if l == k else current[l] for l in range(k_peers)]
+                loss = dml_losses(logits, y, self.mode, mask)[k]
+                self.backward_step(loss, {f"peer{k}": loss}, [k])
+                out[f"peer{k}"] = loss.item()
+                if k < k_peers - 1:
+                    with torch.no_grad():
+                        current[k] = peer(x)
+        else:
+            logits = [p(x) for p in self.peers]
+            losses = dml_losses(logits, y, self.mode, mask)
+            total = torch.stack(losses).sum()  # each loss reaches only its own peer (targets detached)
+            self.backward_step(total, {f"peer{k}": l for k, l in enumerate(losses)}, range(k_peers))
+            out = {f"peer{k}": l.item() for k, l in enumerate(losses)}
+        self.scheduler_step()
+        out["loss"] = sum(out.values())
+        return out
+
+    @torch.no_grad()
+    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
+        outs = {name: p(x) for name, p in self.networks.items()}
+        outs["ensemble"] = torch.stack(list(outs.values())).mean(dim=0)
+        return outs
+
+    def aux_state(self) -> dict:
+        return {}
+
+
+# ------------------------------------------------------------------------- FFL
+
+
+class FFLMethod(_Optimized):
+    def __init__(self, cfg: ClsConfig, subs: list[nn.Module], data: ClsData, iters_per_epoch: int,
+                 total_iters: int) -> None:
+        super().__init__(cfg, iters_per_epoch, total_iters)
+        self.m = cfg.method
+        self.subs = subs
+        channels = [feature_shapes(s, data.in_channels, data.image_size)[-1][0] for s in subs]
+        device = next(subs[0].parameters()).device
+        self.fusion = FusionModule(channels, data.num_classes, align_channels=self.m.ffl_align_channels).to(device)
+        self.networks = {**{f"sub{k}": s for k, s in enumerate(subs)}, "fusion": self.fusion}
+        self.add_optimizer([p for s in subs for p in s.parameters()])
+        self.add_optimizer(list(self.fusion.parameters()), lr=self.m.ffl_fusion_lr)
+
+    def train(self) -> None:
+        for s in self.subs:
+            s.train()
+        self.fusion.train()
+
+    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float]:
+        outs = [s(x, return_features=True) for s in self.subs]
+        fused = self.fusion([o[1][-1] for o in outs])
+        m = self.m
+        res = ffl_losses([o[0] for o in outs], fused, y, epoch, m.ffl_temperature, m.ffl_rampup_epochs, m.ffl_eps)
+        terms = {**{f"ce{k}": c for k, c in enumerate(res["ce"])}, "ce_fused": res["ce_fused"],
+                 "kd_subs": res["kd_subs"], "kd_fused": res["kd_fused"]}
+        self.backward_step(res["total"], terms, [0, 1])
+        self.scheduler_step()
+        return {**{k: v.item() for k, v in terms.items()}, "w": res["weight"], "loss": res["total"].item()}
+
+    @torch.no_grad()
+    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
+        outs = [s(x, return_features=True) for s in self.subs]
+        res = {f"sub{k}": o[0] for k, o in enumerate(outs)}
+        res["fused"] = self.fusion([o[1][-1] for o in outs])
+        res["ensemble"] = torch.stack([o[0] for o in outs]).mean(dim=0)
+        return res
+
+    def aux_state(self) -> dict:
+        return {}

@@ -1,0 +1,309 @@
+"""The classification training loop: :func:`train_cls`.
+
+Builds the data, the trainable networks (student, or peers / sub-networks), the frozen
+teachers (loaded from checkpoints and checked against their config), the method
+(:mod:`detkd.cls.methods`), then trains with the per-iteration schedule of
+:mod:`detkd.engine.optim`, evaluates top-1/top-5 of every network on the test split and
+writes into ``output_dir``:
+
+* ``config.yaml`` (the merged config), ``log.txt``, ``metrics.jsonl``;
+* ``last.pth`` every ``train.checkpoint_interval`` epochs (all networks, auxiliary modules,
+  optimizer and scheduler states; atomic);
+* one weights file per trained network — ``model_final.pth`` for a student,
+  ``peer{k}_final.pth`` (DML), ``sub{k}_final.pth`` + ``fusion_final.pth`` (FFL) — that can
+  serve as a teacher's ``checkpoint``;
+* ``results.json``: top-1/top-5 (%) of every network (and for FFL the fused classifier
+  and the ensemble; for DML the ensemble), of the teachers, the best top-1 seen, timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import detkd
+from detkd.cls.config import ONLINE, ClsConfig, NetConfig
+from detkd.cls.data import BatchLoader, ClsData, load_cls_data
+from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
+from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
+from detkd.config.load import dump_config
+from detkd.engine.checkpoint import atomic_save, atomic_write_text
+from detkd.errors import DetkdError
+from detkd.utils.logger import MetricsWriter, format_terms, setup_logging
+
+log = logging.getLogger("detkd")
+
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DetkdError(f"train.device is '{name}' but CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DetkdError(f"train.device: invalid device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def net_spec(ncfg: NetConfig, data: ClsData) -> dict[str, Any]:
+    """What decides a network's weights layout (saved in weights files, checked for teachers)."""
+    cifar = ncfg.arch in CIFAR_RESNET_DEPTHS
+    return {"arch": ncfg.arch, "width": (ncfg.width or 16) if cifar else None,
+            "stem": None if cifar else ncfg.stem, "num_classes": data.num_classes, "in_channels": data.in_channels}
+
+
+def describe(spec: dict[str, Any]) -> str:
+    shape = f"width {spec['width']}" if spec.get("width") is not None else f"stem {spec.get('stem')}"
+    return f"{spec.get('arch')} ({shape}, {spec.get('num_classes')} classes, {spec.get('in_channels')} input channels)"
+
+
+def _read_weights(path: Path, who: str) -> tuple[dict, dict | None]:
+    """(state dict, saved net spec or None) of a weights file."""
+    if not path.is_file():
+        raise DetkdError(f"{who}: checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DetkdError(f"{who}: cannot read checkpoint {path}: {type(exc).__name__}: {first}") from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        return ckpt["model"], ckpt.get("net")
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        return ckpt, None
+    raise DetkdError(f"{who}: {path} is neither a detkd classification checkpoint nor a state dict")
+
+
+def _state_mismatch(net: nn.Module, state: dict) -> str | None:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and torch.is_tensor(state[k]) and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]}: checkpoint vs config)")
+    return "; ".join(parts) or None
+
+
+def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str, key: str) -> None:
+    """Load ``ncfg.checkpoint`` into ``net``; a clear error when it was made for another network."""
+    path = Path(ncfg.checkpoint)
+    state, saved = _read_weights(path, who)
+    want = net_spec(ncfg, data)
+    if saved is not None:
+        diffs = [k for k in ("arch", "width", "stem", "num_classes", "in_channels") if saved.get(k) != want[k]]
+        if diffs:
+            raise DetkdError(
+                f"{who}: checkpoint {path} does not match its config: it holds {describe(saved)}, the config "
+                f"({key}) and data give {describe(want)} (differs in {', '.join(diffs)})")
+    problem = _state_mismatch(net, state)
+    if problem:
+        raise DetkdError(f"{who}: checkpoint {path} does not match its config {describe(want)} ({key}): {problem}")
+    net.load_state_dict(state)
+
+
+def build_cls_net(ncfg: NetConfig, data: ClsData, device: torch.device) -> nn.Module:
+    return build_net(ncfg.arch, data.num_classes, data.in_channels, ncfg.width, ncfg.stem).to(device)
+
+
+def build_teacher(ncfg: NetConfig, index: int, data: ClsData, device: torch.device) -> nn.Module:
+    net = build_cls_net(ncfg, data, torch.device("cpu"))
+    load_weights(net, ncfg, data, f"teacher {index}", f"teachers[{index}]")
+    net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def prepare_output_dir(out: Path) -> None:
+    held = [p.name for p in sorted(out.glob("*_final.pth"))] + [n for n in ("last.pth",) if (out / n).exists()]
+    if held:
+        raise DetkdError(f"output directory {out} already holds a run ({', '.join(held)}); choose another "
+                         f"output_dir (--output-dir DIR)")
+
+
+@torch.no_grad()
+def evaluate(logits_fn, loader: BatchLoader, num_classes: int) -> dict[str, dict[str, float]]:
+    """Top-1 and top-5 (%) of every output of ``logits_fn(x) -> {name: logits}``."""
+    k = min(5, num_classes)
+    correct: dict[str, list[int]] = {}
+    n = 0
+    for x, y in loader:
+        for name, logits in logits_fn(x).items():
+            top = logits.topk(k, dim=1).indices
+            hit = top.eq(y.view(-1, 1))
+            c = correct.setdefault(name, [0, 0])
+            c[0] += int(hit[:, 0].sum())
+            c[1] += int(hit.any(dim=1).sum())
+        n += len(y)
+    return {name: {"top1": 100.0 * c[0] / max(n, 1), "top5": 100.0 * c[1] / max(n, 1)}
+            for name, c in correct.items()}
+
+
+def _set_eval(modules: list[nn.Module]) -> None:
+    for m in modules:
+        m.eval()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_cls(cfg: ClsConfig) -> dict[str, Any]:
+    """Train and evaluate from a validated :class:`ClsConfig`; returns the results dict."""
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads is not None and device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads)
+    out = Path(cfg.output_dir)
+    prepare_output_dir(out)
+    logger = setup_logging(out)
+    seed_everything(cfg.train.seed)
+    name = cfg.method.name
+
+    data = load_cls_data(cfg.data)
+    if len(data.train_labels) == 0 or len(data.test_labels) == 0:
+        raise DetkdError(f"{data.name}: empty train or test split")
+    logger.info("data: %s", data.summary())
+    t = cfg.train
+    train_loader = BatchLoader(data.train_images, data.train_labels, t.batch_size, data.mean, data.std, device,
+                               train=True, augment=cfg.data.augment, crop_padding=cfg.data.crop_padding,
+                               hflip=cfg.data.hflip, seed=t.seed)
+    test_loader = BatchLoader(data.test_images, data.test_labels, cfg.eval.batch_size, data.mean, data.std, device,
+                              train=False)
+    iters_per_epoch = len(train_loader)
+    total_iters = t.epochs * iters_per_epoch
+    if t.max_iters is not None:
+        total_iters = min(total_iters, t.max_iters)
+    epochs = math.ceil(total_iters / iters_per_epoch)
+
+    # --- networks and method
+    teachers = [build_teacher(tc, i, data, device) for i, tc in enumerate(cfg.teachers)]
+    specs: dict[str, dict[str, Any]] = {}
+    if name in ONLINE:
+        peer_cfgs = list(cfg.peers) or [cfg.model] * cfg.num_peers
+        prefix = "sub" if name == "ffl" else "peer"
+        nets = []
+        for k, pc in enumerate(peer_cfgs):
+            net = build_cls_net(pc, data, device)
+            if pc.checkpoint:
+                load_weights(net, pc, data, f"{prefix} {k}", f"peers[{k}]" if cfg.peers else "model")
+            nets.append(net)
+            specs[f"{prefix}{k}"] = net_spec(pc, data)
+        if name == "ffl":
+            method: Any = FFLMethod(cfg, nets, data, iters_per_epoch, total_iters)
+        else:
+            method = DMLMethod(cfg, nets, iters_per_epoch, total_iters)
+    else:
+        student = build_cls_net(cfg.model, data, device)
+        if cfg.model.checkpoint:
+            load_weights(student, cfg.model, data, "student", "model")
+        specs["student"] = net_spec(cfg.model, data)
+        method = StudentMethod(cfg, student, teachers, data, iters_per_epoch, total_iters)
+    for key, net in method.networks.items():
+        desc = describe(specs[key]) if key in specs else "fusion module"
+        logger.info("%s: %s, %.3fM parameters", key, desc, count_parameters(net) / 1e6)
+    for i, (tc, tnet) in enumerate(zip(cfg.teachers, teachers)):
+        logger.info("teacher %d: %s from %s, %.3fM parameters (frozen)", i, describe(net_spec(tc, data)),
+                    tc.checkpoint, count_parameters(tnet) / 1e6)
+    logger.info("method %s; device %s; lr %.4g; %d iterations (%d/epoch, batch %d)", name, device, method.lr,
+                total_iters, iters_per_epoch, t.batch_size)
+
+    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    metrics_file = MetricsWriter(out / "metrics.jsonl")
+
+    teacher_results: dict[str, dict[str, float]] = {}
+    if teachers and cfg.eval.evaluate_teachers:
+        for i, tnet in enumerate(teachers):
+            teacher_results[f"teacher{i}"] = evaluate(lambda x, n=tnet: {"t": n(x)}, test_loader,
+                                                      data.num_classes)["t"]
+        logger.info("teachers: %s", ", ".join(f"{k} top1 {v['top1']:.2f}" for k, v in teacher_results.items()))
+        metrics_file.write({"type": "eval_teachers", **{f"{k}/{m}": v for k, r in teacher_results.items()
+                                                         for m, v in r.items()}})
+
+    trainables = list(method.networks.values()) + ([method.aux] if hasattr(method, "aux") else [])
+
+    def run_eval(epoch: int, it: int) -> dict[str, dict[str, float]]:
+        _set_eval(trainables)
+        res = evaluate(method.eval_logits, test_loader, data.num_classes)
+        logger.info("eval epoch %d iter %d: %s", epoch, it,
+                    " ".join(f"{k} top1={v['top1']:.2f} top5={v['top5']:.2f}" for k, v in res.items()))
+        metrics_file.write({"type": "eval", "epoch": epoch, "iter": it,
+                            **{f"{k}/{m}": v for k, r in res.items() for m, v in r.items()}})
+        return res
+
+    def checkpoint(epoch: int, it: int) -> None:
+        state = {"networks": {k: n.state_dict() for k, n in method.networks.items()}, **method.aux_state(),
+                 **method.optimizer_state(), "epoch": epoch, "iter": it, "config": dump_config(cfg),
+                 "version": detkd.__version__}
+        atomic_save(state, out / "last.pth")
+
+    results: dict[str, dict[str, float]] = {}
+    best: dict[str, float] = {}
+    global_iter = 0
+    t_start = t_log = time.time()
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        method.train()
+        for x, y in train_loader:
+            if global_iter >= total_iters:
+                break
+            values = method.step(x, y, epoch)
+            global_iter += 1
+            if global_iter % t.log_interval == 0 or global_iter == total_iters:
+                per_it = (time.time() - t_log) / (global_iter % t.log_interval or t.log_interval)
+                t_log = time.time()
+                logger.info("epoch %d iter %d/%d lr %.5f %s (%.3fs/it)", epoch, global_iter, total_iters,
+                            method.lr, format_terms(values), per_it)
+                metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": method.lr, **values})
+        done = global_iter >= total_iters
+        if done or (t.eval_interval and (epoch + 1) % t.eval_interval == 0):
+            results = run_eval(epoch, global_iter)
+            for k, r in results.items():
+                best[k] = max(best.get(k, -1.0), r["top1"])
+        if done or (epoch + 1) % t.checkpoint_interval == 0:
+            checkpoint(epoch + 1, global_iter)
+        if done:
+            break
+
+    train_seconds = time.time() - t_start
+    for key, net in method.networks.items():
+        fname = "model_final.pth" if key == "student" else f"{key}_final.pth"
+        entry = {"model": net.state_dict(), "version": detkd.__version__, "method": name, "dataset": data.name,
+                 "class_names": data.class_names, "image_size": data.image_size}
+        if key in specs:
+            entry.update(net=specs[key], **results.get(key, {}))
+        atomic_save(entry, out / fname)
+    summary = {
+        "method": name, "dataset": data.name, "train_images": len(data.train_labels),
+        "labelled_images": data.num_labelled, "test_images": len(data.test_labels),
+        "networks": results, "best_top1": best, "teachers": teacher_results,
+        "iterations": global_iter, "epochs": epochs, "train_seconds": round(train_seconds, 1),
+        "config": dataclasses.asdict(cfg),
+    }
+    atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
+    logger.info("done in %.1fs: %s; results %s", train_seconds,
+                " ".join(f"{k} top1={v['top1']:.2f}" for k, v in results.items()), out / "results.json")
+    return summary
