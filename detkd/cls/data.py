@@ -227,8 +227,11 @@ class BatchLoader:
             rows = offs[:, :1] + torch.arange(h, device=x.device)  # [B, H]
             cols = offs[:, 1:] + torch.arange(w, device=x.device)  # [B, W]
             batch = torch.arange(b, device=x.device)[:, None, None]
-            # contiguous(): torch 2.x CPU conv backward can crash on this strided (NHWC, C = 1) view
-            x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+            crops = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+            # A fresh NCHW tensor: with C = 1 the view above counts as "contiguous" while its
+            # strides are NHWC, and the CPU conv backward of torch 2.x can crash on it.
+            x = torch.empty((b, x.shape[1], h, w), dtype=x.dtype, device=x.device)
+            x.copy_(crops)
         if self.hflip:
             flip = (torch.rand(b, generator=self.generator) < 0.5).to(x.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)

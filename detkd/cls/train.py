@@ -18,7 +18,6 @@ writes into ``output_dir``:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -109,7 +108,7 @@ def _state_mismatch(net: nn.Module, state: dict) -> str | None:
     return "; ".join(parts) or None
 
 
-def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str, key: str) -> None:
+def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str) -> None:
     """Load ``ncfg.checkpoint`` into ``net``; a clear error when it was made for another network."""
     path = Path(ncfg.checkpoint)
     state, saved = _read_weights(path, who)
@@ -119,10 +118,10 @@ def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str, key: 
         if diffs:
             raise DetkdError(
                 f"{who}: checkpoint {path} does not match its config: it holds {describe(saved)}, the config "
-                f"({key}) and data give {describe(want)} (differs in {', '.join(diffs)})")
+                f"and data give {describe(want)} (differs in {', '.join(diffs)})")
     problem = _state_mismatch(net, state)
     if problem:
-        raise DetkdError(f"{who}: checkpoint {path} does not match its config {describe(want)} ({key}): {problem}")
+        raise DetkdError(f"{who}: checkpoint {path} does not match its config {describe(want)}: {problem}")
     net.load_state_dict(state)
 
 
@@ -132,7 +131,7 @@ def build_cls_net(ncfg: NetConfig, data: ClsData, device: torch.device) -> nn.Mo
 
 def build_teacher(ncfg: NetConfig, index: int, data: ClsData, device: torch.device) -> nn.Module:
     net = build_cls_net(ncfg, data, torch.device("cpu"))
-    load_weights(net, ncfg, data, f"teacher {index}", f"teachers[{index}]")
+    load_weights(net, ncfg, data, f"teachers[{index}]")
     net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -209,7 +208,7 @@ def train_cls(cfg: ClsConfig) -> dict[str, Any]:
         for k, pc in enumerate(peer_cfgs):
             net = build_cls_net(pc, data, device)
             if pc.checkpoint:
-                load_weights(net, pc, data, f"{prefix} {k}", f"peers[{k}]" if cfg.peers else "model")
+                load_weights(net, pc, data, f"peers[{k}]" if cfg.peers else f"model (peer {k})")
             nets.append(net)
             specs[f"{prefix}{k}"] = net_spec(pc, data)
         if name == "ffl":
@@ -219,7 +218,7 @@ def train_cls(cfg: ClsConfig) -> dict[str, Any]:
     else:
         student = build_cls_net(cfg.model, data, device)
         if cfg.model.checkpoint:
-            load_weights(student, cfg.model, data, "student", "model")
+            load_weights(student, cfg.model, data, "model")
         specs["student"] = net_spec(cfg.model, data)
         method = StudentMethod(cfg, student, teachers, data, iters_per_epoch, total_iters)
     for key, net in method.networks.items():
@@ -301,7 +300,6 @@ def train_cls(cfg: ClsConfig) -> dict[str, Any]:
         "labelled_images": data.num_labelled, "test_images": len(data.test_labels),
         "networks": results, "best_top1": best, "teachers": teacher_results,
         "iterations": global_iter, "epochs": epochs, "train_seconds": round(train_seconds, 1),
-        "config": dataclasses.asdict(cfg),
     }
     atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
     logger.info("done in %.1fs: %s; results %s", train_seconds,

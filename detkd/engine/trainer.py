@@ -352,9 +352,14 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             if done:
                 break
 
+    teacher_metrics = None
+    if cfg.distill is not None and cfg.eval.evaluate_teacher:
+        teacher_metrics = evaluate_detector(unwrap(model).teacher, val_loader, val_set, cfg.eval.metric, device,
+                                            progress=progress)
+        logger.info("teacher: %s", format_terms(teacher_metrics, 4))
     if dist.is_main():
         atomic_save(student_of(model).state_dict(), out / "model_final.pth")
-        summary = {"final": metrics, "best": best, "iterations": global_iter,
+        summary = {"final": metrics, "best": best, "teacher": teacher_metrics, "iterations": global_iter,
                    "train_seconds": round(time.time() - t_start, 1)}
         atomic_write_text(__import__("json").dumps(summary, indent=2), out / "results.json")
         logger.info("done in %.1fs: %s; weights %s", time.time() - t_start, format_terms(metrics, 4),

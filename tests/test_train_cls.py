@@ -1,0 +1,252 @@
+"""End-to-end tests of tools/train_cls.py on the embedded Fashion-MNIST subset.
+
+Every method runs a few iterations through the real CLI entry (in-process), with tiny
+networks and subsets set by ``--opts``; teachers are trained first (a session fixture)
+and loaded from their checkpoints. Bad inputs must give one-line ``error:`` messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import train_cls  # noqa: E402
+
+from detkd.cls.config import load_cls_config  # noqa: E402
+from detkd.errors import DetkdError  # noqa: E402
+
+CFG = ROOT / "configs" / "cls" / "fmnist"
+# Tiny and fast: 64 training images (2 iterations per epoch), 2 epochs (so CA-MKD's
+# intermediate term, off in epoch 0, runs too), 40 test images, 1 thread.
+SMALL = ["data.train_subset=64", "data.test_subset=40", "train.batch_size=32", "train.epochs=2",
+         "train.log_interval=1", "train.threads=1", "model.width=4", "eval.batch_size=40"]
+TEACHERS = {"a": ("resnet14", 4), "b": ("resnet8", 4), "c": ("resnet8", 6)}
+
+
+def run(cfg: str | Path, out: Path | None, *opts: str) -> int:
+    argv = ["--cfg", str(cfg)]
+    if out is not None:
+        argv += ["--output-dir", str(out)]
+    return train_cls.cli(argv + ["--opts", *SMALL, *opts])
+
+
+def teacher_list(ckpts: dict[str, Path], names: str) -> str:
+    items = [f"{{arch: {TEACHERS[n][0]}, width: {TEACHERS[n][1]}, checkpoint: '{ckpts[n]}'}}" for n in names]
+    return "teachers=[" + ", ".join(items) + "]"
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_run_ok(out: Path, networks: set[str]) -> dict:
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "last.pth", "results.json"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["networks"]) == networks
+    for r in res["networks"].values():
+        assert 0.0 <= r["top1"] <= r["top5"] <= 100.0
+    train = [m for m in read_metrics(out) if m["type"] == "train"]
+    assert train, "no training records"
+    for m in train:
+        for k, v in m.items():
+            if isinstance(v, float):
+                assert math.isfinite(v), (k, v)
+    return res
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory) -> dict[str, Path]:
+    """Three tiny baseline runs; their model_final.pth serve as teachers."""
+    base = tmp_path_factory.mktemp("teachers")
+    ckpts = {}
+    for name, (arch, width) in TEACHERS.items():
+        out = base / name
+        assert run(CFG / f"teacher_{name}.yaml", out, "train.epochs=1", f"model.arch={arch}",
+                   f"model.width={width}") == 0
+        ckpts[name] = out / "model_final.pth"
+    return ckpts
+
+
+def test_baseline_run_is_a_teacher_checkpoint(teachers):
+    out = teachers["a"].parent
+    res = assert_run_ok(out, {"student"})
+    assert res["method"] == "baseline" and res["test_images"] == 40 and res["train_images"] == 64
+    ckpt = torch.load(teachers["a"], map_location="cpu", weights_only=False)
+    assert ckpt["net"] == {"arch": "resnet14", "width": 4, "stem": None, "num_classes": 10, "in_channels": 1}
+    assert math.isclose(ckpt["top1"], res["networks"]["student"]["top1"])
+    assert load_cls_config(out / "config.yaml").model.arch == "resnet14"  # the saved config reloads
+
+
+SINGLE = {"kd": "kd", "fitnet": "fitnet", "at": "at", "sp": "sp"}
+MULTI = ["aver", "ebkd", "aekd", "camkd", "fitnet_mkd"]
+
+
+@pytest.mark.parametrize("method", ["kd", "fitnet", "at", "sp", *MULTI])
+def test_distillation_methods(method, teachers, tmp_path):
+    names = "a" if method in SINGLE else "abc"
+    out = tmp_path / method
+    assert run(CFG / f"{method}.yaml", out, teacher_list(teachers, names)) == 0
+    res = assert_run_ok(out, {"student"})
+    assert set(res["teachers"]) == {f"teacher{i}" for i in range(len(names))}
+    assert (out / "model_final.pth").is_file()
+    train = [m for m in read_metrics(out) if m["type"] == "train"]
+    term = {"kd": "kd", "fitnet": "fitnet", "at": "at", "sp": "sp", "fitnet_mkd": "fitnet"}.get(method, "kd")
+    assert all(term in m for m in train)
+    if method == "camkd":  # the intermediate term is skipped in epoch 0 only
+        assert all(("inter" in m) == (m["epoch"] >= 1) for m in train)
+
+
+@pytest.mark.parametrize("method,networks", [
+    ("dml", {"peer0", "peer1", "ensemble"}),
+    ("dml_e", {"peer0", "peer1", "peer2", "ensemble"}),
+    ("ffl", {"sub0", "sub1", "fused", "ensemble"}),
+    ("scd", {"student"}),
+])
+def test_online_and_self_distillation(method, networks, tmp_path):
+    out = tmp_path / method
+    assert run(CFG / f"{method}.yaml", out) == 0
+    assert_run_ok(out, networks)
+    for name in networks - {"ensemble", "fused", "student"}:
+        assert (out / f"{name}_final.pth").is_file()
+    if method == "ffl":
+        assert (out / "fusion_final.pth").is_file()
+
+
+def test_dml_semi_supervised_and_simultaneous(tmp_path, teachers):
+    out = tmp_path / "semi"
+    assert run(CFG / "dml_semi.yaml", out, "method.dml_update=simultaneous") == 0
+    res = assert_run_ok(out, {"peer0", "peer1", "ensemble"})
+    assert res["labelled_images"] == 16 and res["train_images"] == 64
+    # A DML peer can serve as a teacher (same checkpoint format).
+    out_kd = tmp_path / "kd_from_peer"
+    peer = f"teachers=[{{arch: resnet8, width: 4, checkpoint: '{out / 'peer1_final.pth'}'}}]"
+    assert run(CFG / "kd.yaml", out_kd, peer, "train.epochs=1") == 0
+    assert_run_ok(out_kd, {"student"})
+
+
+def test_labelled_ce_without_labels_is_zero():
+    from detkd.cls.data import UNLABELLED
+    from detkd.cls.methods import labelled_ce
+
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = labelled_ce(logits, torch.full((4,), UNLABELLED))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_models_expose_features_and_classifier():
+    from detkd.cls.models import build_net
+
+    x = torch.randn(2, 1, 32, 32)
+    for arch, width in (("resnet8", 4), ("resnet18", None), ("mobilenet_v2", None)):
+        net = build_net(arch, 7, in_channels=1, width=width).eval()
+        with torch.no_grad():
+            logits, feats = net(x, return_features=True)
+            assert logits.shape == (2, 7)
+            assert [f.shape[1] for f in feats] == net.feature_channels
+            torch.testing.assert_close(net.classifier_from_features(feats[-1]), logits)
+            torch.testing.assert_close(net(x), logits)
+
+
+def _write_fake_cifar(root: Path, hundred: bool) -> None:
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> dict:
+        labels = rng.integers(0, 100 if hundred else 10, n).tolist()
+        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        d[b"fine_labels" if hundred else b"labels"] = labels
+        return d
+
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    files = ["train", "test"] if hundred else [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    for f in files:
+        (folder / f).write_bytes(pickle.dumps(batch(16)))
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_pickle_files(dataset, tmp_path):
+    _write_fake_cifar(tmp_path / "data", dataset == "cifar100")
+    out = tmp_path / "run"
+    assert run(CFG / "baseline.yaml", out, f"data.dataset={dataset}", f"data.root={tmp_path / 'data'}",
+               "train.epochs=1", "data.test_subset=null") == 0
+    res = assert_run_ok(out, {"student"})
+    assert res["train_images"] == (64 if dataset == "cifar10" else 16) and res["test_images"] == 16
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["net"]["in_channels"] == 3 and ckpt["net"]["num_classes"] == (100 if dataset == "cifar100" else 10)
+
+
+def test_all_shipped_configs_load():
+    for path in sorted((ROOT / "configs" / "cls").rglob("*.yaml")):
+        if "_base_" not in path.parts:
+            load_cls_config(path)
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+def _error(capsys, code: int) -> str:
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_error_unknown_method(capsys, tmp_path):
+    msg = _error(capsys, run(CFG / "kd.yaml", tmp_path / "x", "method.name=kdd"))
+    assert "method.name" in msg and "did you mean 'kd'" in msg
+
+
+def test_error_unknown_config_key(capsys, tmp_path):
+    msg = _error(capsys, run(CFG / "kd.yaml", tmp_path / "x", "method.temprature=3"))
+    assert "unknown config key 'method.temprature'" in msg and "--opts" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {CFG / 'baseline.yaml'}\ntrain:\n  epoch: 3\n")
+    msg = _error(capsys, train_cls.cli(["--cfg", str(bad)]))
+    assert "unknown config key 'train.epoch'" in msg and str(bad) in msg
+
+
+def test_error_teacher_checkpoint_does_not_match(capsys, tmp_path, teachers):
+    # wrong arch in the config
+    wrong = f"teachers=[{{arch: resnet8, width: 4, checkpoint: '{teachers['a']}'}}]"
+    msg = _error(capsys, run(CFG / "kd.yaml", tmp_path / "x", wrong))
+    assert "teachers[0]" in msg and "does not match its config" in msg and "arch" in msg
+    # a plain state dict of another width
+    sd = torch.load(teachers["b"], map_location="cpu", weights_only=False)["model"]
+    plain = tmp_path / "plain.pth"
+    torch.save(sd, plain)
+    wrong = f"teachers=[{{arch: resnet8, width: 8, checkpoint: '{plain}'}}]"
+    msg = _error(capsys, run(CFG / "kd.yaml", tmp_path / "y", wrong))
+    assert "does not match its config" in msg and "shape mismatch" in msg
+    # no teacher at all for a distillation method
+    msg = _error(capsys, run(CFG / "kd.yaml", tmp_path / "z", "teachers=[]"))
+    assert "needs exactly 1 entry in 'teachers'" in msg
+
+
+def test_error_missing_cifar_files(capsys, tmp_path):
+    msg = _error(capsys, run(CFG / "baseline.yaml", tmp_path / "x", "data.dataset=cifar100",
+                             f"data.root={tmp_path / 'nowhere'}"))
+    assert str(tmp_path / "nowhere" / "cifar-100-python" / "train") in msg
+
+
+def test_error_output_dir_holds_a_run(capsys, teachers):
+    msg = _error(capsys, run(CFG / "baseline.yaml", teachers["a"].parent))
+    assert "already holds a run" in msg
+
+
+def test_config_errors_are_detkd_errors():
+    with pytest.raises(DetkdError, match="labelled_fraction"):
+        load_cls_config(CFG / "kd.yaml", ["data.labelled_fraction=0.5"])
+    with pytest.raises(DetkdError, match="'peers' is used by dml"):
+        load_cls_config(CFG / "baseline.yaml", ["peers=[{arch: resnet8}]"])
