@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -243,6 +244,16 @@ def test_error_missing_cifar_files(capsys, tmp_path):
 def test_error_output_dir_holds_a_run(capsys, teachers):
     msg = _error(capsys, run(CFG / "baseline.yaml", teachers["a"].parent))
     assert "already holds a run" in msg
+
+
+def test_script_entry_point_one_line_error(tmp_path):
+    """The script itself (subprocess): exit status 2 and one 'error:' line, no traceback."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "train_cls.py"), "--cfg", str(CFG / "ffl.yaml"),
+                           "--output-dir", str(tmp_path / "x"), "--opts", "method.name=fffl"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: ")
+    assert "did you mean 'ffl'" in proc.stderr
 
 
 def test_config_errors_are_detkd_errors():

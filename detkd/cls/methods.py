@@ -18,7 +18,6 @@ optimizers/schedulers (stepped once per iteration by :meth:`step`).
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Sequence
 
 import torch
@@ -34,8 +33,6 @@ from detkd.losses.kd import ConvRegressor, at_loss, fitnet_loss, kd_loss, sp_los
 from detkd.losses.multi_teacher import (CAMKDRegressors, aekd_loss, aver_loss, camkd_inter_loss, camkd_kd_loss,
                                         ebkd_loss, fitnet_mkd_loss)
 from detkd.losses.online import FusionModule, dml_losses, ffl_losses, scd_loss
-
-log = logging.getLogger("detkd")
 
 
 def labelled_ce(logits: Tensor, labels: Tensor) -> Tensor:

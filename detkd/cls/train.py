@@ -38,6 +38,7 @@ from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
 from detkd.config.load import dump_config
 from detkd.engine.checkpoint import atomic_save, atomic_write_text
 from detkd.errors import DetkdError
+from detkd.modeling.weights import state_mismatch
 from detkd.utils.logger import MetricsWriter, format_terms, setup_logging
 
 log = logging.getLogger("detkd")
@@ -81,7 +82,8 @@ def _read_weights(path: Path, who: str) -> tuple[dict, dict | None]:
     if not path.is_file():
         raise DetkdError(f"{who}: checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # Weights files hold tensors and plain Python values only: no arbitrary unpickling.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise DetkdError(f"{who}: cannot read checkpoint {path}: {type(exc).__name__}: {first}") from None
@@ -90,22 +92,6 @@ def _read_weights(path: Path, who: str) -> tuple[dict, dict | None]:
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         return ckpt, None
     raise DetkdError(f"{who}: {path} is neither a detkd classification checkpoint nor a state dict")
-
-
-def _state_mismatch(net: nn.Module, state: dict) -> str | None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and torch.is_tensor(state[k]) and tuple(state[k].shape) != tuple(v.shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]}: checkpoint vs config)")
-    return "; ".join(parts) or None
 
 
 def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str) -> None:
@@ -119,7 +105,7 @@ def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str) -> No
             raise DetkdError(
                 f"{who}: checkpoint {path} does not match its config: it holds {describe(saved)}, the config "
                 f"and data give {describe(want)} (differs in {', '.join(diffs)})")
-    problem = _state_mismatch(net, state)
+    problem = state_mismatch(net, state)
     if problem:
         raise DetkdError(f"{who}: checkpoint {path} does not match its config {describe(want)}: {problem}")
     net.load_state_dict(state)

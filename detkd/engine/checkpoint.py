@@ -12,20 +12,21 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
 from detkd.errors import DetkdError
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def _atomic_write(path: str | Path, write: Callable[[IO], None], mode: str) -> None:
+    """Write through ``write`` to a temporary file beside ``path``, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,20 +42,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a torn file at ``path``."""
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
 def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

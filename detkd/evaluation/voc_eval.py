@@ -33,6 +33,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from detkd.errors import DetkdError
+from detkd.evaluation.coco_eval import _to_numpy
 
 __all__ = ["voc_ap", "evaluate_voc"]
 
@@ -62,15 +63,6 @@ def voc_ap(recall, precision, use_07_metric: bool = False) -> float:
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope
     steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
-
-
-def _to_numpy(value: Any, dtype, what: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch.Tensor, on any device
-        value = value.detach().cpu().numpy()
-    try:
-        return np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise DetkdError(f"{what} cannot be read as a numeric array: {exc}") from None
 
 
 def _boxes(value: Any, what: str) -> np.ndarray:

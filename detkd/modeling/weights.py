@@ -94,21 +94,28 @@ def read_state_dict(path: str | Path, key: str = "model") -> dict[str, torch.Ten
     return obj
 
 
-def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error that names what differs."""
+def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What differs between ``module``'s state dict and ``state``, in one phrase (or None)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     # FrozenBatchNorm2d drops BatchNorm's counter on load, so it is not a mismatch.
     unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
+              if k in state and torch.is_tensor(state[k]) and state[k].shape != v.shape]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
     if shapes:
-        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
-    if problems:
-        raise DetkdError(f"{source} does not match the model config: {'; '.join(problems)}")
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])}; file vs model)")
+    return "; ".join(problems) or None
+
+
+def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error that names what differs."""
+    problem = state_mismatch(module, state)
+    if problem:
+        raise DetkdError(f"{source} does not match the model config: {problem}")
+    own = module.state_dict()
     module.load_state_dict({k: v for k, v in state.items() if k in own})
