@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     for name, params, ap, ap50 in rows:
         print(f"{name:<20} {params:>10.2f} {ap:>7.3f} {ap50:>7.3f}")
     gain = rows[2][3] - rows[1][3]
-    print(f"\ndistillation changed the student's AP50 by {gain:+.3f} (one seed; see docs for the spread)")
+    print(f"\ndistillation changed the student's AP50 by {gain:+.3f} (one seed: not a significance test)")
     return 0
 
 
