@@ -81,3 +81,21 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--cfg", "--opts", "--resume", "--force-resume", "--output-dir", "--no-progress", "--debug"):
         assert flag in text
+
+
+def test_teacher_with_another_label_map_is_refused(teacher_run, tiny_demo_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    names = json.loads((teacher_run / "classes.json").read_text())
+    assert len(names) == 10 and names[0] == "T-shirt/top"
+    other = tmp_path / "teacher"
+    other.mkdir()
+    shutil.copy(teacher_run / "model_final.pth", other / "model_final.pth")
+    (other / "classes.json").write_text(json.dumps(names[1:] + names[:1]))  # same count, shifted labels
+    opts = tiny_opts(tiny_demo_dir, tmp_path / "d", **{"teacher.checkpoint": other / "model_final.pth",
+                                                      "teacher.config": teacher_run / "config.yaml"})
+    code = run_tool(train_det, ["--cfg", str(REPO / "configs/demo/distill_demo.yaml"), "--opts", *opts])
+    err = capsys.readouterr().err
+    assert code == 2 and "another label map" in err and "label 1" in err
+    assert not (tmp_path / "d" / "last.pth").exists()

@@ -20,7 +20,9 @@ terms are off.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from detkd.config.schema import DistillConfig, ModelConfig
 from detkd.errors import DetkdError
 
-__all__ = ["TERMS", "enabled_terms", "probe_features", "check_compatible"]
+__all__ = ["TERMS", "enabled_terms", "probe_features", "check_compatible", "check_label_map", "teacher_class_names"]
 
 TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
 
@@ -204,3 +206,39 @@ def check_compatible(
                 )
             channels[level] = (c_s, c_t)
     return channels
+
+
+def teacher_class_names(checkpoint: str | Path) -> Optional[list[str]]:
+    """The class names a teacher was trained with, if its run recorded them: a detkd
+    checkpoint's ``classes`` entry, or ``classes.json`` beside the checkpoint file."""
+    path = Path(checkpoint)
+    sidecar = path.parent / "classes.json"
+    if sidecar.is_file():
+        try:
+            names = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as exc:
+            raise DetkdError(f"{sidecar}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        if not isinstance(names, list):
+            raise DetkdError(f"{sidecar}: expected a list of class names")
+        return [str(n) for n in names]
+    return None
+
+
+def check_label_map(teacher_checkpoint: str | Path, student_classes: list[str]) -> bool:
+    """Refuse a teacher trained with another label map (same count, other classes or order).
+
+    Returns False when the teacher's run did not record its classes (nothing to compare).
+    """
+    teacher_classes = teacher_class_names(teacher_checkpoint)
+    if teacher_classes is None:
+        return False
+    if teacher_classes != list(student_classes):
+        diff = next((i for i, (a, b) in enumerate(zip(teacher_classes, student_classes)) if a != b),
+                    min(len(teacher_classes), len(student_classes)))
+        t = teacher_classes[diff] if diff < len(teacher_classes) else "<none>"
+        s = student_classes[diff] if diff < len(student_classes) else "<none>"
+        raise DetkdError(
+            f"the teacher {teacher_checkpoint} was trained with another label map than the student's data "
+            f"(label {diff + 1}: teacher '{t}' vs student '{s}'; {len(teacher_classes)} vs {len(student_classes)} classes)"
+        )
+    return True

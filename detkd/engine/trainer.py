@@ -10,6 +10,7 @@ resume exactly (RNG states, sampler position), and SIGINT/SIGTERM handling.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -30,6 +31,7 @@ from detkd.config.load import config_hash, dump_config
 from detkd.config.schema import Config
 from detkd.data.build import build_dataset, build_eval_loader, collate_fn
 from detkd.data.sampler import ResumableSampler
+from detkd.distill.compat import check_label_map
 from detkd.engine import dist
 from detkd.engine.checkpoint import atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
@@ -194,6 +196,9 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
 
     # --- model, optimizer, schedule
     model = build_model(cfg).to(device)
+    class_names = list(getattr(train_set, "class_names", []))
+    if cfg.distill is not None and not check_label_map(cfg.teacher.checkpoint, class_names):
+        logger.warning("the teacher's run recorded no classes.json: its label map cannot be checked")
     if cfg.train.sync_bn and distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -236,6 +241,8 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(dump_config(cfg), out / "config.yaml")
+        # The label map, so a later distillation run can check its teacher against it.
+        atomic_write_text(json.dumps(class_names), out / "classes.json")
     ddp_model = model
     if distributed:
         # Scheduled or zero-weight distillation terms leave the adapters unused in some steps.
@@ -361,7 +368,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         atomic_save(student_of(model).state_dict(), out / "model_final.pth")
         summary = {"final": metrics, "best": best, "teacher": teacher_metrics, "iterations": global_iter,
                    "train_seconds": round(time.time() - t_start, 1)}
-        atomic_write_text(__import__("json").dumps(summary, indent=2), out / "results.json")
+        atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
         logger.info("done in %.1fs: %s; weights %s", time.time() - t_start, format_terms(metrics, 4),
                     out / "model_final.pth")
     dist.cleanup()
