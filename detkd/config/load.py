@@ -169,14 +169,13 @@ def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, path, ctx)
-            except _Invalid as exc:
-                errors.append(str(exc))
+            except _Invalid:
+                pass
         raise _Invalid(f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):

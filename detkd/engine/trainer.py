@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -49,7 +50,7 @@ log = logging.getLogger("detkd")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DetkdError(f"train.device is '{name}' but CUDA is not available on this machine")
@@ -287,6 +288,8 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             sampler.set_epoch(epoch, start=iter_in_epoch * bs)
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
+            if hasattr(unwrap(model), "set_epoch"):  # distillation terms may be scheduled by epoch
+                unwrap(model).set_epoch(epoch)
             ddp_model.train()
             bar = tqdm(total=iters_per_epoch, initial=iter_in_epoch, desc=f"epoch {epoch}", leave=False,
                        disable=not show_progress(progress), dynamic_ncols=True)
@@ -295,8 +298,6 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
                 if global_iter >= total_iters:
                     break
                 images, targets = to_device(images, targets, device)
-                if hasattr(unwrap(model), "set_epoch"):
-                    unwrap(model).set_epoch(epoch)
                 with torch.autocast("cuda", enabled=True) if amp else nullcontext():
                     losses = ddp_model(images, targets)
                 total = sum(losses.values())

@@ -199,7 +199,7 @@ def _build_custom(cfg: ModelConfig) -> FasterRCNN:
     else:
         n_stages = 2 + sum(1 for b in net.features if getattr(b, "_is_cn", False))
         backbone = _mobilenet_backbone(cfg, net, min(trainable, n_stages))
-    levels = [str(v) for v in range(len(cfg.returned_layers or ([1, 2, 3, 4] if cfg.backbone.startswith("resnet") else [0, 1])))]
+    levels = list(backbone.body.return_layers.values())  # FPN level names "0", "1", ...
     num_maps = len(levels) + (1 if cfg.extra_pool_level else 0)
     pool = MultiScaleRoIAlign(featmap_names=levels, output_size=cfg.roi_output_size, sampling_ratio=2)
     head = TwoMLPHead(cfg.out_channels * cfg.roi_output_size**2, cfg.representation_size)
