@@ -99,3 +99,55 @@ def test_teacher_with_another_label_map_is_refused(teacher_run, tiny_demo_dir, t
     err = capsys.readouterr().err
     assert code == 2 and "another label map" in err and "label 1" in err
     assert not (tmp_path / "d" / "last.pth").exists()
+
+
+def _distill_opts(teacher_run, tiny_demo_dir, out, **extra):
+    return tiny_opts(tiny_demo_dir, out, **{"teacher.checkpoint": teacher_run / "model_final.pth",
+                                            "teacher.config": teacher_run / "config.yaml", **extra})
+
+
+def test_forced_nan_in_a_distillation_term_stops_by_name_and_keeps_checkpoint(teacher_run, tiny_demo_dir, tmp_path,
+                                                                             capsys, monkeypatch):
+    import torch
+
+    import detkd.distill.distiller as distiller_mod
+
+    out = tmp_path / "d"
+    cfg = str(REPO / "configs/demo/distill_demo.yaml")
+    assert run_tool(train_det, ["--cfg", cfg, "--no-progress", "--opts",
+                                *_distill_opts(teacher_run, tiny_demo_dir, out, **{"train.max_iters": 2})]) == 0
+    before = (out / "last.pth").read_bytes()
+    monkeypatch.setattr(distiller_mod, "hint_losses", lambda *a, **k: torch.tensor(float("nan")))
+    capsys.readouterr()
+    code = run_tool(train_det, ["--cfg", cfg, "--no-progress", "--resume", "auto", "--opts",
+                                *_distill_opts(teacher_run, tiny_demo_dir, out, **{
+                                    "train.max_iters": 4, "train.nonfinite_policy": "stop"})])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite loss in loss_hint" in err
+    assert (out / "last.pth").read_bytes() == before
+
+
+def test_forced_nan_is_skipped_and_reported_under_the_skip_policy(teacher_run, tiny_demo_dir, tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    import detkd.distill.distiller as distiller_mod
+
+    real = distiller_mod.hint_losses
+    calls = {"n": 0}
+
+    def nan_once(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 2 else value
+
+    monkeypatch.setattr(distiller_mod, "hint_losses", nan_once)
+    out = tmp_path / "d"
+    assert run_tool(train_det, ["--cfg", str(REPO / "configs/demo/distill_demo.yaml"), "--no-progress", "--opts",
+                                *_distill_opts(teacher_run, tiny_demo_dir, out, **{"train.max_iters": 3})]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["terms"] for r in records if r["type"] == "nonfinite"] == [["loss_hint"]]
+    assert json.loads((out / "results.json").read_text())["iterations"] == 3
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
