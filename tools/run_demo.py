@@ -47,9 +47,9 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     for name, cfg_file in RUNS:
         out = root / Path(cfg_file).stem.replace("_demo", "")
-        opts = [f"output_dir={out}", f"teacher.checkpoint={root / 'teacher' / 'model_final.pth'}"]
-        if "distill" not in cfg_file:
-            opts = opts[:1]
+        opts = [f"output_dir={out}"]
+        if "distill" in cfg_file:
+            opts.append(f"teacher.checkpoint={root / 'teacher' / 'model_final.pth'}")
         if args.epochs:
             opts.append(f"train.epochs={args.epochs}")
         cfg = load_config(REPO / cfg_file, opts)

@@ -245,9 +245,9 @@ def resolve_teacher_config(tree: dict, origins: dict, source: str) -> dict:
     if not isinstance(teacher, dict) or not teacher.get("config"):
         return tree
     ref = teacher["config"]
-    if not isinstance(ref, str):
-        raise DetkdError(f"{_where('teacher.config', origins, source)}: 'teacher.config' must be a path")
     named_in = _where("teacher.config", origins, source)
+    if not isinstance(ref, str):
+        raise DetkdError(f"{named_in}: 'teacher.config' must be a path")
     base_dir = Path(named_in).parent if named_in not in ("", OVERRIDE_SOURCE) else Path.cwd()
     path = (base_dir / ref).resolve()
     if not path.is_file():
