@@ -34,12 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkd.engine.trainer import train
-
     opts = list(args.opts) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.cfg, opts)
-    train(cfg, resume=args.resume, force_resume=args.force_resume,
-          progress=False if args.no_progress else None)
+    from detkd.engine import dist
+    from detkd.engine.trainer import train  # after the config: a config error reports in less time
+
+    try:
+        train(cfg, resume=args.resume, force_resume=args.force_resume,
+              progress=False if args.no_progress else None)
+    finally:
+        # An error on one rank: leave the process group so torchrun can stop the others cleanly.
+        dist.cleanup()
     return 0
 
 

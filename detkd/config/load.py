@@ -316,7 +316,11 @@ def check_config(cfg: Config, source: str) -> None:
         _positive(t.clip_grad_norm, "train.clip_grad_norm", source)
     _positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
     _positive(t.checkpoint_interval, "train.checkpoint_interval", source)
+    _positive(t.checkpoint_period_iters, "train.checkpoint_period_iters", source, allow_zero=True)
     _positive(cfg.eval.batch_size, "eval.batch_size", source)
+    for split in ("train", "val"):
+        if getattr(cfg.data, split).max_images is not None:
+            _positive(getattr(cfg.data, split).max_images, f"data.{split}.max_images", source)
     if not cfg.output_dir:
         raise DetkdError(f"{source}: 'output_dir' must not be empty")
     if (cfg.teacher is None) != (cfg.distill is None):
@@ -356,5 +360,9 @@ def _plain(value: Any) -> Any:
 def config_hash(cfg: Config, sections: typing.Iterable[str] = ("model", "data", "teacher", "distill")) -> str:
     """Hash of the parts of a config that decide what a checkpoint means."""
     tree = config_to_dict(cfg)
+    if isinstance(tree.get("teacher"), dict):
+        # The teacher's model section is already merged in; where its YAML lives (an absolute
+        # path) must not make a moved checkout's checkpoints unresumable.
+        tree["teacher"] = {k: v for k, v in tree["teacher"].items() if k != "config"}
     payload = json.dumps({k: _plain(tree[k]) for k in sections}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

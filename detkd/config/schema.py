@@ -157,6 +157,7 @@ class TrainConfig:
     log_interval: int = 20  # iterations
     eval_interval: int = 1  # epochs; 0 = only at the end
     checkpoint_interval: int = 1  # epochs
+    checkpoint_period_iters: int = 0  # also write last.pth every N iterations (0 = off)
     best_metric: str = "AP"  # key of the evaluation results that selects the best checkpoint
     sync_bn: bool = False
     # A non-finite loss skips the step (up to max_nonfinite_skips times in a row), or stops.

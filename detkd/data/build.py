@@ -87,16 +87,18 @@ def build_dataset(ds: DatasetConfig, data: DataConfig, train: bool, seed: int | 
             if not ds.ann_file or not ds.image_dir:
                 raise DetkdError("a coco dataset needs both 'image_dir' and 'ann_file' in its data section")
             image_dir, ann_file = Path(ds.image_dir), Path(ds.ann_file)
+        # Missing image files are found here (one stat each), not an epoch into training.
         dataset: Any = CocoDetection(image_dir, ann_file, transforms=transforms,
-                                     skip_empty=ds.skip_empty and train, min_box_size=min_box)
+                                     skip_empty=ds.skip_empty and train, min_box_size=min_box, check_files=True)
     else:
         if not ds.root:
             raise DetkdError("a voc dataset needs 'root' (the VOCdevkit/VOC2007 directory) in its data section")
         kwargs = {"classes": ds.classes} if ds.classes else {}
         dataset = VOCDetection(ds.root, split=ds.split, transforms=transforms, use_difficult=ds.use_difficult,
-                               skip_empty=ds.skip_empty and train, min_box_size=min_box, **kwargs)
+                               skip_empty=ds.skip_empty and train, min_box_size=min_box, check_files=True,
+                               **kwargs)
     if ds.max_images is not None:
-        dataset.ids = dataset.ids[: ds.max_images]
+        dataset.limit(ds.max_images)
     if train and seed is not None:
         return EpochSeeded(dataset, seed)
     return dataset

@@ -181,11 +181,17 @@ class CocoDetection(torch.utils.data.Dataset):
         return boxes[keep], labels[keep]
 
     def check_files(self) -> None:
-        """Raise :class:`DetkdError` naming the first missing image file."""
-        for image_id in self.ids:
-            path = self.image_path(image_id)
-            if not path.is_file():
-                raise DetkdError(f"image file not found: {path} (image id {image_id})")
+        """Raise :class:`DetkdError` naming the first missing image file and the count."""
+        missing = [i for i in self.ids if not self.image_path(i).is_file()]
+        if missing:
+            raise DetkdError(f"image file not found: {self.image_path(missing[0])} (image id {missing[0]}; "
+                             f"{len(missing)} of {len(self.ids)} image files missing)")
+
+    def limit(self, n: int) -> None:
+        """Keep only the first ``n`` items (``max_images``)."""
+        self.ids = self.ids[:n]
+        self.stats["images"] = len(self.ids)
+        self.stats["boxes"] = sum(len(self._targets[i][0]) for i in self.ids)
 
     def image_path(self, image_id: int) -> Path:
         """Path of the image file of a COCO image id."""

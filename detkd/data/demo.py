@@ -341,7 +341,7 @@ def generate_demo_dataset(
     paths = _paths(root)
     meta = _meta(params, sources_dir)
     if not force and _is_cached(paths, meta, params):
-        logger.info("demo dataset in %s is up to date (hash %s)", root, meta["hash"][:12])
+        logger.debug("demo dataset in %s is up to date (hash %s)", root, meta["hash"][:12])
         return paths
     root.mkdir(parents=True, exist_ok=True)
     paths["meta"].unlink(missing_ok=True)  # an interrupted run must not look complete

@@ -59,8 +59,11 @@ def load_rgb_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DetkdError(f"cannot read image {path}: {exc}") from exc
+    except UnidentifiedImageError:  # PIL's message repeats the path
+        raise DetkdError(f"cannot read image {path}: not an image file PIL can identify "
+                         "(corrupt or truncated?)") from None
+    except (OSError, ValueError) as exc:
+        raise DetkdError(f"cannot read image {path}: {exc}") from None
 
 
 def read_image_size(path: Path) -> tuple[int, int]:

@@ -140,7 +140,8 @@ class VOCDetection(torch.utils.data.Dataset):
     :class:`~detkd.data.coco.CocoDetection`): boxes clipped to the image, degenerate boxes
     (non-positive size or below ``min_box_size``) dropped, ``difficult`` boxes excluded
     from training targets unless ``use_difficult``, and images without training boxes kept
-    or skipped (``skip_empty``). :meth:`get_annotation` returns all (clean) boxes with
+    or skipped (``skip_empty``); ``check_files`` checks at construction that every image
+    file exists (one ``stat`` each). :meth:`get_annotation` returns all (clean) boxes with
     their difficult flags for evaluation, and :meth:`to_coco` builds a pycocotools object.
 
     Items are ``(image, target)`` like ``CocoDetection`` plus ``target["difficult"]``
@@ -156,6 +157,7 @@ class VOCDetection(torch.utils.data.Dataset):
         use_difficult: bool = False,
         skip_empty: bool = False,
         min_box_size: float = 1.0,
+        check_files: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -194,6 +196,15 @@ class VOCDetection(torch.utils.data.Dataset):
             self._annotations.append(ann)
             self._image_ids.append(position + 1)
         self.stats["images"] = len(self._annotations)
+        if check_files:
+            self.check_files()
+
+    def check_files(self) -> None:
+        """Raise :class:`DetkdError` naming the first missing image file and the count."""
+        missing = [a.name for a in self._annotations if not self.image_path(a.name).is_file()]
+        if missing:
+            raise DetkdError(f"image file not found: {self.image_path(missing[0])} "
+                             f"({len(missing)} of {len(self._annotations)} image files missing)")
 
     def _load_annotation(self, name: str, class_to_label: dict[str, int]) -> VOCAnnotation:
         """Parse, clip and filter one image's annotation, updating :attr:`stats`."""
@@ -205,6 +216,13 @@ class VOCDetection(torch.utils.data.Dataset):
         self.stats["clipped"] += int(was_clipped.sum())
         self.stats["dropped_degenerate"] += int((~keep).sum())
         return VOCAnnotation(name, width, height, boxes[keep], labels[keep], difficult[keep])
+
+    def limit(self, n: int) -> None:
+        """Keep only the first ``n`` items (``max_images``)."""
+        self._annotations, self._image_ids = self._annotations[:n], self._image_ids[:n]
+        self.stats["images"] = len(self._annotations)
+        self.stats["boxes"] = sum(int(len(a.boxes) if self.use_difficult else (~a.difficult).sum())
+                                  for a in self._annotations)
 
     def image_path(self, name: str) -> Path:
         """Path of the JPEG of a VOC image id."""

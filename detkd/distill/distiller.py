@@ -30,9 +30,9 @@ Conventions:
 * Normalization follows the hard term beside each soft/bounded term: RPN soft = mean over
   the sampled anchors; RCN soft = mean over the sampled RoIs; bounds = sum over positive
   rows / number of sampled rows (anchors or RoIs), like torchvision's smooth-L1.
-* The teacher runs under ``torch.no_grad()`` (not ``inference_mode``: its outputs enter
-  autograd ops of the student's losses, which must save them for backward, and inference
-  tensors cannot be saved), is frozen and stays in eval mode.
+* The teacher runs under ``torch.inference_mode()``, is frozen and stays in eval mode; the
+  outputs the losses use are cloned out of inference mode (inference tensors cannot be
+  saved for the student's backward).
 """
 
 from __future__ import annotations
@@ -254,12 +254,20 @@ class Distiller(nn.Module):
             return losses
 
         # --- teacher, on the student's transformed batch and the student's rows
-        with torch.no_grad():
+        with torch.inference_mode():
             t_features = _features(self.teacher.backbone(self._teacher_input(image_list)))
             if terms & RPN_TERMS:
                 t_obj, t_deltas = self._teacher_rpn(t_features, rpn)
             if terms & RCN_TERMS:
                 t_logits, t_regression = self._teacher_rcn(t_features, rcn, image_list.image_sizes)
+        # Inference tensors cannot be saved for the student's backward: clone the few the
+        # losses use into normal tensors (cheap next to the teacher's forward).
+        if "hint" in terms:
+            t_features = OrderedDict((k, t_features[k].clone()) for k in self.hint_levels)
+        if terms & RPN_TERMS:
+            t_obj, t_deltas = t_obj.clone(), t_deltas.clone()
+        if terms & RCN_TERMS:
+            t_logits, t_regression = t_logits.clone(), t_regression.clone()
 
         soft_w, bound_w = 1.0 - cfg.mu, cfg.lam * cfg.nu
         if "rcn_soft" in terms:

@@ -18,6 +18,11 @@ import torch
 
 from detkd.errors import DetkdError
 
+# mkstemp creates files 0600; give outputs the permissions a plain open() would (read at
+# import, while single-threaded: os.umask can only be read by setting it).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic_write(path: str | Path, write: Callable[[IO], None], mode: str) -> None:
     """Write through ``write`` to a temporary file beside ``path``, fsync, then rename."""
@@ -26,6 +31,7 @@ def _atomic_write(path: str | Path, write: Callable[[IO], None], mode: str) -> N
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -51,6 +57,10 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     _atomic_write(path, lambda f: f.write(text), "w")
 
 
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    _atomic_write(path, lambda f: f.write(data), "wb")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -59,9 +69,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise DetkdError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        raise DetkdError(f"{path} holds weights only (a plain state dict, no optimizer state); "
+                         f"resume from last.pth, or start from these weights with model.weights={path}")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DetkdError(f"{path} is not a detkd checkpoint (no 'model' entry)")
     return ckpt
+
+
+def remove_stale_temp_files(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process never finished (each may
+    be as large as a checkpoint). Call only while no other process writes ``output_dir``."""
+    stale = sorted(Path(output_dir).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

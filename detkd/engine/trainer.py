@@ -34,12 +34,14 @@ from detkd.data.build import build_dataset, build_eval_loader, collate_fn
 from detkd.data.sampler import ResumableSampler
 from detkd.distill.compat import check_label_map
 from detkd.engine import dist
-from detkd.engine.checkpoint import atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint
+from detkd.engine.checkpoint import (atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint,
+                                     remove_stale_temp_files)
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.detector import build_detector, count_parameters
-from detkd.utils.logger import MetricsWriter, format_terms, setup_logging
+from detkd.modeling.sampling import sample_key, set_sampling_keys
+from detkd.utils.logger import MetricsWriter, format_terms, open_log_file, setup_logging
 
 log = logging.getLogger("detkd")
 
@@ -170,9 +172,20 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         ckpt_path = Path(resume)
     if dist.is_main():
         prepare_output_dir(out, resuming=resume is not None)
-    logger = setup_logging(out, dist.is_main())
+    # log.txt starts once the start-up checks pass: a refused run leaves output_dir untouched.
+    logger = setup_logging(out, dist.is_main(), defer_file=True)
     if resume == "auto" and ckpt_path is None:
         logger.info("--resume auto: no checkpoint in %s, starting from scratch", out)
+    # Read and check the checkpoint before the (slow) data and model: a bad --resume fails at once.
+    ckpt: dict[str, Any] | None = None
+    chash = config_hash(cfg)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        if "optimizer" not in ckpt:
+            raise DetkdError(f"{ckpt_path} holds weights only (no optimizer state); use model.weights to start from it")
+        if ckpt.get("config_hash") != chash and not force_resume:
+            raise DetkdError(f"{ckpt_path} was made with a different config (hash {ckpt.get('config_hash')} vs "
+                             f"{chash}); pass --force-resume to resume anyway")
 
     amp = cfg.train.amp and device.type == "cuda"
     if cfg.train.amp and not amp:
@@ -184,8 +197,15 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
     # --- data
     train_set = build_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.train.seed)
     val_set = build_dataset(cfg.data.val, cfg.data, train=False)
-    if len(train_set) == 0:
-        raise DetkdError(f"the training set is empty ({cfg.data.train.type}: {cfg.data.train.ann_file or cfg.data.train.root or cfg.data.demo.out_dir})")
+    # An empty validation set would only fail at the first evaluation, after training.
+    for name, ds, ds_cfg in (("training", train_set, cfg.data.train), ("validation", val_set, cfg.data.val)):
+        if len(ds) == 0:
+            source = ds_cfg.ann_file or ds_cfg.root or cfg.data.demo.out_dir
+            raise DetkdError(f"the {name} set is empty ({ds_cfg.type}: {source}; {ds.summary()})")
+    num_data_classes = len(getattr(train_set, "class_names", []))
+    if num_data_classes >= cfg.model.num_classes:  # labels 1..C would index past the classifier
+        raise DetkdError(f"the training data has {num_data_classes} classes but model.num_classes is "
+                         f"{cfg.model.num_classes}; it counts the background too: set it to {num_data_classes + 1}")
     logger.info("train set: %d images (%s); val set: %d images", len(train_set), train_set.summary(), len(val_set))
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world)
     bs = cfg.train.batch_size
@@ -220,14 +240,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
     # --- resume
     start_epoch, global_iter, iter_in_epoch = 0, 0, 0
     best: float | None = None
-    chash = config_hash(cfg)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        if "optimizer" not in ckpt:
-            raise DetkdError(f"{ckpt_path} holds weights only (no optimizer state); use model.weights to start from it")
-        if ckpt.get("config_hash") != chash and not force_resume:
-            raise DetkdError(f"{ckpt_path} was made with a different config (hash {ckpt.get('config_hash')} vs "
-                             f"{chash}); pass --force-resume to resume anyway")
+    if ckpt is not None:
         student_of(model).load_state_dict(ckpt["model"])
         if "adapters" in ckpt and getattr(unwrap(model), "adapters", None) is not None:
             unwrap(model).adapters.load_state_dict(ckpt["adapters"])
@@ -241,6 +254,9 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
 
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
+        open_log_file(logger)
+        for tmp in remove_stale_temp_files(out):
+            logger.info("removed %s (an unfinished write of a killed run)", tmp.name)
         atomic_write_text(dump_config(cfg), out / "config.yaml")
         # The label map, so a later distillation run can check its teacher against it.
         atomic_write_text(json.dumps(class_names), out / "classes.json")
@@ -297,6 +313,9 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             for images, targets in loader:
                 if global_iter >= total_iters:
                     break
+                # Per-image RPN/RoI sampling keys: the same rows whatever the batch split or rank.
+                set_sampling_keys(student_of(model), [sample_key(cfg.train.seed, epoch, int(t["image_id"]))
+                                                      for t in targets])
                 images, targets = to_device(images, targets, device)
                 with torch.autocast("cuda", enabled=True) if amp else nullcontext():
                     losses = ddp_model(images, targets)
@@ -336,6 +355,10 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
                                 current_lr, format_terms(values), elapsed)
                     metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": current_lr,
                                         **values})
+                period = cfg.train.checkpoint_period_iters
+                if period and global_iter % period == 0 and stop.signum is None:
+                    # Mid-epoch position: a killed run loses at most `period` iterations.
+                    checkpoint("last.pth", epoch, iter_in_epoch)
                 if stop.signum is not None:
                     checkpoint("last.pth", epoch, iter_in_epoch)
                     logger.warning("signal %d: saved %s at iteration %d; resume with --resume auto",

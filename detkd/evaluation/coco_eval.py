@@ -38,7 +38,7 @@ COCO_METRIC_NAMES = (
 _IOU_TYPES = ("bbox", "segm")
 
 
-def _to_numpy(value: Any, dtype, what: str) -> np.ndarray:
+def to_numpy(value: Any, dtype, what: str) -> np.ndarray:
     if hasattr(value, "detach"):  # torch.Tensor, on any device
         value = value.detach().cpu().numpy()
     try:
@@ -76,9 +76,9 @@ def detections_to_coco(
         for key in ("boxes", "scores", "labels"):
             if key not in out:
                 raise DetkdError(f"detections for image {image_id} have no '{key}'")
-        boxes = _to_numpy(out["boxes"], np.float64, f"boxes of image {image_id}")
-        scores = _to_numpy(out["scores"], np.float64, f"scores of image {image_id}")
-        labels = _to_numpy(out["labels"], np.int64, f"labels of image {image_id}")
+        boxes = to_numpy(out["boxes"], np.float64, f"boxes of image {image_id}")
+        scores = to_numpy(out["scores"], np.float64, f"scores of image {image_id}")
+        labels = to_numpy(out["labels"], np.int64, f"labels of image {image_id}")
         n = labels.reshape(-1).shape[0]
         if boxes.size == 0 and n == 0 and scores.size == 0:
             continue

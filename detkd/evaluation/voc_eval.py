@@ -33,7 +33,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from detkd.errors import DetkdError
-from detkd.evaluation.coco_eval import _to_numpy
+from detkd.evaluation.coco_eval import to_numpy
 
 __all__ = ["voc_ap", "evaluate_voc"]
 
@@ -66,7 +66,7 @@ def voc_ap(recall, precision, use_07_metric: bool = False) -> float:
 
 
 def _boxes(value: Any, what: str) -> np.ndarray:
-    boxes = _to_numpy(value, np.float64, what)
+    boxes = to_numpy(value, np.float64, what)
     if boxes.size == 0:
         return boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -75,7 +75,7 @@ def _boxes(value: Any, what: str) -> np.ndarray:
 
 
 def _labels(value: Any, n: int, num_classes: int, what: str) -> np.ndarray:
-    labels = _to_numpy(value, np.int64, what).reshape(-1)
+    labels = to_numpy(value, np.int64, what).reshape(-1)
     if labels.shape[0] != n:
         raise DetkdError(f"{what}: {labels.shape[0]} labels for {n} boxes")
     bad = labels[(labels < 1) | (labels >= num_classes)]
@@ -166,7 +166,7 @@ def evaluate_voc(
         if g.get("difficult") is None:
             difficult = np.zeros(boxes.shape[0], dtype=bool)
         else:
-            difficult = _to_numpy(g["difficult"], bool, f"difficult flags of image #{i}").reshape(-1)
+            difficult = to_numpy(g["difficult"], bool, f"difficult flags of image #{i}").reshape(-1)
             if difficult.shape[0] != boxes.shape[0]:
                 raise DetkdError(
                     f"ground truth of image #{i}: {difficult.shape[0]} difficult flags for "
@@ -182,7 +182,7 @@ def evaluate_voc(
             if key not in d:
                 raise DetkdError(f"detections of image #{i} have no '{key}'")
         boxes = _boxes(d["boxes"], f"detection boxes of image #{i}")
-        scores = _to_numpy(d["scores"], np.float64, f"detection scores of image #{i}").reshape(-1)
+        scores = to_numpy(d["scores"], np.float64, f"detection scores of image #{i}").reshape(-1)
         if scores.shape[0] != boxes.shape[0]:
             raise DetkdError(f"detections of image #{i}: {scores.shape[0]} scores for {boxes.shape[0]} boxes")
         labels = _labels(d["labels"], boxes.shape[0], num_classes, f"detections of image #{i}")

@@ -29,6 +29,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detkd.config.schema import ModelConfig
 from detkd.errors import DetkdError
+from detkd.modeling.sampling import install_keyed_samplers
 from detkd.modeling.weights import (
     enum_state_dict,
     is_local_path,
@@ -217,6 +218,7 @@ def _build_custom(cfg: ModelConfig) -> FasterRCNN:
 def build_detector(cfg: ModelConfig) -> FasterRCNN:
     """A torchvision ``FasterRCNN`` from the config, with ``weights`` loaded if it is a file."""
     model = _build_custom(cfg) if cfg.arch == "custom" else _build_stock(cfg)
+    install_keyed_samplers(model)  # torchvision's sampling unless the trainer sets per-image keys
     if cfg.weights and is_local_path(cfg.weights):
         load_matching(model, read_state_dict(cfg.weights), f"model.weights {cfg.weights}")
     return model

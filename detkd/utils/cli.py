@@ -19,6 +19,23 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="show the full traceback of an error instead of one line")
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line.
+
+    A DataLoader worker re-raises an error as ``Caught DetkdError in DataLoader worker
+    process N.`` followed by the worker's traceback, ending with the original
+    ``detkd.errors.DetkdError: <message>``: keep that message.
+    """
+    text = str(exc)
+    if "\n" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    marker = f"{type(exc).__name__}: "
+    if text.startswith(f"Caught {type(exc).__name__}") and marker in last:
+        return last.split(marker, 1)[1]
+    return " ".join(text.split())
+
+
 def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
             argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run ``main``; user errors print ``error: ...`` and exit 2."""
@@ -28,7 +45,7 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     except DetkdError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

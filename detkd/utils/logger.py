@@ -24,8 +24,23 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _PendingFile(logging.Handler):
+    """Holds records until :func:`open_log_file`, so a run refused by its start-up checks
+    leaves ``log.txt`` (and the output directory) untouched."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def setup_logging(output_dir: str | Path | None = None, main_process: bool = True,
-                  level: int = logging.INFO) -> logging.Logger:
+                  level: int = logging.INFO, defer_file: bool = False) -> logging.Logger:
+    """Console logging, plus ``output_dir/log.txt`` (appended). With ``defer_file`` the
+    file is only created by :func:`open_log_file`, which writes the held-back lines first."""
     logger = logging.getLogger("detkd")
     logger.setLevel(level if main_process else logging.WARNING)
     logger.propagate = False
@@ -36,11 +51,28 @@ def setup_logging(output_dir: str | Path | None = None, main_process: bool = Tru
     console.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     logger.addHandler(console)
     if output_dir is not None and main_process:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(output_dir) / "log.txt")
-        fh.setFormatter(logging.Formatter(_FORMAT))
-        logger.addHandler(fh)
+        if defer_file:
+            logger.addHandler(_PendingFile(Path(output_dir) / "log.txt"))
+        else:
+            _add_file_handler(logger, Path(output_dir) / "log.txt")
     return logger
+
+
+def _add_file_handler(logger: logging.Logger, path: Path) -> logging.FileHandler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(path)
+    fh.setFormatter(logging.Formatter(_FORMAT))
+    logger.addHandler(fh)
+    return fh
+
+
+def open_log_file(logger: logging.Logger) -> None:
+    """Start the ``log.txt`` deferred by ``setup_logging(defer_file=True)`` (no-op otherwise)."""
+    for pending in [h for h in logger.handlers if isinstance(h, _PendingFile)]:
+        logger.removeHandler(pending)
+        fh = _add_file_handler(logger, pending.path)
+        for record in pending.records:
+            fh.handle(record)
 
 
 def _clean(value: Any) -> Any:
