@@ -35,22 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkd.data.build import build_dataset, build_eval_loader
     from detkd.engine import dist
     from detkd.engine.trainer import resolve_device
-    from detkd.evaluation.inference import evaluate_detector
-    from detkd.modeling.detector import build_detector
-    from detkd.modeling.weights import load_matching, read_state_dict
+    from detkd.evaluation.inference import build_eval_data, evaluate_detector, load_detector
     from detkd.utils.logger import format_terms
 
     cfg = load_config(args.cfg, args.opts)
     device = resolve_device(args.device or cfg.train.device)
     dist.init_distributed(device)
-    model = build_detector(cfg.model)
-    load_matching(model, read_state_dict(args.ckpt), f"checkpoint {args.ckpt}")
-    model.to(device)
-    dataset = build_dataset(cfg.data.val, cfg.data, train=False)
-    loader = build_eval_loader(dataset, cfg.eval.batch_size, cfg.train.workers)
+    model = load_detector(cfg.model, args.ckpt).to(device)
+    dataset, loader = build_eval_data(cfg, "val")
     metrics = evaluate_detector(model, loader, dataset, args.metric or cfg.eval.metric, device,
                                 progress=False if args.no_progress else None)
     if dist.is_main():

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from detkd.engine import dist
+from detkd.errors import DetkdError
 from detkd.evaluation.coco_eval import detections_to_coco, evaluate_coco
 from detkd.evaluation.voc_eval import evaluate_voc
 
@@ -93,3 +94,27 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: Dataset, me
             merged.update(part)
         metrics = score_predictions(merged, dataset, metric)
     return dist.broadcast_object(metrics)
+
+
+def load_detector(model_cfg: Any, checkpoint: str) -> nn.Module:
+    """``build_detector(model_cfg)`` with the weights of ``checkpoint`` (a detkd checkpoint
+    such as last.pth/best.pth, a model_final.pth or any plain state dict); a file that does
+    not match the config is a one-line error naming it. Shared by tools/eval_det.py and
+    the speed/accuracy report, so both score exactly the same model."""
+    from detkd.modeling.detector import build_detector
+    from detkd.modeling.weights import load_matching, read_state_dict
+
+    model = build_detector(model_cfg)
+    load_matching(model, read_state_dict(checkpoint), f"checkpoint {checkpoint}")
+    return model
+
+
+def build_eval_data(cfg: Any, split: str = "val") -> tuple[Dataset, DataLoader]:
+    """The evaluation dataset (no augmentation) and in-order loader of ``cfg.data.<split>``
+    with ``eval.batch_size`` and ``train.workers``, as tools/eval_det.py evaluates."""
+    from detkd.data.build import build_dataset, build_eval_loader
+
+    if split not in ("val", "train"):
+        raise DetkdError(f"split must be 'val' or 'train', got '{split}'")
+    dataset = build_dataset(getattr(cfg.data, split), cfg.data, train=False)
+    return dataset, build_eval_loader(dataset, cfg.eval.batch_size, cfg.train.workers)
