@@ -34,8 +34,8 @@ SMALL = ["data.train_subset=64", "data.test_subset=40", "train.batch_size=32", "
 TEACHERS = {"a": ("resnet14", 4), "b": ("resnet8", 4), "c": ("resnet8", 6)}
 
 
-def run(cfg: str | Path, out: Path | None, *opts: str) -> int:
-    argv = ["--cfg", str(cfg)]
+def run(cfg: str | Path, out: Path | None, *opts: str, args: tuple[str, ...] = ()) -> int:
+    argv = ["--cfg", str(cfg), *args]
     if out is not None:
         argv += ["--output-dir", str(out)]
     return train_cls.cli(argv + ["--opts", *SMALL, *opts])
@@ -134,6 +134,50 @@ def test_dml_semi_supervised_and_simultaneous(tmp_path, teachers):
     peer = f"teachers=[{{arch: resnet8, width: 4, checkpoint: '{out / 'peer1_final.pth'}'}}]"
     assert run(CFG / "kd.yaml", out_kd, peer, "train.epochs=1") == 0
     assert_run_ok(out_kd, {"student"})
+
+
+@pytest.mark.parametrize("method", ["camkd", "ffl"])
+def test_resume_ends_with_identical_weights(method, teachers, tmp_path, monkeypatch, capsys):
+    """An interrupted run continued with --resume auto ends exactly like an uninterrupted one
+    (networks, auxiliary regressors, optimizers, schedulers, RNG states restored)."""
+    from detkd.cls import methods
+
+    opts = ["train.epochs=3", *([teacher_list(teachers, "abc")] if method == "camkd" else [])]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(CFG / f"{method}.yaml", full, *opts) == 0
+
+    cls = methods.FFLMethod if method == "ffl" else methods.StudentMethod
+    original, calls = cls.step, {"n": 0}
+
+    def interrupted(self, x, y, epoch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 2 iterations per epoch: stop in epoch 2, after the checkpoint of epoch 1
+            raise KeyboardInterrupt
+        return original(self, x, y, epoch)
+
+    monkeypatch.setattr(cls, "step", interrupted)
+    assert run(CFG / f"{method}.yaml", part, *opts) == 130
+    monkeypatch.setattr(cls, "step", original)
+    assert "interrupted" in capsys.readouterr().err
+    assert torch.load(part / "last.pth", map_location="cpu", weights_only=False)["epoch"] == 2
+    assert not (part / "results.json").exists()
+    # without --resume the directory is refused; with a changed config the checkpoint is refused
+    assert "--resume auto" in _error(capsys, run(CFG / f"{method}.yaml", part, *opts))
+    msg = _error(capsys, run(CFG / f"{method}.yaml", part, *opts, "train.seed=5", args=("--resume", "auto")))
+    assert "different config" in msg and "--force-resume" in msg
+    assert run(CFG / f"{method}.yaml", part, *opts, args=("--resume", "auto")) == 0
+
+    a = torch.load(full / "last.pth", map_location="cpu", weights_only=False)
+    b = torch.load(part / "last.pth", map_location="cpu", weights_only=False)
+    assert a["networks"].keys() == b["networks"].keys() and a["iter"] == b["iter"] == 6
+    for key in a["networks"]:
+        for name, tensor in a["networks"][key].items():
+            assert torch.equal(tensor, b["networks"][key][name]), (key, name)
+    for name, tensor in a.get("aux", {}).items():
+        assert torch.equal(tensor, b["aux"][name]), name
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (full, part))
+    assert ra["networks"] == rb["networks"] and ra["best_top1"] == rb["best_top1"]
+    assert ra["iterations"] == rb["iterations"]
 
 
 def test_labelled_ce_without_labels_is_zero():
@@ -261,3 +305,30 @@ def test_config_errors_are_detkd_errors():
         load_cls_config(CFG / "kd.yaml", ["data.labelled_fraction=0.5"])
     with pytest.raises(DetkdError, match="'peers' is used by dml"):
         load_cls_config(CFG / "baseline.yaml", ["peers=[{arch: resnet8}]"])
+
+
+def test_experiment_table(tmp_path):
+    """tools/run_cls_experiment.py: mean ± std over seeds, paired differences, verdicts."""
+    import run_cls_experiment as exp
+
+    def write(run: str, networks: dict[str, float]) -> None:
+        (tmp_path / run).mkdir()
+        res = {"networks": {k: {"top1": v, "top5": 99.0} for k, v in networks.items()}, "train_seconds": 1.0}
+        (tmp_path / run / "results.json").write_text(json.dumps(res))
+
+    for s, (b, k, p0, p1) in enumerate([(80.0, 83.0, 80.5, 79.0), (79.0, 82.0, 79.0, 80.0),
+                                        (79.5, 82.5, 80.0, 79.5)]):
+        write(f"baseline_s{s}", {"student": b})
+        write(f"kd_s{s}", {"student": k})
+        write(f"dml_s{s}", {"peer0": p0, "peer1": p1})
+    table, data = exp.tabulate(tmp_path, ["baseline", "kd", "dml"], [0, 1, 2])
+    rows = {(r["method"], r["network"]): r for r in data["rows"]}
+    assert math.isclose(data["baseline_mean"], 79.5) and math.isclose(data["baseline_std"], 0.5)
+    kd = rows[("kd", "student")]
+    assert math.isclose(kd["diff_mean"], 3.0) and math.isclose(kd["diff_std"], 0.0, abs_tol=1e-9)
+    assert kd["verdict"] == "yes" and kd["per_seed"] == {"0": 83.0, "1": 82.0, "2": 82.5}
+    assert rows[("dml", "peer0")]["verdict"] == "not beyond spread"  # +0.17 < spread
+    assert rows[("dml", "peer1")]["verdict"] == "no"
+    assert "| KD (teacher a) | student | 82.50 ± 0.50 | 83.0, 82.0, 82.5 | +3.00 ± 0.00 | yes |" in table
+    assert exp.main(["--out", str(tmp_path), "--table-only", "--methods", "kd", "dml"]) == 0
+    assert (tmp_path / "table.md").is_file()

@@ -10,6 +10,7 @@ Examples:
   python tools/train_cls.py --cfg configs/cls/fmnist/baseline.yaml
   python tools/train_cls.py --cfg configs/cls/fmnist/camkd.yaml --opts train.epochs=1
   python tools/train_cls.py --cfg configs/cls/cifar100/camkd_resnet8x4.yaml --output-dir outputs/camkd
+  python tools/train_cls.py --cfg configs/cls/cifar100/camkd_resnet8x4.yaml --output-dir outputs/camkd --resume auto
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--output-dir", default=None, metavar="DIR", help="shortcut for --opts output_dir=DIR")
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="continue from a last.pth: 'auto' = output_dir/last.pth (from scratch if there is "
+                             "none), or a path; the run then ends with the same weights as an uninterrupted one")
+    parser.add_argument("--force-resume", action="store_true",
+                        help="resume even if the checkpoint was made with a different config")
     return parser
 
 
@@ -36,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
     opts = list(args.opts) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_cls_config(args.cfg, opts)
-    train_cls(cfg)
+    train_cls(cfg, resume=args.resume, force_resume=args.force_resume)
     return 0
 
 

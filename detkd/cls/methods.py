@@ -95,6 +95,23 @@ class _Optimized:
         return {"optimizers": [o.state_dict() for o in self.optimizers],
                 "schedulers": [s.state_dict() for s in self.schedulers]}
 
+    def load_state(self, ckpt: dict) -> None:
+        """Restore a ``last.pth`` (networks, auxiliary modules, optimizers, schedulers)."""
+        nets = ckpt["networks"]
+        if set(nets) != set(self.networks) or len(ckpt["optimizers"]) != len(self.optimizers):
+            raise DetkdError(f"--resume: the checkpoint holds networks {sorted(nets)} and "
+                             f"{len(ckpt['optimizers'])} optimizer(s), this run has {sorted(self.networks)} and "
+                             f"{len(self.optimizers)}")
+        for key, net in self.networks.items():
+            net.load_state_dict(nets[key])
+        aux = getattr(self, "aux", None)
+        if aux is not None and "aux" in ckpt:
+            aux.load_state_dict(ckpt["aux"])
+        for opt, state in zip(self.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(state)
+        for sched, state in zip(self.schedulers, ckpt["schedulers"]):
+            sched.load_state_dict(state)
+
 
 # ------------------------------------------------------------------------- one student
 

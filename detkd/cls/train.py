@@ -14,10 +14,16 @@ writes into ``output_dir``:
   serve as a teacher's ``checkpoint``;
 * ``results.json``: top-1/top-5 (%) of every network (and for FFL the fused classifier
   and the ensemble; for DML the ensemble), of the teachers, the best top-1 seen, timings.
+
+``resume`` (``tools/train_cls.py --resume auto|PATH``) continues from a ``last.pth``: the
+networks, auxiliary modules, optimizers, schedulers, epoch, the best top-1 so far and the
+RNG states (global and the training loader's augmentation generator) are restored, so a
+resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,8 +41,9 @@ from detkd.cls.config import ONLINE, ClsConfig, NetConfig
 from detkd.cls.data import BatchLoader, ClsData, load_cls_data
 from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
-from detkd.config.load import dump_config
+from detkd.config.load import _plain, config_to_dict, dump_config
 from detkd.engine.checkpoint import atomic_save, atomic_write_text
+from detkd.engine.trainer import rng_state, set_rng_state
 from detkd.errors import DetkdError
 from detkd.modeling.weights import state_mismatch
 from detkd.utils.logger import MetricsWriter, format_terms, setup_logging
@@ -124,11 +131,54 @@ def build_teacher(ncfg: NetConfig, index: int, data: ClsData, device: torch.devi
     return net
 
 
+# What decides the meaning of a last.pth (a resumed run must not change them silently);
+# train.threads, device, log/eval/checkpoint intervals and eval.* may differ.
+_RESUME_KEYS = ("model", "teachers", "peers", "num_peers", "method", "data")
+_RESUME_TRAIN_KEYS = ("epochs", "max_iters", "batch_size", "seed", "optimizer", "scheduler", "clip_grad_norm")
+
+
+def resume_hash(cfg: ClsConfig) -> str:
+    tree = config_to_dict(cfg)
+    payload = {k: _plain(tree[k]) for k in _RESUME_KEYS}
+    payload["train"] = {k: _plain(tree["train"][k]) for k in _RESUME_TRAIN_KEYS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_resume_checkpoint(resume: str | None, out: Path) -> Path | None:
+    """``auto``: ``out/last.pth`` if it exists (else None: start from scratch); else the path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = out / "last.pth"
+        return path if path.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise DetkdError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def load_resume_checkpoint(path: Path, cfg: ClsConfig, force: bool) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DetkdError(f"--resume: cannot read {path}: {type(exc).__name__}: {first}") from None
+    if not isinstance(ckpt, dict) or "networks" not in ckpt or "optimizers" not in ckpt:
+        raise DetkdError(f"--resume: {path} is not a classification training checkpoint (last.pth)")
+    if "rng" not in ckpt:
+        raise DetkdError(f"--resume: {path} was written by an older detkd without RNG states; it cannot be "
+                         f"resumed exactly")
+    if ckpt.get("resume_hash") != resume_hash(cfg) and not force:
+        raise DetkdError(f"--resume: {path} was made with a different config (model, teachers, peers, method, "
+                         f"data or train schedule differ); pass --force-resume to resume anyway")
+    return ckpt
+
+
 def prepare_output_dir(out: Path) -> None:
     held = [p.name for p in sorted(out.glob("*_final.pth"))] + [n for n in ("last.pth",) if (out / n).exists()]
     if held:
         raise DetkdError(f"output directory {out} already holds a run ({', '.join(held)}); choose another "
-                         f"output_dir (--output-dir DIR)")
+                         f"output_dir (--output-dir DIR), or continue an interrupted run with --resume auto")
 
 
 @torch.no_grad()
@@ -157,14 +207,23 @@ def _set_eval(modules: list[nn.Module]) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_cls(cfg: ClsConfig) -> dict[str, Any]:
-    """Train and evaluate from a validated :class:`ClsConfig`; returns the results dict."""
+def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate from a validated :class:`ClsConfig`; returns the results dict.
+
+    ``resume``: a ``last.pth`` path, or ``"auto"`` for ``output_dir/last.pth`` (from scratch
+    when there is none). ``force_resume`` accepts a checkpoint made with another config.
+    """
     device = resolve_device(cfg.train.device)
     if cfg.train.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.output_dir)
-    prepare_output_dir(out)
+    ckpt_path = find_resume_checkpoint(resume, out)
+    ckpt = load_resume_checkpoint(ckpt_path, cfg, force_resume) if ckpt_path is not None else None
+    if ckpt is None:
+        prepare_output_dir(out)
     logger = setup_logging(out)
+    if resume == "auto" and ckpt is None:
+        logger.info("--resume auto: no last.pth in %s, starting from scratch", out)
     seed_everything(cfg.train.seed)
     name = cfg.method.name
 
@@ -186,6 +245,11 @@ def train_cls(cfg: ClsConfig) -> dict[str, Any]:
 
     # --- networks and method
     teachers = [build_teacher(tc, i, data, device) for i, tc in enumerate(cfg.teachers)]
+    # Building the teachers draws from the RNG (their random init, then overwritten): re-seed
+    # so that the trained networks start from the same weights whatever the number of
+    # teachers — the student of kd/camkd, peer 0 of dml and sub-network 0 of ffl start like
+    # the baseline's student of the same train.seed (paired comparisons).
+    torch.manual_seed(t.seed)
     specs: dict[str, dict[str, Any]] = {}
     if name in ONLINE:
         peer_cfgs = list(cfg.peers) or [cfg.model] * cfg.num_peers
@@ -239,17 +303,29 @@ def train_cls(cfg: ClsConfig) -> dict[str, Any]:
                             **{f"{k}/{m}": v for k, r in res.items() for m, v in r.items()}})
         return res
 
-    def checkpoint(epoch: int, it: int) -> None:
-        state = {"networks": {k: n.state_dict() for k, n in method.networks.items()}, **method.aux_state(),
-                 **method.optimizer_state(), "epoch": epoch, "iter": it, "config": dump_config(cfg),
-                 "version": detkd.__version__}
-        atomic_save(state, out / "last.pth")
-
     results: dict[str, dict[str, float]] = {}
     best: dict[str, float] = {}
-    global_iter = 0
+    global_iter, start_epoch, seconds_before = 0, 0, 0.0
+    if ckpt is not None:
+        method.load_state(ckpt)
+        start_epoch, global_iter = int(ckpt["epoch"]), int(ckpt["iter"])
+        best = dict(ckpt.get("best", {}))
+        seconds_before = float(ckpt.get("train_seconds", 0.0))
+        set_rng_state(ckpt["rng"])
+        train_loader.generator.set_state(ckpt["loader_rng"])
+        logger.info("resumed from %s at epoch %d, iteration %d", ckpt_path, start_epoch, global_iter)
+
     t_start = t_log = time.time()
-    for epoch in range(epochs):
+
+    def checkpoint(epoch: int, it: int) -> None:
+        state = {"networks": {k: n.state_dict() for k, n in method.networks.items()}, **method.aux_state(),
+                 **method.optimizer_state(), "epoch": epoch, "iter": it, "best": best,
+                 "rng": rng_state(), "loader_rng": train_loader.generator.get_state(),
+                 "train_seconds": seconds_before + time.time() - t_start, "resume_hash": resume_hash(cfg),
+                 "config": dump_config(cfg), "version": detkd.__version__}
+        atomic_save(state, out / "last.pth")
+
+    for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         method.train()
         for x, y in train_loader:
@@ -273,7 +349,11 @@ def train_cls(cfg: ClsConfig) -> dict[str, Any]:
         if done:
             break
 
-    train_seconds = time.time() - t_start
+    if not results:  # resumed from the last checkpoint of a finished run
+        results = run_eval(epochs - 1, global_iter)
+        for k, r in results.items():
+            best[k] = max(best.get(k, -1.0), r["top1"])
+    train_seconds = seconds_before + time.time() - t_start
     for key, net in method.networks.items():
         fname = "model_final.pth" if key == "student" else f"{key}_final.pth"
         entry = {"model": net.state_dict(), "version": detkd.__version__, "method": name, "dataset": data.name,
