@@ -16,6 +16,10 @@ Examples:
   python tools/run_cls_experiment.py                        # outputs/cls_exp, seeds 0 1 2
   python tools/run_cls_experiment.py --seeds 0 --methods baseline kd --out outputs/cls_exp/try
   python tools/run_cls_experiment.py --opts method.temperature=2 --out outputs/cls_exp/t2
+  python tools/run_cls_experiment.py --semi --out outputs/cls_exp/semi   # baseline_semi vs dml_semi
+
+--semi: the semi-supervised setting (all 4000 images, 25% labelled): runs baseline_semi and
+dml_semi (or baseline_semi and the --methods) and compares them with baseline_semi.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ LABELS = {"baseline": "baseline", "kd": "KD (teacher a)", "camkd": "CA-MKD (teac
           "dml": "DML (2 peers)", "ffl": "FFL (2 sub-networks)", "aver": "AVER (teachers a, b, c)",
           "ebkd": "EBKD (teachers a, b, c)", "aekd": "AEKD (teachers a, b, c)", "fitnet": "FitNet (teacher a)",
           "at": "AT (teacher a)", "sp": "SP (teacher a)", "fitnet_mkd": "FitNet-MKD (teachers a, b, c)",
-          "dml_e": "DML_e (3 peers)", "scd": "SCD"}
+          "dml_e": "DML_e (3 peers)", "scd": "SCD", "baseline_semi": "baseline (25% labelled)",
+          "dml_semi": "DML (2 peers, 25% labelled)"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -103,8 +108,10 @@ def network_label(method: str, key: str) -> str:
             if method.startswith("dml") else "ensemble of the sub-networks"}.get(key, key)
 
 
-def tabulate(out: Path, methods: list[str], seeds: list[int]) -> tuple[str, dict]:
-    """Markdown table (mean ± std over the seeds, per-seed values) and the same as a dict."""
+def tabulate(out: Path, methods: list[str], seeds: list[int], baseline: str = "baseline") -> tuple[str, dict]:
+    """Markdown table (mean ± std over the seeds, per-seed values) and the same as a dict.
+
+    ``baseline``: the method every other one is compared with (its student, same seed)."""
     lines = []
     teachers = {}
     for t in TEACHERS:
@@ -118,7 +125,7 @@ def tabulate(out: Path, methods: list[str], seeds: list[int]) -> tuple[str, dict
         lines.append("")
     base = {}
     for s in seeds:
-        d = out / f"baseline_s{s}"
+        d = out / f"{baseline}_s{s}"
         if (d / "results.json").is_file():
             base[s] = read_results(d)["networks"]["student"]["top1"]
     bm, bs = mean_std(list(base.values())) if base else (float("nan"), float("nan"))
@@ -138,7 +145,7 @@ def tabulate(out: Path, methods: list[str], seeds: list[int]) -> tuple[str, dict
             m, sd = mean_std(list(vals.values()))
             seeds_txt = ", ".join(f"{vals[s]:.1f}" if s in vals else "-" for s in seeds)
             paired = [vals[s] - base[s] for s in vals if s in base]
-            if method == "baseline":
+            if method == baseline:
                 diff_txt, verdict = "", ""
             elif paired:
                 dm, ds = mean_std(paired)
@@ -153,8 +160,8 @@ def tabulate(out: Path, methods: list[str], seeds: list[int]) -> tuple[str, dict
                          f"{seeds_txt} | {diff_txt} | {verdict} |")
             rows.append({"method": method, "network": key, "mean": m, "std": sd,
                          "per_seed": {str(s): v for s, v in vals.items()},
-                         "diff_mean": None if method == "baseline" or not paired else dm,
-                         "diff_std": None if method == "baseline" or not paired else ds, "verdict": verdict})
+                         "diff_mean": None if method == baseline or not paired else dm,
+                         "diff_std": None if method == baseline or not paired else ds, "verdict": verdict})
     return "\n".join(lines), {"teachers": teachers, "baseline_mean": bm, "baseline_std": bs, "rows": rows}
 
 
@@ -162,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/cls_exp", help="root of all runs (default outputs/cls_exp)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of the students")
-    p.add_argument("--methods", nargs="+", default=list(METHODS),
-                   help="student configs of configs/cls/fmnist/ (baseline is always added)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="student configs of configs/cls/fmnist/ (the baseline is always added; default "
+                   "baseline kd camkd dml ffl, with --semi dml_semi)")
+    p.add_argument("--semi", action="store_true",
+                   help="semi-supervised setting: baseline_semi (the baseline) and dml_semi")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides for every student run (not the teachers)")
     p.add_argument("--teacher-opts", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for the teachers")
@@ -174,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
-    methods = ["baseline"] + [m for m in args.methods if m != "baseline"]
+    base_name = "baseline_semi" if args.semi else "baseline"
+    chosen = args.methods if args.methods is not None else (["dml_semi"] if args.semi else list(METHODS))
+    methods = [base_name] + [m for m in chosen if m != base_name]
     walls: dict[str, float] = {}
     wall_file = out / "wall_seconds.json"
     if wall_file.is_file():
@@ -200,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not math.isnan(w):
                     walls[run] = round(w, 1)
                     wall_file.write_text(json.dumps(walls, indent=2))
-    table, data = tabulate(out, methods, args.seeds)
+    table, data = tabulate(out, methods, args.seeds, base_name)
     runs = [f"teacher_{t}" for t in TEACHERS] + [f"{m}_s{s}" for s in args.seeds for m in methods]
     done = [r for r in runs if (out / r / "results.json").is_file()]
     train_s = {r: read_results(out / r)["train_seconds"] for r in done}
