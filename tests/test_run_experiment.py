@@ -1,0 +1,118 @@
+"""tools/run_experiment.py (issue #5) on the tiny demo data: every group trains for two
+iterations, the summary (table and summary.json) aggregates the seeds, the report is
+written, and a second invocation skips the finished runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_experiment
+from conftest import tiny_opts
+from detkd.utils.cli import run_cli
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(argv: list[str]) -> int:
+    return run_cli(run_experiment.main, run_experiment.build_parser(), argv)
+
+
+def experiment_argv(root, demo_dir) -> list[str]:
+    # tiny_opts' output_dir is replaced per run by the tool; no ImageNet weights (faster).
+    opts = [o for o in tiny_opts(demo_dir, root / "unused", **{"train.max_iters": 2, "model.weights_backbone": "null"})
+            if not o.startswith("output_dir=")]
+    return ["--output-root", str(root), "--seeds", "0,1", "--ablation-seeds", "0",
+            "--only", "teacher,baseline,distilled,hint_only", "--threads", "1", "--no-progress",
+            "--opts", *opts]
+
+
+def test_experiment_trains_summarizes_and_skips(tiny_demo_dir, tmp_path, capsys):
+    root = tmp_path / "exp"
+    argv = experiment_argv(root, tiny_demo_dir)
+    assert run([*argv, "--report-warmup", "1", "--report-runs", "2", "--throughput-batch", "0"]) == 0
+    out = capsys.readouterr().out
+
+    summary = json.loads((root / "summary.json").read_text())
+    groups = {g["name"]: g for g in summary["groups"]}
+    assert list(groups) == ["teacher", "baseline", "distilled", "hint_only"]
+    assert {name: g["n"] for name, g in groups.items()} == {"teacher": 1, "baseline": 2, "distilled": 2,
+                                                            "hint_only": 1}
+    assert groups["baseline"]["seeds"] == [0, 1] and groups["distilled"]["seeds"] == [0, 1]
+    for name, g in groups.items():
+        for key in ("AP", "AP50"):
+            assert len(g[key]) == g["n"]
+            assert math.isfinite(g[f"{key}_mean"])
+            if g["n"] > 1:
+                assert math.isfinite(g[f"{key}_std"]) and g[f"{key}_std"] >= 0
+            else:
+                assert g[f"{key}_std"] is None
+    assert "sample" in summary["std"]
+    # Every run really trained its two iterations and wrote results.json where planned.
+    for r in summary["runs"]:
+        assert r["iterations"] == 2
+        assert (Path(r["output_dir"]) / "results.json").is_file()
+    assert (root / "baseline" / "seed1" / "results.json").is_file()
+    assert (root / "teacher" / "results.json").is_file()
+    # The distillation runs used the teacher's own run.
+    dist_cfg = (root / "distilled" / "seed0" / "config.yaml").read_text()
+    assert str((root / "teacher" / "model_final.pth").resolve()) in dist_cfg
+    # The printed table: one line per group, mean ± std.
+    assert "AP50 (mean ± std)" in out and "sample standard deviation" in out
+    for name in groups:
+        assert any(line.startswith(name) for line in out.splitlines())
+    # The report.
+    assert summary["report"] is not None
+    assert (root / "report" / "report.md").is_file()
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert [g["name"] for g in report["groups"]] == ["teacher", "baseline", "distilled", "hint_only"]
+
+    # Second invocation: every run is skipped, nothing is retrained.
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("**/results.json")}
+    assert run([*argv, "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 6 and ": training ->" not in out and ": resuming ->" not in out
+    assert {p: p.stat().st_mtime_ns for p in root.glob("**/results.json")} == stamps
+    again = json.loads((root / "summary.json").read_text())
+    assert [g["AP50_mean"] for g in again["groups"]] == [g["AP50_mean"] for g in summary["groups"]]
+    assert again["report"] is None
+
+
+def test_distillation_needs_the_teacher(tiny_demo_dir, tmp_path, capsys):
+    argv = experiment_argv(tmp_path / "exp", tiny_demo_dir)
+    argv[argv.index("--only") + 1] = "distilled"
+    assert run([*argv, "--no-report"]) == 2
+    assert "needs the finished teacher" in capsys.readouterr().err
+
+
+def test_help_and_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).lower()
+    for flag in ("--output-root", "--seeds", "--ablation-seeds", "--only", "--epochs", "--no-report", "--threads",
+                 "--opts", "sample standard deviation"):
+        assert flag in text
+    with pytest.raises(SystemExit):
+        run(["--only", "teacher,nonsense"])
+    assert "unknown group" in capsys.readouterr().err
+
+
+def test_summary_statistics():
+    mean, std = run_experiment.mean_std([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2) and std == pytest.approx(0.1)  # sample std (n - 1)
+    assert run_experiment.mean_std([0.5]) == (0.5, None)
+    groups = [{"name": "baseline", "AP50_mean": 0.10, "AP50_std": 0.01},
+              {"name": "distilled", "AP50_mean": 0.13, "AP50_std": 0.02}]
+    gain = run_experiment.distillation_gain(groups)
+    assert gain["AP50_gain"] == pytest.approx(0.03) and gain["spread"] == 0.02 and gain["exceeds_spread"]
