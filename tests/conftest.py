@@ -15,6 +15,16 @@ sys.path.insert(0, str(REPO / "tools"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: two OpenMP threads on a shared 2-core box are ~10x
+    slower than one for tiny convs (use with ``pytestmark = pytest.mark.usefixtures``)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo_dir(tmp_path_factory) -> Path:
     from detkd.data.demo import generate_demo_dataset

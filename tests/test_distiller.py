@@ -27,13 +27,7 @@ ALL_KEYS = HARD_KEYS + ["loss_rcn_soft", "loss_rcn_bound", "loss_rpn_soft", "los
 ALL_OFF = dict(hint=False, rpn_soft=False, rcn_soft=False, rpn_bound=False, rcn_bound=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core box are ~10x slower than one for these tiny convs.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mcfg(**kw) -> ModelConfig:

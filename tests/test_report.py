@@ -27,14 +27,7 @@ def run_tool(module, argv: list[str]) -> int:
     return run_cli(module.main, module.build_parser(), argv)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two spinning OpenMP threads per forward
-    can be many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

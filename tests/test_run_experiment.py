@@ -9,19 +9,13 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import run_experiment
 from conftest import tiny_opts
 from detkd.utils.cli import run_cli
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(argv: list[str]) -> int:
