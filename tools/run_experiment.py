@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from detkd.errors import DetkdError  # noqa: E402
 from detkd.utils.cli import run_cli  # noqa: E402
+from detkd.utils.stats import mean_std  # noqa: E402
 
 # (group, config, kind): kind "teacher" (one run), "main" (--seeds) or "ablation" (--ablation-seeds).
 GROUPS = (
@@ -171,14 +170,6 @@ def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and SAMPLE standard deviation (n - 1); std is None for one value."""
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarize(runs: list[dict]) -> list[dict]:

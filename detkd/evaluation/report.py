@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shlex
-import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import torch
 from detkd.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from detkd.errors import DetkdError
 from detkd.evaluation import profile
+from detkd.utils.stats import mean_std
 from detkd.evaluation.coco_eval import COCO_METRIC_NAMES
 
 __all__ = ["ModelEntry", "run_report", "pareto_front", "aggregate_groups"]
@@ -102,15 +102,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return [i for _, _, i in sorted(front)]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (n - 1); std is None for fewer than 2 values."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def aggregate_groups(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per group (in order of first appearance): n, seeds, mean/std of the metrics in
     :data:`REPORT_METRICS`, and of the median latency over the runs whose speed was
@@ -131,13 +122,13 @@ def aggregate_groups(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in REPORT_METRICS:
             vals = [r["metrics"][key] for r in members if r.get("metrics") and key in r["metrics"]]
             if vals:
-                g[f"{key}_mean"], g[f"{key}_std"] = _mean_std(vals)
-        g["params"] = _mean_std([r["params"] for r in members])[0]
-        g["gflops"] = _mean_std([r["gflops"] for r in timed])[0]
-        g["latency_median_ms"], g["latency_median_std"] = _mean_std([r["latency"]["median_ms"] for r in timed])
-        g["latency_p90_ms"] = _mean_std([r["latency"]["p90_ms"] for r in timed])[0]
-        g["throughput_img_s"] = _mean_std([r["throughput"]["images_per_s"] for r in timed if r.get("throughput")])[0]
-        g["peak_mem_mb"] = _mean_std([r["memory"]["peak_mem_mb"] for r in timed if r.get("memory")])[0]
+                g[f"{key}_mean"], g[f"{key}_std"] = mean_std(vals)
+        g["params"] = mean_std([r["params"] for r in members])[0]
+        g["gflops"] = mean_std([r["gflops"] for r in timed])[0]
+        g["latency_median_ms"], g["latency_median_std"] = mean_std([r["latency"]["median_ms"] for r in timed])
+        g["latency_p90_ms"] = mean_std([r["latency"]["p90_ms"] for r in timed])[0]
+        g["throughput_img_s"] = mean_std([r["throughput"]["images_per_s"] for r in timed if r.get("throughput")])[0]
+        g["peak_mem_mb"] = mean_std([r["memory"]["peak_mem_mb"] for r in timed if r.get("memory")])[0]
         out.append(g)
     return out
 
@@ -145,7 +136,7 @@ def aggregate_groups(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _speedups(runs: list[dict], groups: list[dict]) -> Optional[float]:
     """Set ``speedup_vs_teacher`` (teacher median latency / own) on runs and groups; the
     reference is the mean median latency of the teacher-role runs (None without one)."""
-    ref = _mean_std([r["latency"]["median_ms"] for r in runs if r["role"] == "teacher" and r.get("latency")])[0]
+    ref = mean_std([r["latency"]["median_ms"] for r in runs if r["role"] == "teacher" and r.get("latency")])[0]
     for run in runs:
         own = run["latency"]["median_ms"] if run.get("latency") else None
         run["speedup_vs_teacher"] = ref / own if ref and own else None
