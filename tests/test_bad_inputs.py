@@ -325,6 +325,14 @@ def resume_from_truncated_checkpoint(ctx):
     return Case(ctx.resume("--resume", str(path)), f"cannot read checkpoint {path}: ")
 
 
+def resume_auto_with_only_a_torn_checkpoint(ctx):
+    # Starting from scratch here would overwrite the (torn) last.pth without a word.
+    argv = ctx.resume("--resume", "auto")
+    last = ctx.out / "last.pth"
+    last.write_bytes(last.read_bytes()[:100_000])
+    return Case(argv, f"--resume auto: no usable checkpoint in {ctx.out} (cannot read checkpoint {last}: ")
+
+
 def eval_checkpoint_not_its_config(ctx):
     ckpt = ctx.teacher / "model_final.pth"  # the teacher's weights; the config is the student's
     return Case([str(EVAL), "--cfg", str(PLAIN), "--ckpt", str(ckpt), "--no-progress", "--opts",
@@ -341,7 +349,7 @@ CASES: dict[str, Callable[[Ctx], Case]] = {f.__name__: f for f in (
     teacher_checkpoint_missing, teacher_checkpoint_not_its_config, teacher_student_class_count,
     teacher_label_map, hint_level_missing,
     output_dir_holds_another_run, resume_with_other_config, resume_from_weights_only, resume_path_missing,
-    resume_from_truncated_checkpoint,
+    resume_from_truncated_checkpoint, resume_auto_with_only_a_torn_checkpoint,
     eval_checkpoint_not_its_config,
 )}
 

@@ -87,13 +87,23 @@ def remove_stale_temp_files(output_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """``--resume auto``: the newest readable training checkpoint in ``output_dir``."""
+    """``--resume auto``: the newest readable training checkpoint in ``output_dir``; None when
+    there is no ``last*.pth`` at all.
+
+    Raises DetkdError when every ``last*.pth`` is unreadable or holds weights only: starting
+    from scratch there would silently overwrite them, and the user should decide."""
     candidates = sorted(Path(output_dir).glob("last*.pth"), key=lambda p: p.stat().st_mtime, reverse=True)
+    problems = []
     for path in candidates:
         try:
             ckpt = load_checkpoint(path)
-        except DetkdError:
+        except DetkdError as exc:
+            problems.append(str(exc))
             continue
         if "optimizer" in ckpt:
             return path
+        problems.append(f"{path} holds weights only (no optimizer state)")
+    if problems:
+        raise DetkdError(f"--resume auto: no usable checkpoint in {output_dir} ({'; '.join(problems)}); "
+                         "move the file(s) away to start from scratch, or pass --resume PATH")
     return None
