@@ -18,7 +18,7 @@ import report as report_tool
 from conftest import REPO, tiny_opts
 from detkd.evaluation.report import ModelEntry, pareto_front, run_report
 
-FAST = ["--warmup", "1", "--runs", "3", "--throughput-batch", "2", "--threads", "1", "--no-progress"]
+FAST = ["--warmup", "1", "--runs", "3", "--latency-rounds", "2", "--throughput-batch", "2", "--threads", "1", "--no-progress"]
 
 
 def run_tool(module, argv: list[str]) -> int:
@@ -84,6 +84,7 @@ def test_files_and_one_row_per_model(cli_report):
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--runs 3" in rep["command"] and rep["environment"]["torch"] == torch.__version__
     assert rep["environment"]["torch_threads"] == 1 and rep["settings"]["runs"] == 3
+    assert rep["settings"]["latency_rounds"] == 2 and "--latency-rounds 2" in rep["command"]
 
 
 def test_numbers_are_finite_and_consistent(cli_report):
@@ -170,6 +171,37 @@ def test_flop_count_and_memory_tracker_on_a_linear_layer():
     with FlopCounterMode(display=False) as counter:
         layer(x)
     assert counter.get_total_flops() == 2 * 100 * 50
+
+
+class _Logged(torch.nn.Module):
+    """A real (tiny) module that records, in a shared list, which model ran on which image."""
+
+    def __init__(self, name: str, log: list):
+        super().__init__()
+        self.name, self.log, self.layer = name, log, torch.nn.Linear(4, 4)
+
+    def forward(self, images):
+        self.log.append((self.name, int(images[0][0])))
+        return self.layer(images[0][1:5])
+
+
+def test_latency_rounds_interleave_the_models():
+    from detkd.evaluation.profile import measure_latency_interleaved
+
+    log: list = []
+    images = [torch.full((5,), float(i)) for i in range(3)]
+    a, b = _Logged("a", log), _Logged("b", log)
+    res = measure_latency_interleaved([(a, images), (b, images)], "cpu", warmup=2, runs=7, rounds=3)
+    # Round shares 3, 2, 2; warm-up 2 before a model's first round, 1 before later ones.
+    assert [n for n, _ in log] == ["a"] * 5 + ["b"] * 5 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    # Each model cycles over the images without restarting in a new round.
+    assert [i for n, i in log if n == "a"] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1]
+    assert [r["runs"] for r in res] == [7, 7] and [r["rounds"] for r in res] == [3, 3]
+    assert all(0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] for r in res)
+    # More rounds than runs: empty rounds are skipped, every timed forward still counted.
+    log.clear()
+    res = measure_latency_interleaved([(a, images)], "cpu", warmup=0, runs=2, rounds=5)
+    assert len(log) == 2 + 1 and res[0]["rounds"] == 2
 
 
 @pytest.mark.parametrize("case, message", [

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data split to evaluate and time on (default: val)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up forwards per model (default: 10)")
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 forwards per model (default: 50)")
+    parser.add_argument("--latency-rounds", type=int, default=5, metavar="R",
+                        help="time the models' batch-1 latency side by side in R rounds, each round every "
+                             "model for RUNS/R forwards, so a slow phase of the machine hits all alike "
+                             "(default: 5; 1: one model after the other)")
     parser.add_argument("--throughput-batch", type=int, default=8, metavar="B",
                         help="batch size of the throughput measurement, 0 to skip it (default: 8)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -82,7 +86,8 @@ def command_line(args: argparse.Namespace) -> str:
     if args.teacher:
         argv += ["--teacher", args.teacher]
     argv += ["--device", args.device, "--split", args.split, "--warmup", str(args.warmup), "--runs", str(args.runs),
-             "--throughput-batch", str(args.throughput_batch), "--speed-for", args.speed_for]
+             "--latency-rounds", str(args.latency_rounds), "--throughput-batch", str(args.throughput_batch),
+             "--speed-for", args.speed_for]
     argv += ["--threads", str(args.threads)] if args.threads is not None else []
     argv += ["--metric", args.metric] if args.metric else []
     argv += ["--no-eval"] if args.no_eval else []
@@ -103,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
     report = run_report(entries, args.out, device=args.device, split=args.split, warmup=args.warmup,
                         runs=args.runs, throughput_batch=args.throughput_batch, threads=args.threads,
                         measure_speed_for=args.speed_for, evaluate=not args.no_eval, metric=args.metric,
+                        latency_rounds=args.latency_rounds,
                         progress=False if args.no_progress else None, command=command_line(args))
     print(Path(report["files"]["md"]).read_text())
     print("wrote " + ", ".join(report["files"].values()))

@@ -12,7 +12,8 @@ the numbers together.
   parameters, frozen ones included (what has to be stored and loaded).
 * :func:`count_gflops`: FLOPs of one batch-1 forward counted by torch's own
   ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2).
-* :func:`measure_latency`: batch-1 wall-clock latency per image (median, p90, mean, min).
+* :func:`measure_latency`: batch-1 wall-clock latency per image (median, p90, mean, min);
+  :func:`measure_latency_interleaved`: the same for several models timed side by side.
 * :func:`measure_throughput`: images per second at a larger batch.
 * :func:`peak_memory`: peak memory of one batch-1 forward (the method is named in the
   result: CUDA allocator statistics, or the bytes of live tensors on other devices).
@@ -39,8 +40,8 @@ from detkd.errors import DetkdError
 from detkd.modeling.detector import count_parameters
 
 __all__ = [
-    "count_parameters", "count_gflops", "measure_latency", "measure_throughput", "peak_memory",
-    "live_tensor_peak", "environment",
+    "count_parameters", "count_gflops", "measure_latency", "measure_latency_interleaved", "measure_throughput",
+    "peak_memory", "live_tensor_peak", "environment",
 ]
 
 _MB = 1024.0**2
@@ -129,34 +130,70 @@ def measure_latency(model: nn.Module, images: Sequence[torch.Tensor], device: to
     ``torch.inference_mode``; on CUDA ``torch.cuda.synchronize`` runs before the clock
     starts and before it stops, so queued kernels are inside the measurement.
 
-    Returns ``{"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "warmup", "images"}``
-    (p90 is numpy's linearly interpolated 90th percentile; ``images``: how many distinct
-    images were cycled over).
+    Returns ``{"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "warmup", "images",
+    "rounds"}`` (p90 is numpy's linearly interpolated 90th percentile; ``images``: how many
+    distinct images were cycled over; ``rounds`` 1).
     """
-    if runs < 1 or warmup < 0:
-        raise DetkdError(f"latency needs runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    return measure_latency_interleaved([(model, images)], device, warmup=warmup, runs=runs, rounds=1)[0]
+
+
+@torch.inference_mode()
+def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]],
+                                device: torch.device | str = "cpu", warmup: int = 10, runs: int = 50,
+                                rounds: int = 5) -> list[dict[str, Any]]:
+    """:func:`measure_latency` of several models, timed side by side in ``rounds`` rounds.
+
+    Each round times every model in turn for its share of ``runs`` (the shares differ by at
+    most one and add up to ``runs``), so a slow phase of the machine (another process, CPU
+    frequency) falls on all models alike instead of on whichever was timed at that moment,
+    and the speed ratios between them hold up across repeated reports. ``warmup`` untimed
+    forwards precede a model's first round; later rounds start with one untimed forward
+    (caches). On CUDA a model is moved to ``device`` for its turn and back to the CPU
+    after it, so only one is resident at a time.
+
+    Returns one dict per model, as :func:`measure_latency` (``rounds`` included).
+    """
+    if runs < 1 or warmup < 0 or rounds < 1:
+        raise DetkdError(f"latency needs runs >= 1, warmup >= 0 and rounds >= 1, got runs={runs}, "
+                         f"warmup={warmup}, rounds={rounds}")
     device = _device(device)
-    model.eval()
-    imgs = _on_device(images, device)
-    for i in range(warmup):
-        model([imgs[i % len(imgs)]])
-    times = []
-    for i in range(runs):
-        img = imgs[(warmup + i) % len(imgs)]
-        _sync(device)
-        start = time.perf_counter()
-        model([img])
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {
-        "median_ms": float(statistics.median(times)),
-        "p90_ms": _percentile(times, 90),
-        "mean_ms": float(statistics.fmean(times)),
-        "min_ms": float(min(times)),
+    move = device.type != "cpu" and len(models) > 1
+    shares = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    prepared = []
+    for model, images in models:
+        model.eval()
+        prepared.append((model, _on_device(images, device)))
+    times: list[list[float]] = [[] for _ in models]
+    position = [0] * len(models)  # next image of each model (cycling)
+    for r, share in enumerate(shares):
+        if share == 0:
+            continue
+        for m, (model, imgs) in enumerate(prepared):
+            if move:
+                model.to(device)
+            for _ in range(warmup if r == 0 else 1):
+                model([imgs[position[m] % len(imgs)]])
+                position[m] += 1
+            for _ in range(share):
+                img = imgs[position[m] % len(imgs)]
+                position[m] += 1
+                _sync(device)
+                start = time.perf_counter()
+                model([img])
+                _sync(device)
+                times[m].append((time.perf_counter() - start) * 1000.0)
+            if move:
+                model.to("cpu")
+    return [{
+        "median_ms": float(statistics.median(t)),
+        "p90_ms": _percentile(t, 90),
+        "mean_ms": float(statistics.fmean(t)),
+        "min_ms": float(min(t)),
         "runs": runs,
         "warmup": warmup,
         "images": len(imgs),
-    }
+        "rounds": sum(1 for share in shares if share),
+    } for t, (_, imgs) in zip(times, prepared)]
 
 
 @torch.inference_mode()

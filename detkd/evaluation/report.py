@@ -349,7 +349,7 @@ def _load(entry: ModelEntry):
 def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: str = "cpu", split: str = "val",
                warmup: int = 10, runs: int = 50, throughput_batch: int = 8, threads: Optional[int] = None,
                measure_speed_for: str = "all", evaluate: bool = True, metric: Optional[str] = None,
-               speed_images: int = 32, progress: Optional[bool] = None,
+               speed_images: int = 32, latency_rounds: int = 5, progress: Optional[bool] = None,
                command: Optional[str] = None) -> dict[str, Any]:
     """Evaluate and time every entry; write report.md/.csv/.json/.png into ``out_dir``.
 
@@ -358,6 +358,10 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; used for evaluation and timing.
         split: the config's data split to evaluate and to take the timing images from.
         warmup, runs: batch-1 latency: untimed warm-up forwards, then timed forwards.
+        latency_rounds: the timed models' latencies are measured side by side, after every
+            other measurement, in this many rounds (each round times every model for its
+            share of ``runs``; :func:`profile.measure_latency_interleaved`), so that a
+            slow phase of the machine does not fall on one model only.
         throughput_batch: batch size of the throughput measurement (0: skip it); it runs
             ``ceil(runs / throughput_batch)`` timed batches after ``ceil(warmup /
             throughput_batch)`` warm-up ones, i.e. about as many images as the latency.
@@ -386,6 +390,8 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
     from detkd.evaluation.inference import build_eval_data, evaluate_detector
 
     _check_settings(entries, split, warmup, runs, throughput_batch, threads, measure_speed_for, speed_images)
+    if latency_rounds < 1:
+        raise DetkdError(f"latency_rounds must be >= 1, got {latency_rounds}")
     dev = resolve_device(device)
     # Fail before any long measurement: every config loads, every checkpoint matches it.
     for entry in entries:
@@ -400,6 +406,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
         image_cache: dict[str, list[torch.Tensor]] = {}
         timed_groups: set[str] = set()
         results = []
+        to_time: list[tuple[dict[str, Any], Any, list[torch.Tensor]]] = []  # (run, model, images)
         for entry in tqdm(entries, desc="report", disable=not show_progress(progress), dynamic_ncols=True):
             cfg, model = _load(entry)
             model.to(dev).eval()
@@ -425,18 +432,24 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
                 flops = profile.count_gflops(model, device=dev, image=images[0])
                 run["gflops"], run["gflops_by_module"], run["flops_input_hw"] = (
                     flops["gflops"], flops["by_module"], flops["input_hw"])
-                run["latency"] = profile.measure_latency(model, images, dev, warmup=warmup, runs=runs)
                 if throughput_batch:
                     run["throughput"] = profile.measure_throughput(
                         model, images, throughput_batch, dev, warmup=math.ceil(warmup / throughput_batch),
                         runs=math.ceil(runs / throughput_batch))
                 run["memory"] = profile.peak_memory(model, images, dev)
+                # Kept for the side-by-side latency below; off the GPU meanwhile, since CUDA
+                # peak memory counts every live tensor.
+                to_time.append((run, model.to("cpu") if dev.type == "cuda" else model, images))
             results.append(run)
-            # Free this model before the next one: CUDA peak memory counts every live tensor.
             del model, cfg, dataset, loader
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+        latencies = profile.measure_latency_interleaved([(m, imgs) for _, m, imgs in to_time], dev, warmup=warmup,
+                                                        runs=runs, rounds=latency_rounds) if to_time else []
+        for (run, _, _), latency in zip(to_time, latencies):
+            run["latency"] = latency
+        del to_time
     finally:
         torch.set_num_threads(old_threads)
 
@@ -457,6 +470,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
         "environment": env,
         "settings": {"device": str(dev), "split": split, "warmup": warmup, "runs": runs,
                      "throughput_batch": throughput_batch, "threads": threads, "measure_speed_for": measure_speed_for,
+                     "latency_rounds": latency_rounds,
                      "evaluate": evaluate, "metric": metric, "speed_images": speed_images},
         "entries": [dataclasses.asdict(e) for e in entries],
         "runs": results,
