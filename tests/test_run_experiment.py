@@ -106,7 +106,31 @@ def test_summary_statistics():
     mean, std = run_experiment.mean_std([0.1, 0.2, 0.3])
     assert mean == pytest.approx(0.2) and std == pytest.approx(0.1)  # sample std (n - 1)
     assert run_experiment.mean_std([0.5]) == (0.5, None)
-    groups = [{"name": "baseline", "AP50_mean": 0.10, "AP50_std": 0.01},
-              {"name": "distilled", "AP50_mean": 0.13, "AP50_std": 0.02}]
+    # Per seed: baseline 0.09 / 0.11, distilled 0.12 / 0.14 (same seeds): paired gains 0.03 / 0.03.
+    groups = [{"name": "baseline", "seeds": [0, 1], "AP50": [0.09, 0.11], "AP50_mean": 0.10, "AP50_std": 0.01414},
+              {"name": "distilled", "seeds": [0, 1], "AP50": [0.12, 0.14], "AP50_mean": 0.13, "AP50_std": 0.01414}]
     gain = run_experiment.distillation_gain(groups)
-    assert gain["AP50_gain"] == pytest.approx(0.03) and gain["spread"] == 0.02 and gain["exceeds_spread"]
+    assert gain["AP50_gain"] == pytest.approx(0.03) and gain["paired_AP50_gains"] == pytest.approx([0.03, 0.03])
+    assert gain["paired_std"] == pytest.approx(0.0, abs=1e-12)
+    assert gain["spread"] == pytest.approx(0.01414) and gain["exceeds_spread"]
+    # Seed-for-seed gains that disagree widen the spread beyond both groups' own stds.
+    groups[1].update(AP50=[0.16, 0.10], AP50_mean=0.13, AP50_std=0.04243)
+    groups.append({"name": "baseline_fpn128", "seeds": [0], "AP50": [0.2], "AP50_mean": 0.2, "AP50_std": None})
+    gain = run_experiment.distillation_gain(groups)
+    assert gain["paired_std"] == pytest.approx(0.05657, abs=1e-5) and not gain["exceeds_spread"]
+    # Only pairs with both groups present are compared.
+    assert [(g["baseline"], g["distilled"]) for g in run_experiment.distillation_gains(groups)] == [
+        ("baseline", "distilled")]
+
+
+def test_plan_covers_every_main_group(tmp_path):
+    args = run_experiment.build_parser().parse_args(
+        ["--output-root", str(tmp_path), "--seeds", "0,1", "--only", "baseline_fpn128,distilled_fpn128,hint_only"])
+    runs = run_experiment.plan_runs(args)
+    assert [(r["name"], r["seed"]) for r in runs] == [
+        ("baseline_fpn128", 0), ("distilled_fpn128", 0), ("baseline_fpn128", 1), ("distilled_fpn128", 1),
+        ("hint_only", 0)]
+    # Only the distillation runs are pointed at OUTPUT_ROOT/teacher.
+    teacher_opts = {r["name"]: any(o.startswith("teacher.") for o in run_experiment.run_overrides(r, args))
+                    for r in runs}
+    assert teacher_opts == {"baseline_fpn128": False, "distilled_fpn128": True, "hint_only": True}

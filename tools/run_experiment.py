@@ -9,15 +9,17 @@ results.json with COCO AP/AP50):
   teacher            configs/experiment/teacher.yaml           (one run, its config's seed)
   baseline           configs/experiment/student.yaml           (--seeds)
   distilled          configs/experiment/distill.yaml           (--seeds; all Chen et al. terms)
-  baseline_fpn256    configs/experiment/student_fpn256.yaml    (--seeds; the teacher's FPN width)
-  distilled_fpn256   configs/experiment/distill_fpn256.yaml    (--seeds; all terms, no adapter)
+  baseline_fpn256    configs/experiment/student_fpn256.yaml    (--seeds; the teacher's FPN width; only with --only)
+  distilled_fpn256   configs/experiment/distill_fpn256.yaml    (--seeds; all terms, no adapter; only with --only)
+  baseline_fpn128    configs/experiment/student_fpn128.yaml    (--seeds; 128-ch FPN, 4x4 RoI pool)
+  distilled_fpn128   configs/experiment/distill_fpn128.yaml    (--seeds; all terms, 1x1 adapters)
   hint_only          configs/experiment/ablations/hint_only.yaml          (--ablation-seeds)
   soft_only          configs/experiment/ablations/soft_only.yaml          (RPN + RCN soft CE)
   bound_only         configs/experiment/ablations/bound_only.yaml         (bounded regression)
   no_adaptation_ref  configs/experiment/ablations/no_adaptation_ref.yaml  (wide student, 1x1 adapter)
   no_adaptation      configs/experiment/ablations/no_adaptation.yaml      (wide student, identity)
 
-(baseline and distilled alternate by seed, so a stopped experiment still has pairs), then
+(one run of every main group per seed, seed by seed, so a stopped experiment still has pairs), then
 writes the speed/accuracy report (detkd.evaluation.report.run_report: report.md/.csv/
 .json/.png in OUTPUT_ROOT/report), prints mean ± std over seeds of AP and AP50 per group
 (std = SAMPLE standard deviation, n - 1; '-' for n = 1) and writes OUTPUT_ROOT/summary.json.
@@ -58,6 +60,8 @@ GROUPS = (
     ("distilled", "configs/experiment/distill.yaml", "main"),
     ("baseline_fpn256", "configs/experiment/student_fpn256.yaml", "main"),
     ("distilled_fpn256", "configs/experiment/distill_fpn256.yaml", "main"),
+    ("baseline_fpn128", "configs/experiment/student_fpn128.yaml", "main"),
+    ("distilled_fpn128", "configs/experiment/distill_fpn128.yaml", "main"),
     ("hint_only", "configs/experiment/ablations/hint_only.yaml", "ablation"),
     ("soft_only", "configs/experiment/ablations/soft_only.yaml", "ablation"),
     ("bound_only", "configs/experiment/ablations/bound_only.yaml", "ablation"),
@@ -65,6 +69,13 @@ GROUPS = (
     ("no_adaptation", "configs/experiment/ablations/no_adaptation.yaml", "ablation"),
 )
 GROUP_NAMES = tuple(g[0] for g in GROUPS)
+# What runs without --only: everything but the 256-channel pair (about 50 more minutes on
+# one CPU thread for 3 seeds; --only baseline_fpn256,distilled_fpn256 adds it).
+DEFAULT_GROUPS = tuple(g for g in GROUP_NAMES if g not in ("baseline_fpn256", "distilled_fpn256"))
+# Students trained alone: no teacher to point at OUTPUT_ROOT/teacher.
+ALONE = ("baseline", "baseline_fpn256", "baseline_fpn128")
+# (baseline, distilled) groups that differ only in the distillation terms.
+PAIRS = (("baseline", "distilled"), ("baseline_fpn256", "distilled_fpn256"), ("baseline_fpn128", "distilled_fpn128"))
 METRICS = ("AP", "AP50")
 STD_KIND = "sample standard deviation (n - 1); null for n = 1"
 
@@ -96,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training seeds (train.seed) of the baseline and distilled students (default: 0,1,2)")
     parser.add_argument("--ablation-seeds", type=_int_list, default=[0], metavar="S,S,...",
                         help="training seeds of each ablation group (default: 0)")
-    parser.add_argument("--only", type=_groups, default=list(GROUP_NAMES), metavar="G,G,...",
+    parser.add_argument("--only", type=_groups, default=list(DEFAULT_GROUPS), metavar="G,G,...",
                         help="train and report only these groups, from: " + ",".join(GROUP_NAMES) +
-                             " (default: all). Distillation groups need a finished teacher in "
+                             " (default: all but baseline_fpn256,distilled_fpn256). Distillation groups need a finished teacher in "
                              "OUTPUT_ROOT/teacher: include 'teacher' or train it first")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="override train.epochs of every run (default: each config's own)")
@@ -130,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_runs(args: argparse.Namespace) -> list[dict]:
-    """Every run to do, in training order: the teacher, then baseline and distilled
-    alternating by seed, then the ablations."""
+    """Every run to do, in training order: the teacher, then for each seed one run of every
+    "main" group (baseline, distilled, ... in GROUPS order), then the ablations."""
     root = Path(args.output_root)
     by_name = {name: (cfg, kind) for name, cfg, kind in GROUPS}
     runs = []
@@ -144,8 +155,8 @@ def plan_runs(args: argparse.Namespace) -> list[dict]:
     if "teacher" in args.only:
         add("teacher", None)
     for seed in args.seeds:
-        for name in ("baseline", "distilled"):
-            if name in args.only:
+        for name, _, kind in GROUPS:
+            if kind == "main" and name in args.only:
                 add(name, seed)
     for name, _, kind in GROUPS:
         if kind == "ablation" and name in args.only:
@@ -161,7 +172,7 @@ def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
         opts.append(f"train.epochs={epochs}")
     if run["seed"] is not None:
         opts.append(f"train.seed={run['seed']}")
-    if run["kind"] != "teacher" and run["name"] != "baseline":
+    if run["kind"] != "teacher" and run["name"] not in ALONE:
         teacher_dir = (Path(args.output_root) / "teacher").resolve()
         opts += [f"teacher.config={teacher_dir / 'config.yaml'}",
                  f"teacher.checkpoint={teacher_dir / 'model_final.pth'}"]
@@ -204,18 +215,33 @@ def format_table(groups: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def distillation_gain(groups: list[dict]) -> dict | None:
-    """Distilled minus baseline AP50 (means) against the larger of the two groups' stds."""
+def distillation_gain(groups: list[dict], baseline: str = "baseline", distilled: str = "distilled") -> dict | None:
+    """Distilled minus baseline AP50 (means) against the seed-to-seed spread.
+
+    spread = the largest of the two groups' sample stds and, where both groups share >= 2
+    seeds, the sample std of the seed-for-seed differences (distilled seed s starts from the
+    same seed as baseline seed s)."""
     by = {g["name"]: g for g in groups}
-    base, dist = by.get("baseline"), by.get("distilled")
+    base, dist = by.get(baseline), by.get(distilled)
     if not base or not dist or base["AP50_mean"] is None or dist["AP50_mean"] is None:
         return None
     gain = dist["AP50_mean"] - base["AP50_mean"]
-    stds = [s for s in (base["AP50_std"], dist["AP50_std"]) if s is not None]
+    base_by_seed = dict(zip(base["seeds"], base["AP50"]))
+    paired = [v - base_by_seed[s] for s, v in zip(dist["seeds"], dist["AP50"]) if s in base_by_seed]
+    paired_std = mean_std(paired)[1] if len(paired) >= 2 else None
+    stds = [s for s in (base["AP50_std"], dist["AP50_std"], paired_std) if s is not None]
     spread = max(stds) if stds else None
-    return {"AP50_gain": gain, "spread": spread,
+    return {"baseline": baseline, "distilled": distilled, "AP50_gain": gain, "paired_AP50_gains": paired,
+            "paired_std": paired_std, "spread": spread,
             "exceeds_spread": (gain > spread) if spread is not None else None,
-            "note": "spread = max of the two groups' sample stds of AP50 over seeds"}
+            "note": "spread = max of the two groups' sample stds of AP50 over seeds and of the "
+                    "sample std of the seed-for-seed differences"}
+
+
+def distillation_gains(groups: list[dict]) -> list[dict]:
+    """distillation_gain of every (baseline, distilled) pair of PAIRS present in ``groups``."""
+    gains = [distillation_gain(groups, b, d) for b, d in PAIRS]
+    return [g for g in gains if g is not None]
 
 
 # ----------------------------------------------------------------------------- main
@@ -231,7 +257,7 @@ def train_or_reuse(run: dict, args: argparse.Namespace) -> dict:
     if results.is_file():
         print(f"[experiment] {label}: finished run in {out}, skipped", flush=True)
     else:
-        if run["kind"] != "teacher" and run["name"] != "baseline":
+        if run["kind"] != "teacher" and run["name"] not in ALONE:
             teacher = Path(args.output_root) / "teacher"
             if not (teacher / "results.json").is_file():
                 raise DetkdError(f"{label} needs the finished teacher in {teacher} (no results.json there); "
@@ -280,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
     train_wall = time.time() - t_start
 
     groups = summarize(done)
-    gain = distillation_gain(groups)
+    gains = distillation_gains(groups)
     report_info = None
     if not args.no_report:
         t0 = time.time()
@@ -296,7 +322,7 @@ def main(args: argparse.Namespace) -> int:
                      "only": args.only, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
                      "opts": args.opts, "threads": args.threads},
         "groups": groups,
-        "distillation_gain": gain,
+        "distillation_gains": gains,
         "runs": done,
         "report": report_info,
         "train_wall_seconds": round(train_wall, 1),
@@ -310,11 +336,11 @@ def main(args: argparse.Namespace) -> int:
 
     print("\nCOCO AP / AP50 on the demo's held-out split, per group over seeds:")
     print(format_table(groups))
-    if gain is not None:
+    for gain in gains:
         verdict = {True: "exceeds", False: "does NOT exceed", None: "cannot be compared with"}[gain["exceeds_spread"]]
         spread = "n/a" if gain["spread"] is None else f"{gain['spread']:.3f}"
-        print(f"distilled - baseline AP50: {gain['AP50_gain']:+.3f}; it {verdict} the seed-to-seed spread "
-              f"(max sample std {spread})")
+        print(f"{gain['distilled']} - {gain['baseline']} AP50: {gain['AP50_gain']:+.3f}; it {verdict} the "
+              f"seed-to-seed spread ({spread})")
     if report_info:
         speed = {n: s for n, s in report_info["speedup_vs_teacher"].items() if s is not None}
         if speed:
