@@ -329,6 +329,46 @@ def test_experiment_table(tmp_path):
     assert kd["verdict"] == "yes" and kd["per_seed"] == {"0": 83.0, "1": 82.0, "2": 82.5}
     assert rows[("dml", "peer0")]["verdict"] == "not beyond spread"  # +0.17 < spread
     assert rows[("dml", "peer1")]["verdict"] == "no"
-    assert "| KD (teacher a) | student | 82.50 ± 0.50 | 83.0, 82.0, 82.5 | +3.00 ± 0.00 | yes |" in table
+    assert "| KD (teacher a) | student | 82.50 ± 0.50 | 83.00, 82.00, 82.50 | +3.00 ± 0.00 | yes |" in table
     assert exp.main(["--out", str(tmp_path), "--table-only", "--methods", "kd", "dml"]) == 0
     assert (tmp_path / "table.md").is_file()
+
+
+def test_embedded_test_split_and_resume_hash():
+    from detkd.cls.data import load_cls_data
+    from detkd.cls.train import resume_hash
+
+    full = load_cls_config(CFG / "baseline.yaml")
+    small = load_cls_config(CFG / "baseline.yaml", ["data.test_split=subset"])
+    d_full, d_small = load_cls_data(full.data), load_cls_data(small.data)
+    # t10k: Fashion-MNIST's whole test split, 1000 per class; the subset file: 100 per class.
+    assert len(d_full.test_labels) == 10000 and torch.bincount(d_full.test_labels).tolist() == [1000] * 10
+    assert len(d_small.test_labels) == 1000 and torch.bincount(d_small.test_labels).tolist() == [100] * 10
+    # Same training images either way; the subset's test images are among the t10k ones.
+    assert torch.equal(d_full.train_images, d_small.train_images)
+    full_rows = {bytes(x.numpy()) for x in d_full.test_images}
+    assert all(bytes(x.numpy()) in full_rows for x in d_small.test_images[:50])
+    # The test set is not part of what a last.pth means: a finished run can be re-evaluated.
+    assert resume_hash(full) == resume_hash(small)
+    assert resume_hash(full) != resume_hash(load_cls_config(CFG / "baseline.yaml", ["data.train_subset=500"]))
+
+
+def test_reevaluate_scores_a_finished_run_on_the_new_test_set(tmp_path):
+    """run_cls_experiment --reevaluate: nothing trains, the weights stay, results.json is
+    rewritten for the test set the saved config gives now and the old one is kept."""
+    import run_cls_experiment as exp
+
+    out = tmp_path / "baseline_s0"
+    assert run(CFG / "baseline.yaml", out, "data.test_subset=null", "data.test_split=subset") == 0
+    before = json.loads((out / "results.json").read_text())
+    weights = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    assert before["test_images"] == 1000
+    cfg = out / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("test_split: subset", "test_split: t10k"))  # as a new default would
+    exp.reevaluate(out, 1, tmp_path / "reeval.txt")
+    after = json.loads((out / "results.json").read_text())
+    assert after["test_images"] == 10000 and after["iterations"] == before["iterations"]
+    assert json.loads((out / "results_before_reevaluation.json").read_text()) == before
+    again = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert "resumed from" in (out / "log.txt").read_text()

@@ -10,7 +10,9 @@
 
 Every run is one subprocess of tools/train_cls.py (one CPU thread unless --threads); a run
 whose results.json already exists is not repeated, so an interrupted experiment resumes
-where it stopped (delete OUT/<run> to redo one; --table-only only tabulates).
+where it stopped (delete OUT/<run> to redo one; --table-only only tabulates; --reevaluate
+scores the finished runs again on the current test set, e.g. runs made before the default
+test set became the whole 10,000-image Fashion-MNIST test split).
 
 Examples:
   python tools/run_cls_experiment.py                        # outputs/cls_exp, seeds 0 1 2
@@ -82,6 +84,30 @@ def train(cfg: Path, out: Path, opts: list[str], threads: int, log: Path) -> flo
     return wall
 
 
+def reevaluate(out: Path, threads: int, log: Path) -> None:
+    """Score a finished run again on the test set its config gives now (e.g. after the
+    default ``data.test_split`` changed): tools/train_cls.py resumes the run's final last.pth,
+    so nothing trains, and rewrites results.json (the previous one is kept once, as
+    results_before_reevaluation.json). --force-resume: checkpoints of older versions hash
+    the test set into their config hash."""
+    if not (out / "results.json").is_file():
+        return
+    keep = out / "results_before_reevaluation.json"
+    if not keep.is_file():
+        keep.write_text((out / "results.json").read_text())
+    cmd = [sys.executable, str(ROOT / "tools" / "train_cls.py"), "--cfg", str(out / "config.yaml"), "--output-dir",
+           str(out), "--resume", "auto", "--force-resume", "--opts", f"train.threads={threads}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: re-evaluating {out.name} failed (exit {proc.returncode}); see {log}")
+    res = read_results(out)
+    top = " ".join(f"{k} {v['top1']:.2f}" for k, v in res["networks"].items())
+    print(f"  {out.name}: re-evaluated on {res['test_images']} test images; top-1 {top}", flush=True)
+
+
 def teacher_override(method: str, out: Path) -> list[str]:
     """Point the config's teachers (teacher_a/b/c of the recipes) at the checkpoints under ``out``."""
     sys.path.insert(0, str(ROOT))
@@ -121,7 +147,7 @@ def tabulate(out: Path, methods: list[str], seeds: list[int], baseline: str = "b
             teachers[t] = r["networks"]["student"]["top1"]
     if teachers:
         lines += ["| teacher | top-1 |", "|---|---|"]
-        lines += [f"| {t} | {v:.1f} |" for t, v in teachers.items()]
+        lines += [f"| {t} | {v:.2f} |" for t, v in teachers.items()]
         lines.append("")
     base = {}
     for s in seeds:
@@ -143,7 +169,7 @@ def tabulate(out: Path, methods: list[str], seeds: list[int], baseline: str = "b
                 per_net.setdefault(k, {})[s] = v["top1"]
         for key, vals in per_net.items():
             m, sd = mean_std(list(vals.values()))
-            seeds_txt = ", ".join(f"{vals[s]:.1f}" if s in vals else "-" for s in seeds)
+            seeds_txt = ", ".join(f"{vals[s]:.2f}" if s in vals else "-" for s in seeds)
             paired = [vals[s] - base[s] for s in vals if s in base]
             if method == baseline:
                 diff_txt, verdict = "", ""
@@ -179,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-opts", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for the teachers")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     p.add_argument("--table-only", action="store_true", help="train nothing; tabulate what exists")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="train nothing; score every finished run (teachers included) again on the test set "
+                   "its saved config gives now, rewriting its results.json (the old one is kept as "
+                   "results_before_reevaluation.json), then tabulate")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -192,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     if wall_file.is_file():
         walls = json.loads(wall_file.read_text())
     t0 = time.time()
-    if not args.table_only:
+    if args.reevaluate:
+        print("re-evaluating the finished runs:", flush=True)
+        for run in [f"teacher_{t}" for t in TEACHERS] + [f"{m}_s{s}" for s in args.seeds for m in methods]:
+            reevaluate(out / run, args.threads, out / "logs" / f"{run}.reevaluate.txt")
+    elif not args.table_only:
         out.mkdir(parents=True, exist_ok=True)
         needs_teachers = any(teacher_override(m, out) for m in methods)
         if needs_teachers:
@@ -215,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     table, data = tabulate(out, methods, args.seeds, base_name)
     runs = [f"teacher_{t}" for t in TEACHERS] + [f"{m}_s{s}" for s in args.seeds for m in methods]
     done = [r for r in runs if (out / r / "results.json").is_file()]
-    train_s = {r: read_results(out / r)["train_seconds"] for r in done}
+    # A re-evaluated run's own training time is in the results it had before (--reevaluate).
+    train_s = {r: json.loads(((out / r / "results_before_reevaluation.json") if (
+        out / r / "results_before_reevaluation.json").is_file() else (out / r / "results.json")).read_text())[
+        "train_seconds"] for r in done}
     t_teach = sum(v for r, v in train_s.items() if r.startswith("teacher_"))
     t_stud = sum(v for r, v in train_s.items() if not r.startswith("teacher_"))
     w_known = [walls[r] for r in done if r in walls]

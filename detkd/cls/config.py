@@ -49,8 +49,11 @@ class NetConfig:
 
 @dataclass
 class ClsDataConfig:
-    """``fmnist``: the embedded Fashion-MNIST subset (4000 train / 1000 test, 28x28 gray;
-    ``root`` may point at another .npz with the same arrays). ``cifar10``/``cifar100``: the
+    """``fmnist``: the embedded Fashion-MNIST data (4000 training images, 28x28 gray) tested
+    on ``test_split``: ``t10k`` the whole 10,000-image Fashion-MNIST test split
+    (``data/sources/fashion_mnist_t10k.npz``), ``subset`` the 1000 test images of the subset
+    file; ``root`` may point at another .npz with the same arrays (its own test arrays are
+    used then). ``cifar10``/``cifar100``: the
     python-pickle files; ``root`` is the folder holding ``cifar-10-batches-py`` /
     ``cifar-100-python`` (or that folder itself)."""
 
@@ -58,6 +61,7 @@ class ClsDataConfig:
     root: str = ""
     train_subset: Optional[int] = None  # use N training images (a seeded random choice)
     test_subset: Optional[int] = None  # use N test images
+    test_split: Literal["t10k", "subset"] = "t10k"  # fmnist without root: see the docstring
     subset_seed: int = 0
     # Semi-supervised (baseline, dml, dml_e): the labels of a seeded random (1 - fraction)
     # of the training set are hidden; those samples enter only the KL terms.

@@ -24,6 +24,7 @@ from detkd.errors import DetkdError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_FMNIST = REPO_ROOT / "data" / "sources" / "fashion_mnist_subset.npz"
+EMBEDDED_FMNIST_TEST = REPO_ROOT / "data" / "sources" / "fashion_mnist_t10k.npz"  # the whole test split
 
 # Per-channel mean/std of the training sets (0..1 scale).
 _STATS = {
@@ -72,19 +73,28 @@ class ClsData:
 # ------------------------------------------------------------------------------ loading
 
 
-def _load_fmnist(cfg: ClsDataConfig):
-    path = Path(cfg.root) if cfg.root else EMBEDDED_FMNIST
+def _read_npz(path: Path, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str] | None]:
     if not path.is_file():
         raise DetkdError(f"Fashion-MNIST file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+            arrays = {k: d[k] for k in keys}
             names = [str(n) for n in d["class_names"]] if "class_names" in d.files else None
     except KeyError as exc:
-        raise DetkdError(f"{path}: missing array {exc} (need train_images, train_labels, test_images, "
-                         f"test_labels)") from None
+        raise DetkdError(f"{path}: missing array {exc} (need {', '.join(keys)})") from None
     except (OSError, ValueError) as exc:
         raise DetkdError(f"cannot read {path}: {exc}") from None
+    return arrays, names
+
+
+def _load_fmnist(cfg: ClsDataConfig):
+    if cfg.root:
+        arrays, names = _read_npz(Path(cfg.root), ("train_images", "train_labels", "test_images", "test_labels"))
+    else:
+        arrays, names = _read_npz(EMBEDDED_FMNIST, ("train_images", "train_labels")
+                                  + (("test_images", "test_labels") if cfg.test_split == "subset" else ()))
+        if cfg.test_split == "t10k":
+            arrays.update(_read_npz(EMBEDDED_FMNIST_TEST, ("test_images", "test_labels"))[0])
     num_classes = int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
     names = names or [str(i) for i in range(num_classes)]
 

@@ -133,13 +133,16 @@ def build_teacher(ncfg: NetConfig, index: int, data: ClsData, device: torch.devi
 
 # What decides the meaning of a last.pth (a resumed run must not change them silently);
 # train.threads, device, log/eval/checkpoint intervals and eval.* may differ.
+# The test set is not among them: resuming a finished run with another test set re-evaluates it.
 _RESUME_KEYS = ("model", "teachers", "peers", "num_peers", "method", "data")
 _RESUME_TRAIN_KEYS = ("epochs", "max_iters", "batch_size", "seed", "optimizer", "scheduler", "clip_grad_norm")
+_TEST_ONLY_DATA_KEYS = ("test_subset", "test_split")
 
 
 def resume_hash(cfg: ClsConfig) -> str:
     tree = config_to_dict(cfg)
     payload = {k: _plain(tree[k]) for k in _RESUME_KEYS}
+    payload["data"] = {k: v for k, v in payload["data"].items() if k not in _TEST_ONLY_DATA_KEYS}
     payload["train"] = {k: _plain(tree["train"][k]) for k in _RESUME_TRAIN_KEYS}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -165,9 +168,6 @@ def load_resume_checkpoint(path: Path, cfg: ClsConfig, force: bool) -> dict[str,
         raise DetkdError(f"--resume: cannot read {path}: {type(exc).__name__}: {first}") from None
     if not isinstance(ckpt, dict) or "networks" not in ckpt or "optimizers" not in ckpt:
         raise DetkdError(f"--resume: {path} is not a classification training checkpoint (last.pth)")
-    if "rng" not in ckpt:
-        raise DetkdError(f"--resume: {path} was written by an older detkd without RNG states; it cannot be "
-                         f"resumed exactly")
     if ckpt.get("resume_hash") != resume_hash(cfg) and not force:
         raise DetkdError(f"--resume: {path} was made with a different config (model, teachers, peers, method, "
                          f"data or train schedule differ); pass --force-resume to resume anyway")
@@ -311,8 +311,12 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
         start_epoch, global_iter = int(ckpt["epoch"]), int(ckpt["iter"])
         best = dict(ckpt.get("best", {}))
         seconds_before = float(ckpt.get("train_seconds", 0.0))
-        set_rng_state(ckpt["rng"])
-        train_loader.generator.set_state(ckpt["loader_rng"])
+        if global_iter < total_iters:  # a finished run is only evaluated again: no RNG needed
+            if "rng" not in ckpt:
+                raise DetkdError(f"--resume: {ckpt_path} was written by an older detkd without RNG states; it "
+                                 f"cannot be resumed exactly")
+            set_rng_state(ckpt["rng"])
+            train_loader.generator.set_state(ckpt["loader_rng"])
         logger.info("resumed from %s at epoch %d, iteration %d", ckpt_path, start_epoch, global_iter)
 
     t_start = t_log = time.time()
