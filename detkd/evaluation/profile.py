@@ -148,8 +148,8 @@ def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch
     frequency) falls on all models alike instead of on whichever was timed at that moment,
     and the speed ratios between them hold up across repeated reports. ``warmup`` untimed
     forwards precede a model's first round; later rounds start with one untimed forward
-    (caches). On CUDA a model is moved to ``device`` for its turn and back to the CPU
-    after it, so only one is resident at a time.
+    (caches). On CUDA a model is moved to ``device`` for its turn and, when there are
+    several, back to the CPU after it, so only one is resident at a time.
 
     Returns one dict per model, as :func:`measure_latency` (``rounds`` included).
     """
@@ -157,7 +157,8 @@ def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch
         raise DetkdError(f"latency needs runs >= 1, warmup >= 0 and rounds >= 1, got runs={runs}, "
                          f"warmup={warmup}, rounds={rounds}")
     device = _device(device)
-    move = device.type != "cpu" and len(models) > 1
+    on_gpu = device.type != "cpu"
+    park = on_gpu and len(models) > 1  # back to the CPU after each turn
     shares = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
     prepared = []
     for model, images in models:
@@ -169,8 +170,8 @@ def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch
         if share == 0:
             continue
         for m, (model, imgs) in enumerate(prepared):
-            if move:
-                model.to(device)
+            if on_gpu:
+                model.to(device)  # no-op when it is there already
             for _ in range(warmup if r == 0 else 1):
                 model([imgs[position[m] % len(imgs)]])
                 position[m] += 1
@@ -182,7 +183,7 @@ def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch
                 model([img])
                 _sync(device)
                 times[m].append((time.perf_counter() - start) * 1000.0)
-            if move:
+            if park:
                 model.to("cpu")
     return [{
         "median_ms": float(statistics.median(t)),
