@@ -16,8 +16,8 @@ results.json with COCO AP/AP50):
   hint_only          configs/experiment/ablations/hint_only.yaml          (--ablation-seeds; 128-ch student)
   soft_only          configs/experiment/ablations/soft_only.yaml          (RPN + RCN soft CE; 128-ch student)
   bound_only         configs/experiment/ablations/bound_only.yaml         (bounded regression; 128-ch student)
-  no_adaptation_ref  configs/experiment/ablations/no_adaptation_ref.yaml  (256-ch student, 1x1 adapter; only with --only)
-  no_adaptation      configs/experiment/ablations/no_adaptation.yaml      (256-ch student, identity; only with --only)
+  no_adaptation_ref  configs/experiment/ablations/no_adaptation_ref.yaml  (256-ch, 1x1 adapter; only with --only)
+  no_adaptation      configs/experiment/ablations/no_adaptation.yaml      (256-ch, identity; only with --only)
 
 (one run of every main group per seed, seed by seed, so a stopped experiment still has pairs), then
 writes the speed/accuracy report (detkd.evaluation.report.run_report: report.md/.csv/
@@ -75,10 +75,10 @@ GROUP_NAMES = tuple(g[0] for g in GROUPS)
 # --only adds them).
 OPTIONAL_GROUPS = ("baseline_fpn256", "distilled_fpn256", "no_adaptation_ref", "no_adaptation")
 DEFAULT_GROUPS = tuple(g for g in GROUP_NAMES if g not in OPTIONAL_GROUPS)
-# Students trained alone: no teacher to point at OUTPUT_ROOT/teacher.
-ALONE = ("baseline", "baseline_fpn256", "baseline_fpn128")
 # (baseline, distilled) groups that differ only in the distillation terms.
 PAIRS = (("baseline", "distilled"), ("baseline_fpn256", "distilled_fpn256"), ("baseline_fpn128", "distilled_fpn128"))
+# Students trained alone (the baselines): no teacher to point at OUTPUT_ROOT/teacher.
+ALONE = tuple(baseline for baseline, _ in PAIRS)
 METRICS = ("AP", "AP50")
 STD_KIND = "sample standard deviation (n - 1); null for n = 1"
 
@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training seeds of each ablation group (default: 0)")
     parser.add_argument("--only", type=_groups, default=list(DEFAULT_GROUPS), metavar="G,G,...",
                         help="train and report only these groups, from: " + ",".join(GROUP_NAMES) +
-                             " (default: all but " + ",".join(OPTIONAL_GROUPS) + "). Distillation groups need a finished teacher in "
-                             "OUTPUT_ROOT/teacher: include 'teacher' or train it first")
+                             " (default: all but " + ",".join(OPTIONAL_GROUPS) + "). Distillation groups need a "
+                             "finished teacher in OUTPUT_ROOT/teacher: include 'teacher' or train it first")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="override train.epochs of every run (default: each config's own)")
     parser.add_argument("--teacher-epochs", type=int, default=None, metavar="N",
@@ -168,6 +168,11 @@ def plan_runs(args: argparse.Namespace) -> list[dict]:
     return runs
 
 
+def distills(run: dict) -> bool:
+    """Whether the run learns from the teacher (reads OUTPUT_ROOT/teacher)."""
+    return run["kind"] != "teacher" and run["name"] not in ALONE
+
+
 def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
     opts = list(args.opts)
     epochs = args.teacher_epochs if run["kind"] == "teacher" and args.teacher_epochs else args.epochs
@@ -175,7 +180,7 @@ def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
         opts.append(f"train.epochs={epochs}")
     if run["seed"] is not None:
         opts.append(f"train.seed={run['seed']}")
-    if run["kind"] != "teacher" and run["name"] not in ALONE:
+    if distills(run):
         teacher_dir = (Path(args.output_root) / "teacher").resolve()
         opts += [f"teacher.config={teacher_dir / 'config.yaml'}",
                  f"teacher.checkpoint={teacher_dir / 'model_final.pth'}"]
@@ -260,7 +265,7 @@ def train_or_reuse(run: dict, args: argparse.Namespace) -> dict:
     if results.is_file():
         print(f"[experiment] {label}: finished run in {out}, skipped", flush=True)
     else:
-        if run["kind"] != "teacher" and run["name"] not in ALONE:
+        if distills(run):
             teacher = Path(args.output_root) / "teacher"
             if not (teacher / "results.json").is_file():
                 raise DetkdError(f"{label} needs the finished teacher in {teacher} (no results.json there); "
