@@ -36,6 +36,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from detkd.utils.stats import mean_std as stats_mean_std  # noqa: E402
+
 CFG = ROOT / "configs" / "cls" / "fmnist"
 TEACHERS = ("a", "b", "c")
 METHODS = ("baseline", "kd", "camkd", "dml", "ffl")
@@ -48,16 +52,35 @@ LABELS = {"baseline": "baseline", "kd": "KD (teacher a)", "camkd": "CA-MKD (teac
           "dml_semi": "DML (2 peers, 25% labelled)"}
 
 
+# Where --reevaluate keeps a run's first results (and so its own training time).
+BEFORE_REEVALUATION = "results_before_reevaluation.json"
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    n = len(values)
-    m = sum(values) / n
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return m, s
+    """detkd.utils.stats.mean_std (sample std, n - 1) with std 0 for a single value, as the
+    table prints it ("80.70 ± 0.00"; a verdict needs two or more seeds anyway)."""
+    m, s = stats_mean_std(values)
+    return m, (0.0 if s is None else s)
 
 
 def read_results(path: Path) -> dict:
     return json.loads((path / "results.json").read_text())
+
+
+def training_seconds(path: Path) -> float:
+    """A run's own training time: from its first results when it was re-evaluated since."""
+    first = path / BEFORE_REEVALUATION
+    return json.loads((first if first.is_file() else path / "results.json").read_text())["train_seconds"]
+
+
+def run_train_cls(args: list[str], threads: int, log: Path, opts: list[str] = ()) -> int:
+    """tools/train_cls.py ARGS --opts train.threads=THREADS OPTS (also OMP/MKL threads),
+    output to ``log``; its exit code."""
+    cmd = [sys.executable, str(ROOT / "tools" / "train_cls.py"), *args, "--opts", f"train.threads={threads}", *opts]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def train(cfg: Path, out: Path, opts: list[str], threads: int, log: Path) -> float:
@@ -67,17 +90,13 @@ def train(cfg: Path, out: Path, opts: list[str], threads: int, log: Path) -> flo
         return float("nan")
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"error: {out} holds an unfinished run (no results.json); delete it and run again")
-    cmd = [sys.executable, str(ROOT / "tools" / "train_cls.py"), "--cfg", str(cfg), "--output-dir", str(out),
-           "--opts", f"train.threads={threads}", *opts]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    print("  " + " ".join(cmd[1:]), flush=True)
+    args = ["--cfg", str(cfg), "--output-dir", str(out)]
+    print(f"  tools/train_cls.py {' '.join(args)} --opts train.threads={threads} {' '.join(opts)}", flush=True)
     t0 = time.time()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    code = run_train_cls(args, threads, log, opts)
     wall = time.time() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {out.name} failed (exit {proc.returncode}); see {log}")
+    if code != 0:
+        raise SystemExit(f"error: {out.name} failed (exit {code}); see {log}")
     res = read_results(out)
     top = " ".join(f"{k} {v['top1']:.1f}" for k, v in res["networks"].items())
     print(f"  {out.name}: {wall:.0f}s wall, {res['train_seconds']:.0f}s training; top-1 {top}", flush=True)
@@ -88,21 +107,17 @@ def reevaluate(out: Path, threads: int, log: Path) -> None:
     """Score a finished run again on the test set its config gives now (e.g. after the
     default ``data.test_split`` changed): tools/train_cls.py resumes the run's final last.pth,
     so nothing trains, and rewrites results.json (the previous one is kept once, as
-    results_before_reevaluation.json). --force-resume: checkpoints of older versions hash
+    BEFORE_REEVALUATION). --force-resume: checkpoints of older versions hash
     the test set into their config hash."""
     if not (out / "results.json").is_file():
         return
-    keep = out / "results_before_reevaluation.json"
+    keep = out / BEFORE_REEVALUATION
     if not keep.is_file():
         keep.write_text((out / "results.json").read_text())
-    cmd = [sys.executable, str(ROOT / "tools" / "train_cls.py"), "--cfg", str(out / "config.yaml"), "--output-dir",
-           str(out), "--resume", "auto", "--force-resume", "--opts", f"train.threads={threads}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: re-evaluating {out.name} failed (exit {proc.returncode}); see {log}")
+    code = run_train_cls(["--cfg", str(out / "config.yaml"), "--output-dir", str(out), "--resume", "auto",
+                          "--force-resume"], threads, log)
+    if code != 0:
+        raise SystemExit(f"error: re-evaluating {out.name} failed (exit {code}); see {log}")
     res = read_results(out)
     top = " ".join(f"{k} {v['top1']:.2f}" for k, v in res["networks"].items())
     print(f"  {out.name}: re-evaluated on {res['test_images']} test images; top-1 {top}", flush=True)
@@ -110,7 +125,6 @@ def reevaluate(out: Path, threads: int, log: Path) -> None:
 
 def teacher_override(method: str, out: Path) -> list[str]:
     """Point the config's teachers (teacher_a/b/c of the recipes) at the checkpoints under ``out``."""
-    sys.path.insert(0, str(ROOT))
     from detkd.cls.config import load_cls_config
 
     cfg = load_cls_config(CFG / f"{method}.yaml")
@@ -249,10 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     table, data = tabulate(out, methods, args.seeds, base_name)
     runs = [f"teacher_{t}" for t in TEACHERS] + [f"{m}_s{s}" for s in args.seeds for m in methods]
     done = [r for r in runs if (out / r / "results.json").is_file()]
-    # A re-evaluated run's own training time is in the results it had before (--reevaluate).
-    train_s = {r: json.loads(((out / r / "results_before_reevaluation.json") if (
-        out / r / "results_before_reevaluation.json").is_file() else (out / r / "results.json")).read_text())[
-        "train_seconds"] for r in done}
+    train_s = {r: training_seconds(out / r) for r in done}
     t_teach = sum(v for r, v in train_s.items() if r.startswith("teacher_"))
     t_stud = sum(v for r, v in train_s.items() if not r.startswith("teacher_"))
     w_known = [walls[r] for r in done if r in walls]
