@@ -18,7 +18,8 @@ import report as report_tool
 from conftest import REPO, tiny_opts
 from detkd.evaluation.report import ModelEntry, pareto_front, run_report
 
-FAST = ["--warmup", "1", "--runs", "3", "--latency-rounds", "2", "--throughput-batch", "2", "--threads", "1", "--no-progress"]
+FAST = ["--warmup", "1", "--runs", "3", "--latency-rounds", "2", "--throughput-batch", "2", "--threads", "1",
+        "--no-progress"]
 
 
 def run_tool(module, argv: list[str]) -> int:

@@ -160,10 +160,14 @@ def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch
     on_gpu = device.type != "cpu"
     park = on_gpu and len(models) > 1  # back to the CPU after each turn
     shares = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    used_rounds = sum(1 for share in shares if share)
+    on_device: dict[int, list[torch.Tensor]] = {}  # models given the same image list share one copy
     prepared = []
     for model, images in models:
         model.eval()
-        prepared.append((model, _on_device(images, device)))
+        if id(images) not in on_device:
+            on_device[id(images)] = _on_device(images, device)
+        prepared.append((model, on_device[id(images)]))
     times: list[list[float]] = [[] for _ in models]
     position = [0] * len(models)  # next image of each model (cycling)
     for r, share in enumerate(shares):
@@ -193,7 +197,7 @@ def measure_latency_interleaved(models: Sequence[tuple[nn.Module, Sequence[torch
         "runs": runs,
         "warmup": warmup,
         "images": len(imgs),
-        "rounds": sum(1 for share in shares if share),
+        "rounds": used_rounds,
     } for t, (_, imgs) in zip(times, prepared)]
 
 
