@@ -295,12 +295,15 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
     trainables = list(method.networks.values()) + ([method.aux] if hasattr(method, "aux") else [])
 
     def run_eval(epoch: int, it: int) -> dict[str, dict[str, float]]:
+        """Evaluate every network, log it, and keep the best top-1 of each (``best``)."""
         _set_eval(trainables)
         res = evaluate(method.eval_logits, test_loader, data.num_classes)
         logger.info("eval epoch %d iter %d: %s", epoch, it,
                     " ".join(f"{k} top1={v['top1']:.2f} top5={v['top5']:.2f}" for k, v in res.items()))
         metrics_file.write({"type": "eval", "epoch": epoch, "iter": it,
                             **{f"{k}/{m}": v for k, r in res.items() for m, v in r.items()}})
+        for k, r in res.items():
+            best[k] = max(best.get(k, -1.0), r["top1"])
         return res
 
     results: dict[str, dict[str, float]] = {}
@@ -346,8 +349,6 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
         done = global_iter >= total_iters
         if done or (t.eval_interval and (epoch + 1) % t.eval_interval == 0):
             results = run_eval(epoch, global_iter)
-            for k, r in results.items():
-                best[k] = max(best.get(k, -1.0), r["top1"])
         if done or (epoch + 1) % t.checkpoint_interval == 0:
             checkpoint(epoch + 1, global_iter)
         if done:
@@ -355,8 +356,6 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
 
     if not results:  # resumed from the last checkpoint of a finished run
         results = run_eval(epochs - 1, global_iter)
-        for k, r in results.items():
-            best[k] = max(best.get(k, -1.0), r["top1"])
     train_seconds = seconds_before + time.time() - t_start
     for key, net in method.networks.items():
         fname = "model_final.pth" if key == "student" else f"{key}_final.pth"
