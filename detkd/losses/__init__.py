@@ -1,6 +1,7 @@
 """detkd's shared loss submodule: pure functions (plus thin nn.Module wrappers).
 
 * ``detection``: Chen et al. (NeurIPS 2017) detection distillation terms.
+* ``feature``: FPN-feature methods for detectors: PKD, CWD, MGD, FGD, fine-grained imitation, DeFeat.
 * ``kd``: single-teacher KD, FitNet, attention transfer, similarity preserving.
 * ``multi_teacher``: AVER, EBKD, AEKD, CA-MKD, FitNet-MKD.
 * ``online``: deep mutual learning, feature fusion learning, SCD self-distillation.
@@ -18,6 +19,23 @@ from detkd.losses.detection import (
     hint_loss,
     objectness_soft_ce,
     weighted_soft_ce,
+)
+from detkd.losses.feature import (
+    FGD,
+    MGD,
+    GcBlock,
+    MGDGenerator,
+    cwd_loss,
+    defeat_feature_loss,
+    fgd_attention,
+    fgd_loss,
+    fgd_masks,
+    fgfi_masks,
+    masked_imitation_loss,
+    match_size,
+    mgd_loss,
+    mgd_mask,
+    pkd_loss,
 )
 from detkd.losses.kd import (
     ConvRegressor,
@@ -46,6 +64,8 @@ from detkd.losses.online import FFLLosses, FusionModule, dml_losses, ffl_losses,
 __all__ = [
     "BoundedRegressionLoss", "HintLoss", "ObjectnessSoftCE", "WeightedSoftCE", "bound_active",
     "bounded_regression_loss", "hint_loss", "objectness_soft_ce", "weighted_soft_ce",
+    "FGD", "MGD", "GcBlock", "MGDGenerator", "cwd_loss", "defeat_feature_loss", "fgd_attention", "fgd_loss",
+    "fgd_masks", "fgfi_masks", "masked_imitation_loss", "match_size", "mgd_loss", "mgd_mask", "pkd_loss",
     "ConvRegressor", "at_loss", "attention_map", "fitnet_loss", "kd_loss", "similarity_matrix", "sp_loss",
     "CAMKDRegressors", "aekd_loss", "aekd_weights", "aver_loss", "camkd_inter_loss", "camkd_kd_loss",
     "confidence_weights", "ebkd_loss", "ebkd_weights", "fitnet_mkd_loss", "solve_one_class_svm_dual",
