@@ -225,8 +225,9 @@ def test_mgd_mask_keyed_reproducible_and_batch_independent():
     # the global RNG neither decides nor is consumed
     state = torch.get_rng_state()
     torch.manual_seed(123)
+    before = torch.get_rng_state()
     b = mgd_mask(shape, [7, 8, 9])
-    torch.manual_seed(123)
+    assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(a, b)
     torch.set_rng_state(state)
 
