@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,6 +28,7 @@ from detkd.config.schema import Config
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -148,7 +150,7 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin in (list, tuple):
+    if origin in (list, tuple, dict):
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
     if tp is type(None):
         return "null"
@@ -188,6 +190,12 @@ def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
             raise _Invalid(f"expected {_type_name(tp)}, got {value!r}")
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(f"expected a mapping, got {value!r}")
+        key_tp, item_tp = get_args(tp)
+        return {_convert(k, key_tp, f"{path}[{k!r}]", ctx): _convert(v, item_tp, f"{path}.{k}", ctx)
+                for k, v in value.items()}
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -202,6 +210,9 @@ def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
             raise _Invalid(f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            # PyYAML (YAML 1.1) reads 5e-5 (no dot) as a string; the papers' weights are written so.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Invalid(f"expected a number, got {value!r}")
         return float(value)
@@ -331,10 +342,31 @@ def check_config(cfg: Config, source: str) -> None:
         for key in ("nu", "gamma", "lam", "margin", "bg_weight"):
             _positive(getattr(d, key), f"distill.{key}", source, allow_zero=True)
         _positive(d.temperature, "distill.temperature", source)
-        if d.hint and not d.hint_levels:
+        if d.chen and d.hint and not d.hint_levels:
             raise DetkdError(f"{source}: 'distill.hint_levels' is empty while 'distill.hint' is on")
+        check_methods(d, source)
         if not cfg.teacher.checkpoint:
             raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
+
+
+def check_methods(d: Any, source: str) -> None:
+    """Ranges of the FPN-feature method sections (``distill.pkd`` ...)."""
+    for name in ("pkd", "cwd", "mgd", "fgd", "fgfi"):
+        section = getattr(d, name)
+        if section is None:
+            continue
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            key = f"distill.{name}.{f.name}"
+            if f.name == "levels":
+                if value is not None and not value:
+                    raise DetkdError(f"{source}: '{key}' is empty; leave it out (null) for the method's default levels")
+            elif f.name in ("temperature",):
+                _positive(value, key, source)
+            elif f.name in ("lambda_mask", "psi"):
+                _fraction(value, key, source)
+            else:  # weights
+                _positive(value, key, source, allow_zero=True)
 
 
 # ----------------------------------------------------------------------------- output

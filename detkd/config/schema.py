@@ -185,13 +185,73 @@ class TeacherConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Chen et al. (NeurIPS 2017) objective; defaults are the paper's.
+class PKDConfig:
+    """PKD (Cao et al., NeurIPS 2022): Pearson correlation of per-channel normalized FPN maps.
+    Default weight 6 and levels P2-P5: MMRazor's pkd_fpn_faster-rcnn_r101_faster-rcnn_r50 config."""
 
+    weight: float = 6.0
+    levels: Optional[list[str]] = None  # student levels; None: every level but "pool" (P2-P5)
+
+
+@dataclass
+class CWDConfig:
+    """Channel-wise distillation (Shu et al., ICCV 2021): KL between per-channel spatial
+    softmaxes. Defaults tau 1, weight 10, all levels: MMRazor's cwd_fpn_frcnn config."""
+
+    weight: float = 10.0
+    temperature: float = 1.0
+    levels: Optional[list[str]] = None  # None: every level, "pool" included
+
+
+@dataclass
+class MGDConfig:
+    """Masked generative distillation (Yang et al., ECCV 2022): a generator rebuilds the
+    teacher map from a randomly masked student map. alpha 2e-5, lambda 0.65: MMRazor's
+    mgd_fpn_retina / the authors' Faster R-CNN config."""
+
+    alpha: float = 2e-5
+    lambda_mask: float = 0.65
+    levels: Optional[list[str]] = None  # None: every level, "pool" included
+
+
+@dataclass
+class FGDConfig:
+    """Focal and global distillation (Yang et al., CVPR 2022): foreground/background masked
+    imitation weighted by teacher attention, attention transfer and GcBlock global relation.
+    Defaults: the authors' faster_rcnn_r101 -> r50 config (yzd-v/FGD)."""
+
+    temperature: float = 0.5
+    alpha: float = 5e-5  # foreground
+    beta: float = 2.5e-5  # background
+    gamma: float = 5e-5  # attention
+    lambda_global: float = 5e-7  # global (GcBlock) relation (the paper's lambda)
+    levels: Optional[list[str]] = None  # None: every level but "pool" (P2-P5)
+
+
+@dataclass
+class FGFIConfig:
+    """Fine-grained feature imitation (Wang et al., CVPR 2019): imitation on the locations
+    whose anchors overlap a ground-truth box (IoU > psi * the box's best anchor IoU).
+    psi 0.5 and weight 0.01: the paper (Sec. 3.1, 4)."""
+
+    weight: float = 0.01
+    psi: float = 0.5
+    levels: Optional[list[str]] = None  # None: every level (each has anchors)
+
+
+@dataclass
+class DistillConfig:
+    """The distillation methods of one run (several may be on at once); defaults are the
+    papers'. See docs/distillation_methods.md.
+
+    Chen et al. (NeurIPS 2017), on unless ``chen: false`` (the flat keys below):
     L = L_RPN + L_RCN + gamma * L_hint;  L_cls = mu * hard + (1 - mu) * soft;
-    L_reg = smoothL1 + nu * L_b  (see ../shared/spec/methods.md, section 1).
+    L_reg = smoothL1 + nu * L_b  (spec methods.md, section 1).
+    FPN-feature methods (section 3): a section (``pkd: {}``, ``fgd: {alpha: 1e-4}``...) turns
+    the method on; ``null`` (the default) leaves it off.
     """
 
+    chen: bool = True  # false: none of Chen et al.'s terms (a feature-method-only run)
     hint: bool = True
     rpn_soft: bool = True
     rcn_soft: bool = True
@@ -210,6 +270,19 @@ class DistillConfig:
     adapter: Literal["conv1x1", "identity"] = "conv1x1"
     start_epoch: int = 0  # distillation terms on from this epoch
     stop_epoch: Optional[int] = None  # ... and off from this one
+    # A teacher whose config has another input size (min/max_size): "own" sees the images at
+    # its own size (boxes/proposals scaled into its frame, student maps resized to its maps;
+    # RPN terms refused: they compare anchor by anchor), "student" sees the student's
+    # transformed batch (every term), "auto" is "own" unless Chen et al.'s RPN terms are on.
+    teacher_input: Literal["auto", "own", "student"] = "auto"
+    # Heterogeneous pairs: student level -> teacher level (e.g. {"0": "2"}: the student's
+    # stride-16 map against the teacher's stride-16 one); unnamed levels match by name.
+    level_map: Optional[dict[str, str]] = None
+    pkd: Optional[PKDConfig] = None
+    cwd: Optional[CWDConfig] = None
+    mgd: Optional[MGDConfig] = None
+    fgd: Optional[FGDConfig] = None
+    fgfi: Optional[FGFIConfig] = None
 
 
 @dataclass

@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from detkd.config.schema import DistillConfig, ModelConfig
 from detkd.errors import DetkdError
 
-__all__ = ["TERMS", "enabled_terms", "probe_features", "check_compatible", "check_label_map", "teacher_class_names"]
+__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "probe_features", "check_compatible", "check_label_map", "teacher_class_names"]
 
 TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
+RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
+RCN_TERMS = frozenset({"rcn_soft", "rcn_bound"})
 
 # Side of the zero image the backbones are probed with. Large enough that a stride
 # difference at any level (up to 128) changes a feature-map size.
@@ -45,8 +47,10 @@ def enabled_terms(cfg: DistillConfig) -> frozenset[str]:
 
     Weights: soft terms ``1 - mu``, bounded terms ``lam * nu``, hint ``gamma``. A term whose
     weight is 0 is skipped entirely (no teacher work, no loss entry), so ``mu = 1, nu = 0,
-    gamma = 0`` is the plain student loss exactly.
+    gamma = 0`` is the plain student loss exactly. ``chen: false`` turns every term off.
     """
+    if not cfg.chen:
+        return frozenset()
     soft_w = 1.0 - cfg.mu
     bound_w = cfg.lam * cfg.nu
     weights = {
@@ -107,6 +111,7 @@ def check_compatible(
     distill_cfg: DistillConfig,
     student: nn.Module,
     teacher: nn.Module,
+    level_map: Optional[dict[str, str]] = None,
 ) -> dict[str, tuple[int, int]]:
     """Refuse a teacher/student pair the enabled distillation terms cannot compare.
 
@@ -117,7 +122,8 @@ def check_compatible(
 
     Returns ``{hint level: (student channels, teacher channels)}`` for the hint levels
     (empty when the hint term is off), which is what
-    :class:`detkd.modeling.adapters.HintAdapters` is built from.
+    :class:`detkd.modeling.adapters.HintAdapters` is built from. ``level_map`` matches a
+    student hint level with a differently named teacher level (``distill.level_map``).
     """
     terms = enabled_terms(distill_cfg)
     s_pre = "model." if student_cfg is not None else "student "
@@ -191,14 +197,16 @@ def check_compatible(
         levels = [str(level) for level in distill_cfg.hint_levels]
         if not levels:
             raise DetkdError("distill.hint_levels is empty while distill.hint is on")
+        mapping = level_map or {}
         for level in levels:
-            for feats, who in ((f_s, "student"), (f_t, "teacher")):
-                if level not in feats:
+            t_level = mapping.get(level, level)
+            for feats, name, who in ((f_s, level, "student"), (f_t, t_level, "teacher")):
+                if name not in feats:
                     raise DetkdError(
-                        f"distill.hint_levels: level '{level}' is not a {who} feature map; "
+                        f"distill.hint_levels: level '{name}' is not a {who} feature map; "
                         f"available: {', '.join(feats)}"
                     )
-            c_s, c_t = f_s[level][0], f_t[level][0]
+            c_s, c_t = f_s[level][0], f_t[t_level][0]
             if distill_cfg.adapter == "identity" and c_s != c_t:
                 raise DetkdError(
                     f"distill.adapter 'identity' needs equal channels at hint level '{level}': "

@@ -1,38 +1,33 @@
-r"""Knowledge distillation of torchvision Faster R-CNN (Chen et al., "Learning Efficient
-Object Detection Models with Knowledge Distillation", NeurIPS 2017; spec ``methods.md`` §1).
+r"""Knowledge distillation of torchvision Faster R-CNN: one frozen teacher, one student, and
+a family of methods (spec methods.md; docs/distillation_methods.md).
 
-The objective, with the paper's defaults (``DistillConfig``)::
+Each training step the Distiller runs
 
-    L      = L_RPN + L_RCN + gamma * L_hint                       gamma = 0.5
-    L_RPN  = L_cls^RPN + lam * L_reg^RPN,  L_RCN = L_cls^RCN + lam * L_reg^RCN    lam = 1
-    L_cls  = mu * L_hard + (1 - mu) * L_soft                      mu = 0.5
-    L_soft = - sum_c w_c P_t,c log P_s,c,  P = softmax(z / T)     w_bg = 1.5, T = 1
-    L_reg  = smoothL1(R_s, y) + nu * L_b(R_s, R_t, y)             nu = 0.5
-    L_b    = ||R_s - y||^2 if ||R_s - y||^2 + m > ||R_t - y||^2 else 0   (per row)
-    L_hint = ||adapt(V) - Z||^2                                   (elementwise mean)
-
-How the rows line up (the part that makes it correct, not just runnable): the student's
-training pipeline is run step by step with torchvision's own component methods, in
-torchvision's order (so the hard losses and the random sampling are exactly torchvision's),
-keeping the sampled anchor indices and the sampled proposals. The teacher never runs its
-own RPN proposals or samplers: it sees the student's transformed batch, its RPN head is read
-at the student's sampled anchors, and its box head classifies the student's sampled
-proposals pooled from the teacher's own features.
+1. the student's training pipeline step by step with torchvision's own component methods,
+   in torchvision's order (so its hard losses and random sampling are exactly torchvision's),
+   keeping its FPN maps, anchors, sampled anchor rows and sampled proposals;
+2. the frozen teacher, only as far as the enabled methods need: its backbone + FPN on the
+   student's transformed batch (re-normalized if the two configs' mean/std differ) or, when
+   the teacher's config has another input size, on the images at its own size; its RPN head
+   at the student's anchors only for RPN terms; its box head on the student's sampled
+   proposals (scaled into the teacher's frame) only for RoI terms;
+3. every enabled method (:data:`detkd.distill.methods.METHODS`) on the
+   :class:`~detkd.distill.methods.DistillRecord` of that step: Chen et al. (NeurIPS 2017;
+   hint, soft CE, bounded regression) and the FPN-feature methods PKD, CWD, MGD, FGD and
+   fine-grained imitation, several at once if configured.
 
 Conventions:
 
-* A term is on when its switch is on and its weight (``1 - mu``, ``lam * nu``, ``gamma``)
-  is > 0; an off term costs nothing and has no loss entry. Where a head's soft term is off
-  its classification loss is the plain hard loss (no ``mu`` factor), so an ablation that
-  drops a term reverts to the standard loss. ``lam`` scales the smooth-L1 terms always.
-  With ``mu = 1, nu = 0, gamma = 0`` (or all switches off) the loss is torchvision's,
-  bit for bit.
-* Normalization follows the hard term beside each soft/bounded term: RPN soft = mean over
-  the sampled anchors; RCN soft = mean over the sampled RoIs; bounds = sum over positive
-  rows / number of sampled rows (anchors or RoIs), like torchvision's smooth-L1.
+* A method or term is on when its switch/section is on and its weight is > 0; an off term
+  costs nothing and has no loss entry. With every weight at 0 (or everything off) the loss
+  is torchvision's, bit for bit, and the teacher does not run.
+* ``lam`` scales the student's smooth-L1 terms always; Chen et al.'s soft terms weight the
+  hard CE beside them by ``mu`` (:meth:`DistillMethod.hard_weights`).
 * The teacher runs under ``torch.inference_mode()``, is frozen and stays in eval mode; the
-  outputs the losses use are cloned out of inference mode (inference tensors cannot be
+  outputs the methods use are cloned out of inference mode (inference tensors cannot be
   saved for the student's backward).
+* Every learnable part of every method lives in ``self.methods`` (trained with the student,
+  saved by the trainer in ``last.pth`` under ``distill``, not in ``model_final.pth``).
 """
 
 from __future__ import annotations
@@ -51,19 +46,19 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from detkd.config.schema import Config, DistillConfig, ModelConfig
-from detkd.distill.compat import check_compatible, enabled_terms
+from detkd.distill.compat import RPN_TERMS, enabled_terms
+from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
-from detkd.losses.detection import bounded_regression_loss, objectness_soft_ce, weighted_soft_ce
-from detkd.modeling.adapters import HintAdapters, hint_losses
+from detkd.modeling.adapters import HintAdapters
 from detkd.modeling.detector import build_detector
+from detkd.modeling.sampling import KeyedSampler
 from detkd.modeling.weights import load_matching, read_state_dict
 
 __all__ = ["Distiller", "build_distiller"]
 
 log = logging.getLogger(__name__)
 
-RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
-RCN_TERMS = frozenset({"rcn_soft", "rcn_bound"})
+HARD_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
 def _scale(x: Tensor, w: float) -> Tensor:
@@ -110,43 +105,66 @@ def _check_transformed_targets(targets: list[dict[str, Tensor]]) -> None:
             raise TypeError(f"target labels must of int64 type, instead got {target['labels'].dtype}")
 
 
-def _l2_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
-    """Plain L2 ablation: sum over rows of ||R_s - R_t||^2 (teacher detached)."""
-    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
-    return (student.to(dtype) - teacher.detach().to(dtype)).pow(2).sum()
+def _input_size(model: FasterRCNN) -> tuple[tuple[int, ...], int]:
+    t = model.transform
+    return tuple(int(v) for v in t.min_size), int(t.max_size)
+
+
+def _teacher_at_own_size(cfg: DistillConfig, student: FasterRCNN, teacher: FasterRCNN) -> bool:
+    """``distill.teacher_input``: does the teacher run its own transform on the raw images?"""
+    if _input_size(student) == _input_size(teacher) or cfg.teacher_input == "student":
+        return False
+    if cfg.teacher_input == "auto" and enabled_terms(cfg) & RPN_TERMS:
+        log.info("the teacher sees the student's transformed batch: the RPN terms compare the two nets anchor by "
+                 "anchor (distill.teacher_input: auto)")
+        return False
+    return True
+
+
+def _scale_boxes(boxes: list[Tensor], src: list[tuple[int, int]], dst: list[tuple[int, int]]) -> list[Tensor]:
+    """xyxy boxes of each image from its ``src`` (H, W) frame into its ``dst`` frame."""
+    out = []
+    for b, (h_s, w_s), (h_d, w_d) in zip(boxes, src, dst):
+        ratio = torch.tensor([w_d / w_s, h_d / h_s, w_d / w_s, h_d / h_s], dtype=b.dtype, device=b.device)
+        out.append(b * ratio)
+    return out
 
 
 class Distiller(nn.Module):
-    r"""A torchvision Faster R-CNN student trained against a frozen Faster R-CNN teacher
-    with the objective of Chen et al. (NeurIPS 2017), see the module docstring.
+    r"""A torchvision Faster R-CNN student trained against a frozen Faster R-CNN teacher with
+    the methods that ``cfg`` enables (see the module docstring).
 
     Args:
         student: the ``FasterRCNN`` being trained (``self.student``; save its
             ``state_dict()`` as the model).
-        teacher: a ``FasterRCNN`` with the same classes (and, for the RPN terms, the same
-            anchors and strides). It is frozen here (``requires_grad=False``) and kept in
-            eval mode whatever ``train()`` is called with.
-        cfg: the distillation knobs.
+        teacher: a ``FasterRCNN`` (for Chen et al.'s terms: the same classes and, for the RPN
+            terms, the same anchors and strides). It is frozen here (``requires_grad=False``)
+            and kept in eval mode whatever ``train()`` is called with.
+        cfg: the distillation config (Chen et al.'s flat knobs and the method sections).
         teacher_renorm: ``(mean_s, std_s, mean_t, std_t)`` (3 values each) to map the
             student's normalized batch into the teacher's normalization,
             ``x_t = ((x_s * std_s + mean_s) - mean_t) / std_t``; ``None`` (default) reads
             them from the two models' transforms (no-op when they agree).
         student_cfg, teacher_cfg: only used to name config keys in error messages.
 
+    The teacher sees the student's transformed batch when both transforms have the same
+    min/max size (or ``cfg.teacher_input`` says so), else the raw images through its own
+    transform (``self.own_size``).
+
     Attributes:
-        adapters: :class:`HintAdapters` for ``cfg.hint_levels``, or ``None`` when the hint
-            term is off (save ``adapters.state_dict()`` next to the student's).
+        methods: ``nn.ModuleDict`` name -> :class:`DistillMethod` of the enabled methods.
+        adapters: Chen et al.'s :class:`HintAdapters`, or ``None`` when the hint is off.
         last_stats: Python floats from the last training forward (read lazily, so there is
             no host sync unless it is read): ``raw_<term>`` unweighted term values and
             ``rpn_bound_active`` / ``rcn_bound_active``, the fraction of positive rows on
             which the teacher bound is active.
 
     Training ``forward(images, targets)`` returns the loss terms, already weighted, whose
-    sum is the objective: ``loss_classifier`` (mu*hard), ``loss_box_reg`` (lam*smoothL1),
-    ``loss_objectness`` (mu*hard), ``loss_rpn_box_reg`` (lam*smoothL1), then, for the terms
-    that are on, ``loss_rcn_soft`` ((1-mu)*soft), ``loss_rcn_bound`` (lam*nu*L_b),
-    ``loss_rpn_soft``, ``loss_rpn_bound``, ``loss_hint`` (gamma*hint). In eval mode it is
-    the student's inference.
+    sum is the objective: ``loss_classifier``, ``loss_box_reg``, ``loss_objectness``,
+    ``loss_rpn_box_reg`` (the student's own, in torchvision's order), then each enabled
+    method's terms (Chen et al.: ``loss_rcn_soft``, ``loss_rcn_bound``, ``loss_rpn_soft``,
+    ``loss_rpn_bound``, ``loss_hint``; ``loss_pkd``, ``loss_cwd``, ``loss_mgd``,
+    ``loss_fgd``, ``loss_fgfi``). In eval mode it is the student's inference.
     """
 
     def __init__(
@@ -167,26 +185,25 @@ class Distiller(nn.Module):
         self.cfg = cfg
         teacher.requires_grad_(False)
         teacher.eval()
-        self.terms = enabled_terms(cfg)
-        self.hint_levels = [str(level) for level in cfg.hint_levels]
-        hint_channels = check_compatible(student_cfg, teacher_cfg, cfg, student, teacher)
+        for model, who in ((student, "student"), (teacher, "teacher")):
+            heads = model.roi_heads
+            if heads.has_mask() or heads.has_keypoint():
+                raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills Faster R-CNN box detectors only")
+        self.own_size = _teacher_at_own_size(cfg, student, teacher)
+        ctx = BuildContext(cfg, student, teacher, student_cfg, teacher_cfg, self.own_size)
         ref = next(student.parameters())
-        self.adapters: Optional[HintAdapters] = None
-        if "hint" in self.terms:
-            self.adapters = HintAdapters(hint_channels, cfg.adapter).to(ref.device)
-
-        num_classes = student.roi_heads.box_predictor.cls_score.out_features
-        weights = torch.ones(num_classes)
-        if cfg.class_weighted:
-            weights[0] = cfg.bg_weight  # torchvision: class 0 is background
-        self.register_buffer("class_weights", weights.to(ref.device), persistent=False)
-        self.rpn_bg_weight = float(cfg.bg_weight) if cfg.class_weighted else 1.0
+        self.methods = nn.ModuleDict()
+        for name, method_cls in METHODS.items():
+            section = cfg if name == "chen" else getattr(cfg, name)
+            method = method_cls.build(section, ctx) if section is not None else None
+            if method is not None:
+                self.methods[name] = method.to(ref.device)
 
         if teacher_renorm is None:
             st, tt = student.transform, teacher.transform
             teacher_renorm = (st.image_mean, st.image_std, tt.image_mean, tt.image_std)
         stats = [torch.as_tensor([float(v) for v in vals]).view(-1, 1, 1) for vals in teacher_renorm]
-        self.renorm = not (torch.equal(stats[0], stats[2]) and torch.equal(stats[1], stats[3]))
+        self.renorm = not self.own_size and not (torch.equal(stats[0], stats[2]) and torch.equal(stats[1], stats[3]))
         for name, value in zip(("mean_s", "std_s", "mean_t", "std_t"), stats):
             self.register_buffer(f"_renorm_{name}", value.to(ref.device), persistent=False)
 
@@ -204,7 +221,7 @@ class Distiller(nn.Module):
         return self
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer each iteration; ``start_epoch <= epoch < stop_epoch``
+        """Called by the trainer each epoch; ``start_epoch <= epoch < stop_epoch``
         switches the distillation terms on."""
         self.epoch = int(epoch)
 
@@ -213,9 +230,22 @@ class Distiller(nn.Module):
         c = self.cfg
         return self.epoch >= c.start_epoch and (c.stop_epoch is None or self.epoch < c.stop_epoch)
 
+    @property
+    def terms(self) -> frozenset[str]:
+        """Every enabled term (Chen et al.'s by term, the other methods by name)."""
+        return frozenset().union(*(m.terms() for m in self.methods.values()))
+
     def active_terms(self) -> frozenset[str]:
         """The terms computed at the current epoch."""
         return self.terms if self.distilling else frozenset()
+
+    def active_methods(self) -> list[DistillMethod]:
+        return list(self.methods.values()) if self.distilling else []
+
+    @property
+    def adapters(self) -> Optional[HintAdapters]:
+        chen = self.methods["chen"] if "chen" in self.methods else None
+        return None if chen is None else chen.adapters
 
     @property
     def last_stats(self) -> dict[str, float]:
@@ -229,80 +259,78 @@ class Distiller(nn.Module):
         _check_targets(images, targets)
         if self.teacher.training:  # someone called teacher.train() directly
             self.teacher.eval()
-        cfg, s = self.cfg, self.student
-        terms = self.active_terms()
+        s = self.student
+        methods = self.active_methods()
         self._stats = {}
 
         # --- student, exactly GeneralizedRCNN.forward's training path
+        raw_images = images
         image_list, targets = s.transform(images, targets)
         _check_transformed_targets(targets)
         features = _features(s.backbone(image_list.tensors))
         rpn = self._student_rpn(image_list, features, targets)
         rcn = self._student_rcn(features, rpn["proposals"], image_list.image_sizes, targets)
 
-        hard_w_rcn = cfg.mu if "rcn_soft" in terms else 1.0
-        hard_w_rpn = cfg.mu if "rpn_soft" in terms else 1.0
+        weights = {"loss_classifier": 1.0, "loss_box_reg": self.cfg.lam, "loss_objectness": 1.0,
+                   "loss_rpn_box_reg": self.cfg.lam}
+        for method in methods:
+            weights.update(method.hard_weights())
         # torchvision's key order (detector losses, then RPN losses): with every
         # distillation term off, sum(losses.values()) is torchvision's sum bit for bit.
-        losses: dict[str, Tensor] = {
-            "loss_classifier": _scale(rcn["loss_classifier"], hard_w_rcn),
-            "loss_box_reg": _scale(rcn["loss_box_reg"], cfg.lam),
-            "loss_objectness": _scale(rpn["loss_objectness"], hard_w_rpn),
-            "loss_rpn_box_reg": _scale(rpn["loss_rpn_box_reg"], cfg.lam),
-        }
-        if not terms:
+        hard = {"loss_classifier": rcn["loss_classifier"], "loss_box_reg": rcn["loss_box_reg"],
+                "loss_objectness": rpn["loss_objectness"], "loss_rpn_box_reg": rpn["loss_rpn_box_reg"]}
+        losses: dict[str, Tensor] = {k: _scale(hard[k], weights[k]) for k in HARD_KEYS}
+        if not methods:
             return losses
 
-        # --- teacher, on the student's transformed batch and the student's rows
-        with torch.inference_mode():
-            t_features = _features(self.teacher.backbone(self._teacher_input(image_list)))
-            if terms & RPN_TERMS:
-                t_obj, t_deltas = self._teacher_rpn(t_features, rpn)
-            if terms & RCN_TERMS:
-                t_logits, t_regression = self._teacher_rcn(t_features, rcn, image_list.image_sizes)
-        # Inference tensors cannot be saved for the student's backward: clone the few the
-        # losses use into normal tensors (cheap next to the teacher's forward).
-        if "hint" in terms:
-            t_features = OrderedDict((k, t_features[k].clone()) for k in self.hint_levels)
-        if terms & RPN_TERMS:
-            t_obj, t_deltas = t_obj.clone(), t_deltas.clone()
-        if terms & RCN_TERMS:
-            t_logits, t_regression = t_logits.clone(), t_regression.clone()
-
-        soft_w, bound_w = 1.0 - cfg.mu, cfg.lam * cfg.nu
-        if "rcn_soft" in terms:
-            # All sampled RoIs, mean: like the hard CE beside it.
-            soft = weighted_soft_ce(rcn["class_logits"], t_logits, self.class_weights, cfg.temperature, "mean")
-            losses["loss_rcn_soft"] = soft * soft_w
-            self._stats["raw_rcn_soft"] = soft.detach()
-        if "rcn_bound" in terms:
-            # Positive RoIs, both nets' deltas at the ground-truth class.
-            pos, labels_pos = rcn["pos"], rcn["labels_pos"]
-            num_rows = rcn["labels"].numel()
-            s_d = rcn["box_regression"].reshape(num_rows, -1, 4)[pos, labels_pos]
-            t_d = t_regression.reshape(num_rows, -1, 4)[pos, labels_pos]
-            bound = self._bound(s_d, t_d, rcn["regression_targets"][pos], num_rows, "rcn")
-            losses["loss_rcn_bound"] = bound * bound_w
-            self._stats["raw_rcn_bound"] = bound.detach()
-        if "rpn_soft" in terms:
-            sampled = rpn["sampled_inds"]
-            # Sampled anchors, mean: like the objectness BCE beside it.
-            soft = objectness_soft_ce(rpn["objectness"][sampled], t_obj[sampled], self.rpn_bg_weight,
-                                      cfg.temperature, "mean")
-            losses["loss_rpn_soft"] = soft * soft_w
-            self._stats["raw_rpn_soft"] = soft.detach()
-        if "rpn_bound" in terms:
-            pos = rpn["sampled_pos_inds"]
-            bound = self._bound(rpn["pred_bbox_deltas"][pos], t_deltas[pos], rpn["regression_targets"][pos],
-                                rpn["sampled_inds"].numel(), "rpn")
-            losses["loss_rpn_bound"] = bound * bound_w
-            self._stats["raw_rpn_bound"] = bound.detach()
-        if "hint" in terms:
-            assert self.adapters is not None
-            hint = hint_losses(self.adapters, features, t_features, self.hint_levels, reduction="mean")
-            losses["loss_hint"] = hint * cfg.gamma
-            self._stats["raw_hint"] = hint.detach()
+        record = self._record(raw_images, image_list, features, targets, rpn, rcn, methods)
+        for method in methods:
+            losses.update(method(record))
+            self._stats.update(method.stats)
         return losses
+
+    def _record(self, raw_images: list[Tensor], image_list: ImageList, features: "OrderedDict[str, Tensor]",
+                targets: list[dict[str, Tensor]], rpn: dict[str, Any], rcn: dict[str, Any],
+                methods: list[DistillMethod]) -> DistillRecord:
+        """Run the teacher as far as ``methods`` need and collect what they read."""
+        need_rpn = any(m.needs_teacher_rpn for m in methods)
+        need_rcn = any(m.needs_teacher_rcn for m in methods)
+        levels = list(dict.fromkeys(level for m in methods for level in m.teacher_levels()))
+        sizes = image_list.image_sizes
+        with torch.inference_mode():
+            if self.own_size:  # the teacher's own transform (eval mode: its test size, no randomness)
+                t_list, _ = self.teacher.transform(raw_images)
+                t_input, t_sizes = t_list.tensors, t_list.image_sizes
+            else:
+                t_input, t_sizes = self._teacher_input(image_list), sizes
+            t_features = _features(self.teacher.backbone(t_input))
+            t_rpn = self._teacher_rpn(t_features, rpn) if need_rpn else None
+            t_rcn = None
+            if need_rcn:
+                proposals = rcn["proposals"] if not self.own_size else _scale_boxes(rcn["proposals"], sizes, t_sizes)
+                t_rcn = self._teacher_rcn(t_features, proposals, t_sizes)
+        # Inference tensors cannot be saved for the student's backward: clone the few the
+        # methods use into normal tensors (cheap next to the teacher's forward).
+        boxes = [t["boxes"] for t in targets]
+        return DistillRecord(
+            features=features,
+            teacher_features={k: t_features[k].clone() for k in levels},
+            targets=targets, image_sizes=sizes, batch_shape=tuple(image_list.tensors.shape[-2:]),
+            teacher_boxes=boxes if not self.own_size else _scale_boxes(boxes, sizes, t_sizes),
+            teacher_image_sizes=t_sizes, teacher_batch_shape=tuple(t_input.shape[-2:]),
+            keys=self._image_keys(len(targets)) if any(m.needs_keys for m in methods) else [],
+            rpn=rpn, rcn=rcn,
+            teacher_rpn=None if t_rpn is None else (t_rpn[0].clone(), t_rpn[1].clone()),
+            teacher_rcn=None if t_rcn is None else (t_rcn[0].clone(), t_rcn[1].clone()),
+        )
+
+    def _image_keys(self, num_images: int) -> list[int]:
+        """The per-image keys the trainer set for the student's samplers (so random masks
+        follow the image, not the batch split); else fresh draws from the global RNG."""
+        sampler = self.student.rpn.fg_bg_sampler
+        if isinstance(sampler, KeyedSampler) and sampler.keys is not None:
+            return list(sampler.keys)
+        return [int(k) for k in torch.randint(0, 2**62, (num_images,))]
 
     # ------------------------------------------------------------------ student pieces
 
@@ -348,6 +376,8 @@ class Distiller(nn.Module):
             "sampled_inds": sampled_inds,
             "sampled_pos_inds": sampled_pos_inds,
             "grids": grids,
+            "anchors": anchors,
+            "anchors_per_location": rpn.anchor_generator.num_anchors_per_location()[0],
             "loss_objectness": objectness_loss,
             "loss_rpn_box_reg": box_loss,
         }
@@ -370,9 +400,6 @@ class Distiller(nn.Module):
             "loss_classifier": loss_classifier,
             "loss_box_reg": loss_box_reg,
         }
-        if "rcn_bound" in self.active_terms():
-            pos = torch.where(out["labels"] > 0)[0]  # as in fastrcnn_loss
-            out["pos"], out["labels_pos"] = pos, out["labels"][pos]
         return out
 
     # ------------------------------------------------------------------ teacher pieces
@@ -407,33 +434,23 @@ class Distiller(nn.Module):
         t_obj, t_deltas = concat_box_prediction_layers(t_obj, t_deltas)
         return t_obj.flatten(), t_deltas
 
-    def _teacher_rcn(self, t_features: "OrderedDict[str, Tensor]", rcn: dict[str, Any],
+    def _teacher_rcn(self, t_features: "OrderedDict[str, Tensor]", proposals: list[Tensor],
                      image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         """The student's sampled proposals, pooled from the teacher's features and run
         through the teacher's box head: one teacher row per student row, same order."""
         heads = self.teacher.roi_heads
-        box_features = heads.box_roi_pool(t_features, rcn["proposals"], image_sizes)
+        box_features = heads.box_roi_pool(t_features, proposals, image_sizes)
         box_features = heads.box_head(box_features)
         return heads.box_predictor(box_features)
 
-    # ------------------------------------------------------------------ bounded term
-
-    def _bound(self, s_d: Tensor, t_d: Tensor, y: Tensor, num_sampled: int, head: str) -> Tensor:
-        """Sum over positive rows / number of sampled rows (torchvision's smooth-L1 norm)."""
-        if self.cfg.bound_kind == "l2":
-            return _l2_to_teacher(s_d, t_d) / num_sampled
-        loss, active = bounded_regression_loss(s_d, t_d, y, self.cfg.margin, "sum", return_active=True)
-        self._stats[f"{head}_bound_active"] = active.sum() / max(active.numel(), 1)
-        return loss / num_sampled
-
     def extra_repr(self) -> str:
-        return f"terms={sorted(self.terms)}, renorm={self.renorm}"
+        return f"methods={list(self.methods)}, terms={sorted(self.terms)}, renorm={self.renorm}, own_size={self.own_size}"
 
 
 def build_distiller(cfg: Config, student: FasterRCNN) -> Distiller:
     """Build the teacher from ``cfg.teacher.model``, load ``cfg.teacher.checkpoint``
     (a mismatch is a one-line :class:`DetkdError` naming the file), freeze it, check
-    compatibility and wrap ``student`` in a :class:`Distiller`."""
+    compatibility (each method's ``build``) and wrap ``student`` in a :class:`Distiller`."""
     if cfg.teacher is None or cfg.distill is None:
         raise DetkdError("a distillation run needs both a 'teacher' and a 'distill' section")
     if not cfg.teacher.checkpoint:
@@ -443,6 +460,6 @@ def build_distiller(cfg: Config, student: FasterRCNN) -> Distiller:
     load_matching(teacher, read_state_dict(path), f"teacher.checkpoint {path}")
     s_size, t_size = (cfg.model.min_size, cfg.model.max_size), (cfg.teacher.model.min_size, cfg.teacher.model.max_size)
     if s_size != t_size:
-        log.info("the teacher sees the student's transformed batch (min/max size %s); "
-                 "teacher.model.min_size/max_size %s are not used", s_size, t_size)
+        log.info("teacher input size (min/max) %s, the student's %s (distill.teacher_input: %s)", t_size, s_size,
+                 cfg.distill.teacher_input)
     return Distiller(student, teacher, cfg.distill, student_cfg=cfg.model, teacher_cfg=cfg.teacher.model)

@@ -106,6 +106,27 @@ def student_of(model: nn.Module) -> nn.Module:
     return getattr(core, "student", core)
 
 
+def load_method_state(core: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
+    """Restore the distillation methods' learnable parts (adapters, generators, GcBlocks...)
+    from ``ckpt["distill"]`` (checkpoints before the method interface: ``ckpt["adapters"]``,
+    Chen et al.'s hint adapters); a mismatch is a one-line error naming the file."""
+    methods = getattr(core, "methods", None)
+    if methods is None:
+        return
+    state = ckpt.get("distill")
+    if state is None and "adapters" in ckpt:
+        state = {f"chen.adapters.{k}": v for k, v in ckpt["adapters"].items()}
+    if state is None:
+        state = {}
+    try:
+        methods.load_state_dict(state)
+    except RuntimeError as exc:
+        missing = sorted(set(methods.state_dict()) ^ set(state))
+        raise DetkdError(f"{path}: the distillation methods' weights do not match this config "
+                         f"({', '.join(missing[:4]) or str(exc).splitlines()[0]}); resume with the config it was made "
+                         "with") from None
+
+
 def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
@@ -242,8 +263,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
     best: float | None = None
     if ckpt is not None:
         student_of(model).load_state_dict(ckpt["model"])
-        if "adapters" in ckpt and getattr(unwrap(model), "adapters", None) is not None:
-            unwrap(model).adapters.load_state_dict(ckpt["adapters"])
+        load_method_state(unwrap(model), ckpt, ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -281,8 +301,8 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             "rng": rng_state(), "config": dump_config(cfg), "config_hash": chash,
             "version": detkd.__version__,
         }
-        if getattr(core, "adapters", None) is not None:
-            state["adapters"] = core.adapters.state_dict()
+        if getattr(core, "methods", None) is not None:  # learnable parts of the distillation methods
+            state["distill"] = core.methods.state_dict()
         atomic_save(state, out / name)
 
     def evaluate(epoch: int) -> dict[str, float]:

@@ -23,12 +23,13 @@ from torch import Tensor, nn
 
 from detkd.losses.detection import hint_loss
 
-__all__ = ["HintAdapters", "hint_losses", "ADAPTER_KINDS"]
+__all__ = ["HintAdapters", "hint_losses", "ADAPTER_KINDS", "module_key"]
 
 ADAPTER_KINDS = ("conv1x1", "identity")
 
 
-def _module_key(level: str) -> str:
+def module_key(level: str) -> str:
+    """A level name as a safe, injective ``nn.ModuleDict`` key."""
     # Escape "_" first so the code is prefix-free and therefore injective; the "l_"
     # prefix keeps keys non-empty and away from nn.Module attribute names
     # (e.g. a level called "training" or "forward").
@@ -91,7 +92,7 @@ class HintAdapters(nn.Module):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="linear")
                 nn.init.zeros_(conv.bias)
                 module = conv
-            key = _module_key(level)
+            key = module_key(level)
             self.channels[level] = (c_s, c_t)
             self._keys[level] = key
             self.adapters[key] = module

@@ -1,0 +1,143 @@
+r"""Chen et al., "Learning Efficient Object Detection Models with Knowledge Distillation"
+(NeurIPS 2017; spec methods.md section 1) as a method of the family::
+
+    L      = L_RPN + L_RCN + gamma * L_hint                       gamma = 0.5
+    L_cls  = mu * L_hard + (1 - mu) * L_soft                      mu = 0.5
+    L_soft = - sum_c w_c P_t,c log P_s,c,  P = softmax(z / T)     w_bg = 1.5, T = 1
+    L_reg  = smoothL1(R_s, y) + nu * L_b(R_s, R_t, y)             nu = 0.5
+    L_b    = ||R_s - y||^2 if ||R_s - y||^2 + m > ||R_t - y||^2 else 0   (per row)
+    L_hint = ||adapt(V) - Z||^2                                   (elementwise mean)
+
+Rows line up because the teacher is read at the student's sampled anchors (RPN) and on the
+student's sampled proposals (RoI head), see the Distiller. Normalization follows the hard
+term beside each soft/bounded term: RPN soft = mean over the sampled anchors; RCN soft = mean
+over the sampled RoIs; bounds = sum over positive rows / number of sampled rows.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from detkd.config.schema import DistillConfig
+from detkd.distill.compat import RCN_TERMS, RPN_TERMS, check_compatible, enabled_terms
+from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord
+from detkd.errors import DetkdError
+from detkd.losses.detection import bounded_regression_loss, objectness_soft_ce, weighted_soft_ce
+from detkd.modeling.adapters import HintAdapters, hint_losses
+
+
+def _l2_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
+    """Plain L2 ablation: sum over rows of ||R_s - R_t||^2 (teacher detached)."""
+    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    return (student.to(dtype) - teacher.detach().to(dtype)).pow(2).sum()
+
+
+class ChenMethod(DistillMethod):
+    """Hint with adaptation layers, class-weighted soft CE in both heads, teacher-bounded
+    regression. ``adapters`` is the :class:`HintAdapters` of ``hint_levels`` (None when the
+    hint is off); loss keys ``loss_rcn_soft``, ``loss_rcn_bound``, ``loss_rpn_soft``,
+    ``loss_rpn_bound``, ``loss_hint``; stats ``raw_<term>`` and ``<head>_bound_active``."""
+
+    def __init__(self, cfg: DistillConfig, terms: frozenset[str], hint_channels: dict[str, tuple[int, int]],
+                 num_classes: int, level_map: dict[str, str]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self._terms = terms
+        self.needs_teacher_rpn = bool(terms & RPN_TERMS)
+        self.needs_teacher_rcn = bool(terms & RCN_TERMS)
+        self.hint_levels = [str(level) for level in cfg.hint_levels]
+        self.level_map = level_map
+        self.adapters: Optional[HintAdapters] = None
+        if "hint" in terms:
+            self.adapters = HintAdapters(hint_channels, cfg.adapter)
+        weights = torch.ones(num_classes)
+        if cfg.class_weighted:
+            weights[0] = cfg.bg_weight  # torchvision: class 0 is background
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.rpn_bg_weight = float(cfg.bg_weight) if cfg.class_weighted else 1.0
+
+    @classmethod
+    def build(cls, section: DistillConfig, ctx: BuildContext) -> Optional["ChenMethod"]:
+        terms = enabled_terms(section)
+        if not terms:
+            return None
+        if ctx.own_size and terms & RPN_TERMS:
+            switch = "/".join(f"distill.{t}" for t in sorted(terms & RPN_TERMS))
+            raise DetkdError(
+                f"RPN distillation ({switch}) compares the two nets anchor by anchor, so the teacher must see the "
+                f"student's input size: set distill.teacher_input: student, or turn {switch} off")
+        hint_channels = check_compatible(ctx.student_cfg, ctx.teacher_cfg, section, ctx.student, ctx.teacher,
+                                         level_map=ctx.level_map)
+        num_classes = ctx.student.roi_heads.box_predictor.cls_score.out_features
+        return cls(section, terms, hint_channels, num_classes, ctx.level_map)
+
+    def terms(self) -> frozenset[str]:
+        return self._terms
+
+    def teacher_levels(self) -> list[str]:
+        return [self.level_map.get(level, level) for level in self.hint_levels] if "hint" in self._terms else []
+
+    def hard_weights(self) -> dict[str, float]:
+        # Where a head's soft term is on, its hard CE is weighted by mu.
+        weights = {}
+        if "rcn_soft" in self._terms:
+            weights["loss_classifier"] = self.cfg.mu
+        if "rpn_soft" in self._terms:
+            weights["loss_objectness"] = self.cfg.mu
+        return weights
+
+    def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
+        cfg, terms, rpn, rcn = self.cfg, self._terms, rec.rpn, rec.rcn
+        self.stats = {}
+        losses: dict[str, Tensor] = {}
+        soft_w, bound_w = 1.0 - cfg.mu, cfg.lam * cfg.nu
+        if self.needs_teacher_rcn:
+            t_logits, t_regression = rec.teacher_rcn
+        if "rcn_soft" in terms:
+            # All sampled RoIs, mean: like the hard CE beside it.
+            soft = weighted_soft_ce(rcn["class_logits"], t_logits, self.class_weights, cfg.temperature, "mean")
+            losses["loss_rcn_soft"] = soft * soft_w
+            self.stats["raw_rcn_soft"] = soft.detach()
+        if "rcn_bound" in terms:
+            # Positive RoIs, both nets' deltas at the ground-truth class.
+            pos = torch.where(rcn["labels"] > 0)[0]  # as in fastrcnn_loss
+            labels_pos = rcn["labels"][pos]
+            num_rows = rcn["labels"].numel()
+            s_d = rcn["box_regression"].reshape(num_rows, -1, 4)[pos, labels_pos]
+            t_d = t_regression.reshape(num_rows, -1, 4)[pos, labels_pos]
+            bound = self._bound(s_d, t_d, rcn["regression_targets"][pos], num_rows, "rcn")
+            losses["loss_rcn_bound"] = bound * bound_w
+            self.stats["raw_rcn_bound"] = bound.detach()
+        if self.needs_teacher_rpn:
+            t_obj, t_deltas = rec.teacher_rpn
+        if "rpn_soft" in terms:
+            sampled = rpn["sampled_inds"]
+            # Sampled anchors, mean: like the objectness BCE beside it.
+            soft = objectness_soft_ce(rpn["objectness"][sampled], t_obj[sampled], self.rpn_bg_weight,
+                                      cfg.temperature, "mean")
+            losses["loss_rpn_soft"] = soft * soft_w
+            self.stats["raw_rpn_soft"] = soft.detach()
+        if "rpn_bound" in terms:
+            pos = rpn["sampled_pos_inds"]
+            bound = self._bound(rpn["pred_bbox_deltas"][pos], t_deltas[pos], rpn["regression_targets"][pos],
+                                rpn["sampled_inds"].numel(), "rpn")
+            losses["loss_rpn_bound"] = bound * bound_w
+            self.stats["raw_rpn_bound"] = bound.detach()
+        if "hint" in terms:
+            assert self.adapters is not None
+            t_feats = {level: rec.teacher_features[self.level_map.get(level, level)] for level in self.hint_levels}
+            hint = hint_losses(self.adapters, rec.features, t_feats, self.hint_levels, reduction="mean")
+            losses["loss_hint"] = hint * cfg.gamma
+            self.stats["raw_hint"] = hint.detach()
+        return losses
+
+    def _bound(self, s_d: Tensor, t_d: Tensor, y: Tensor, num_sampled: int, head: str) -> Tensor:
+        """Sum over positive rows / number of sampled rows (torchvision's smooth-L1 norm)."""
+        if self.cfg.bound_kind == "l2":
+            return _l2_to_teacher(s_d, t_d) / num_sampled
+        loss, active = bounded_regression_loss(s_d, t_d, y, self.cfg.margin, "sum", return_active=True)
+        self.stats[f"{head}_bound_active"] = active.sum() / max(active.numel(), 1)
+        return loss / num_sampled

@@ -1,0 +1,47 @@
+"""Focal and global distillation (Yang et al., "Focal and Global Knowledge Distillation for
+Detectors", CVPR 2022; spec methods.md section 3):
+L = sum_levels alpha L_fg + beta L_bg + gamma L_at + lambda L_global, the fg/bg masks from the
+ground-truth boxes in the teacher's frame."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from detkd.config.schema import FGDConfig
+from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels, to_teacher_size
+from detkd.distill.methods.features import LevelMethod
+from detkd.losses.feature import FGD
+from detkd.modeling.adapters import module_key
+
+
+class FGDMethod(LevelMethod):
+    """One :class:`detkd.losses.feature.FGD` (alignment conv + two GcBlocks) per level; the
+    weights are inside the loss. Logs ``raw_fgd_{fg,bg,at,global}`` summed over levels."""
+
+    name = "fgd"
+
+    @classmethod
+    def build(cls, section: FGDConfig, ctx: BuildContext) -> Optional["FGDMethod"]:
+        if section.alpha == section.beta == section.gamma == section.lambda_global == 0:
+            return None
+        method = cls(resolve_levels("fgd", section.levels, ctx, include_pool=False), 1.0)
+        for p in method.pairs:
+            method.per_level[module_key(p.student)] = FGD(
+                p.student_channels, p.teacher_channels, temperature=section.temperature, alpha=section.alpha,
+                beta=section.beta, gamma=section.gamma, lambda_=section.lambda_global)
+        return method
+
+    def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
+        total, parts = None, {}
+        for pair in self.pairs:
+            t = rec.teacher_features[pair.teacher]
+            s = to_teacher_size(rec.features[pair.student], t)
+            value, level_parts = self.level_module(pair)(s, t, rec.teacher_boxes, rec.teacher_batch_shape)
+            total = value if total is None else total + value
+            for k, v in level_parts.items():
+                parts[k] = parts.get(k, 0) + v.detach()
+        self.stats = {"raw_fgd": total.detach(), **{f"raw_fgd_{k}": v for k, v in parts.items()}}
+        return {"loss_fgd": total}
+

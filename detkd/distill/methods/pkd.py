@@ -1,0 +1,33 @@
+"""PKD (Cao et al., "PKD: General Distillation Framework for Object Detectors via Pearson
+Correlation Coefficient", NeurIPS 2022; spec methods.md section 3):
+L = weight * sum_levels mean((z(S) - z(T))^2) / 2, z the per-channel standardization."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from detkd.config.schema import PKDConfig
+from detkd.distill.methods.base import BuildContext, align_conv, resolve_levels
+from detkd.distill.methods.features import LevelMethod
+from detkd.losses.feature import pkd_loss
+from detkd.modeling.adapters import module_key
+
+
+class PKDMethod(LevelMethod):
+    """A 1x1 alignment conv only where the widths differ (the normalization removes scale)."""
+
+    name = "pkd"
+
+    @classmethod
+    def build(cls, section: PKDConfig, ctx: BuildContext) -> Optional["PKDMethod"]:
+        if section.weight == 0:
+            return None
+        method = cls(resolve_levels("pkd", section.levels, ctx, include_pool=False), section.weight)
+        for p in method.pairs:
+            method.per_level[module_key(p.student)] = align_conv(p.student_channels, p.teacher_channels)
+        return method
+
+    def level_loss(self, pair, s: Tensor, t: Tensor, rec) -> Tensor:
+        return pkd_loss(self.level_module(pair)(s), t)
