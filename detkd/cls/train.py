@@ -43,6 +43,7 @@ from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
 from detkd.config.load import _plain, config_to_dict, dump_config
 from detkd.engine.checkpoint import atomic_save, atomic_write_text
+from detkd.engine.lock import RunLock
 from detkd.engine.trainer import rng_state, set_rng_state
 from detkd.errors import DetkdError
 from detkd.modeling.weights import state_mismatch
@@ -212,7 +213,13 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
 
     ``resume``: a ``last.pth`` path, or ``"auto"`` for ``output_dir/last.pth`` (from scratch
     when there is none). ``force_resume`` accepts a checkpoint made with another config.
+    The run holds :class:`RunLock` on ``output_dir`` from before its first write to its end.
     """
+    with RunLock(cfg.output_dir):
+        return _train_cls(cfg, resume, force_resume)
+
+
+def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     if cfg.train.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
