@@ -86,6 +86,32 @@ def test_run_lock_in_one_process(tmp_path):
         assert f"pid {os.getpid()}" in (out / ".lock").read_text()
 
 
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_holder(tmp_path):
+    """DataLoader workers are forked with the lock's file open; a SIGKILLed trainer's worker
+    that is still alive must not block the next run."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "from detkd.engine.lock import RunLock\n"
+        f"RunLock({str(out)!r}).acquire()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "time.sleep(60)\n")], env=ENV, stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(DetkdError, match=f"pid {holder.pid} on "):
+            RunLock(out).acquire()
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the forked child is still alive...
+        with RunLock(out):  # ...and the directory is free
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_second_run_on_a_live_run_is_refused_and_sigkill_frees_it(tiny_demo_dir, tmp_path):
     out = tmp_path / "run"
     opts = {"train.epochs": 1, "train.log_interval": 1, "train.checkpoint_period_iters": 1}

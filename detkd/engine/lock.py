@@ -22,6 +22,24 @@ from detkd.errors import DetkdError
 
 LOCK_NAME = ".lock"
 
+# A forked child (a DataLoader worker) shares the lock's open file: a flock is only released
+# when every descriptor of it is closed, so a worker outliving a SIGKILLed trainer would keep
+# the directory locked. Children close their copies at once (close only: LOCK_UN would release
+# the parent's lock too).
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
 
 def _holder(path: Path) -> str:
     try:
@@ -57,6 +75,7 @@ class RunLock:
         if self.fd is None:
             raise DetkdError(f"output directory {self.dir} is in use by another run ({_holder(self.path)}); "
                              "wait for it to end, or choose another output_dir")
+        _HELD.add(self.fd)
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
 
@@ -66,6 +85,7 @@ class RunLock:
         try:
             self.path.unlink(missing_ok=True)  # while still locked: see the module doc
         finally:
+            _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = None
         if self.created_dir:
