@@ -124,12 +124,15 @@ def test_second_run_on_a_live_run_is_refused_and_sigkill_frees_it(tiny_demo_dir,
     first.send_signal(signal.SIGSTOP)  # frozen: its files can be compared byte for byte
     try:
         before = checksums(out)
-        for args in ((), ("--resume", "auto")):
-            second = start(tiny_demo_dir, out, *args, **opts)
-            _, stderr = second.communicate(timeout=300)
-            assert_one_error_line(second, stderr, f"output directory {out} is in use by another run "
-                                                  f"(pid {first.pid} on ")
-            assert checksums(out) == before
+        held = f"output directory {out} is in use by another run (pid {first.pid} on "
+        second = start(tiny_demo_dir, out, "--resume", "auto", **opts)
+        _, stderr = second.communicate(timeout=300)
+        assert_one_error_line(second, stderr, held)
+        assert checksums(out) == before
+        # Without --resume too (in-process: the same train(), without a second interpreter's start-up).
+        with pytest.raises(DetkdError, match=re.escape(held)):
+            train(load_config(CFG, tiny_opts(tiny_demo_dir, out, **opts)), progress=False)
+        assert checksums(out) == before
     finally:
         first.kill()  # SIGKILL works on a stopped process; the kernel drops its flock
         first.wait()
