@@ -229,6 +229,28 @@ def test_logged_speed_matches_the_wall_clock_across_short_epochs(tiny_demo_dir, 
     assert re.search(r"iter 10/24 .*\(\d+\.\d+ s/it, data \d+\.\d+ s/it \(\d+%\), eta 0:00:\d\d\)", log), log
 
 
+def test_speed_meter_on_a_scripted_clock():
+    """Data wait = from the end of a step (or the epoch start) to the batch; the time between
+    epochs counts in s/it but not as data wait; the ETA extrapolates the run's average."""
+    from detkd.utils.speed import SpeedMeter, format_speed
+
+    now = [100.0]
+    meter = SpeedMeter(start_iter=0, total_iters=10, clock=lambda: now[0])
+    for it, (wait, step) in enumerate([(0.5, 1.0), (0.1, 1.0), (0.1, 1.0)], start=1):
+        if it == 3:  # an epoch boundary with a 2 s evaluation before it
+            now[0] += 2.0
+            meter.epoch_start()
+        now[0] += wait
+        meter.batch_ready()
+        now[0] += step
+        meter.step_done()
+    fields = meter.interval(3)
+    assert fields["time"] == pytest.approx((0.5 + 1 + 0.1 + 1 + 2 + 0.1 + 1) / 3)
+    assert fields["data_time"] == pytest.approx(0.7 / 3)
+    assert fields["eta_seconds"] == pytest.approx(5.7 / 3 * 7)
+    assert format_speed(fields) == "1.900 s/it, data 0.233 s/it (12%), eta 0:00:13"
+
+
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

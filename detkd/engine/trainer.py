@@ -37,8 +37,8 @@ from detkd.engine import dist
 from detkd.engine.checkpoint import (atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint,
                                      remove_stale_temp_files)
 from detkd.engine.lock import RunLock
-from detkd.engine.resume import remap_schedule, resume_position
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from detkd.engine.resume import remap_schedule, resume_position
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.detector import build_detector, count_parameters
