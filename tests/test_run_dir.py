@@ -175,6 +175,24 @@ def test_checkpoint_write_past_a_file_size_limit_is_one_line_and_keeps_last(tiny
     assert logged_iters(out)[-1] == 3
 
 
+def test_metrics_append_past_the_limit_is_cut_back_to_whole_lines(tmp_path):
+    """metrics.jsonl is appended: a failed append leaves no half line behind."""
+    path = tmp_path / "metrics.jsonl"
+    code = ("import sys\n"
+            "from detkd.utils.logger import MetricsWriter\n"
+            f"w = MetricsWriter({str(path)!r})\n"
+            "for i in range(1000):\n"
+            "    w.write({'type': 'train', 'iter': i, 'loss': 1.0 / (i + 1)})\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120,
+                          preexec_fn=_file_size_limit(1000))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"detkd.errors.DetkdError: cannot write {path}: File too large [EFBIG]; "), last
+    data = path.read_bytes()
+    assert len(data) <= 1000 and data.endswith(b"\n")
+    assert [json.loads(line)["iter"] for line in data.splitlines()] == list(range(len(data.splitlines())))
+
+
 def test_full_file_system_is_one_line_error(tiny_demo_dir, tmp_path):
     """A real full disk: a 3 MB tmpfs as output_dir holds the small files but not a checkpoint."""
     mnt = tmp_path / "small"
