@@ -372,3 +372,29 @@ def test_reevaluate_scores_a_finished_run_on_the_new_test_set(tmp_path):
     again = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert "resumed from" in (out / "log.txt").read_text()
+
+
+def test_output_dir_held_by_a_live_run_is_refused(capsys, tmp_path):
+    """Issue #15: a second run on a directory another run holds (its RunLock) writes nothing."""
+    from detkd.engine.lock import RunLock
+
+    out = tmp_path / "held"
+    with RunLock(out):
+        (out / "log.txt").write_text("the other run\n")
+        for args in ((), ("--resume", "auto")):
+            msg = _error(capsys, run(CFG / "baseline.yaml", out, args=args))
+            assert msg.startswith(f"error: output directory {out} is in use by another run (pid "), msg
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "log.txt"]
+        assert (out / "log.txt").read_text() == "the other run\n"
+
+
+def test_tensorboard_holds_every_metric(tmp_path):
+    """Issue #15: train.tensorboard writes every field of metrics.jsonl as a scalar."""
+    pytest.importorskip("tensorboard")
+    from test_run_dir import assert_tensorboard_has_every_metric
+
+    out = tmp_path / "tb"
+    assert run(CFG / "baseline.yaml", out, "train.tensorboard=true", "train.epochs=1") == 0
+    assert_tensorboard_has_every_metric(out)
+    train = [m for m in read_metrics(out) if m["type"] == "train"]
+    assert {"time", "data_time", "eta_seconds", "lr"} <= set(train[0])

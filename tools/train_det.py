@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resume from a checkpoint file, or 'auto' for the latest valid one in output_dir")
     parser.add_argument("--force-resume", action="store_true",
                         help="resume even if the checkpoint was made with a different config")
+    parser.add_argument("--resume-from-epoch-boundary", action="store_true",
+                        help="when the global batch (processes x train.batch_size) changed and the checkpoint's "
+                             "sample cannot be continued exactly, restart its epoch from the first sample")
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help="shortcut for --opts output_dir=DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
@@ -41,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         train(cfg, resume=args.resume, force_resume=args.force_resume,
-              progress=False if args.no_progress else None)
+              progress=False if args.no_progress else None,
+              resume_from_epoch_boundary=args.resume_from_epoch_boundary)
     finally:
         # An error on one rank: leave the process group so torchrun can stop the others cleanly.
         dist.cleanup()

@@ -123,6 +123,7 @@ class ClsTrainConfig:
     checkpoint_interval: int = 1  # epochs (last.pth)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None  # torch.set_num_threads on the CPU
+    tensorboard: bool = False  # also write metrics.jsonl's fields as TensorBoard scalars (extra 'tensorboard')
 
 
 @dataclass

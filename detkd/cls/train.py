@@ -43,10 +43,12 @@ from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
 from detkd.config.load import _plain, config_to_dict, dump_config
 from detkd.engine.checkpoint import atomic_save, atomic_write_text
+from detkd.engine.lock import RunLock
 from detkd.engine.trainer import rng_state, set_rng_state
 from detkd.errors import DetkdError
 from detkd.modeling.weights import state_mismatch
-from detkd.utils.logger import MetricsWriter, format_terms, setup_logging
+from detkd.utils.logger import MetricsWriter, format_terms, require_tensorboard, setup_logging
+from detkd.utils.speed import SpeedMeter, format_speed
 
 log = logging.getLogger("detkd")
 
@@ -212,7 +214,13 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
 
     ``resume``: a ``last.pth`` path, or ``"auto"`` for ``output_dir/last.pth`` (from scratch
     when there is none). ``force_resume`` accepts a checkpoint made with another config.
+    The run holds :class:`RunLock` on ``output_dir`` from before its first write to its end.
     """
+    with RunLock(cfg.output_dir):
+        return _train_cls(cfg, resume, force_resume)
+
+
+def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     if cfg.train.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
@@ -221,6 +229,8 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
     ckpt = load_resume_checkpoint(ckpt_path, cfg, force_resume) if ckpt_path is not None else None
     if ckpt is None:
         prepare_output_dir(out)
+    if cfg.train.tensorboard:
+        require_tensorboard()
     logger = setup_logging(out)
     if resume == "auto" and ckpt is None:
         logger.info("--resume auto: no last.pth in %s, starting from scratch", out)
@@ -281,7 +291,7 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
                 total_iters, iters_per_epoch, t.batch_size)
 
     atomic_write_text(dump_config(cfg), out / "config.yaml")
-    metrics_file = MetricsWriter(out / "metrics.jsonl")
+    metrics_file = MetricsWriter(out / "metrics.jsonl", cfg.train.tensorboard)
 
     teacher_results: dict[str, dict[str, float]] = {}
     if teachers and cfg.eval.evaluate_teachers:
@@ -322,7 +332,8 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
             train_loader.generator.set_state(ckpt["loader_rng"])
         logger.info("resumed from %s at epoch %d, iteration %d", ckpt_path, start_epoch, global_iter)
 
-    t_start = t_log = time.time()
+    t_start = time.time()
+    speed = SpeedMeter(global_iter, total_iters)
 
     def checkpoint(epoch: int, it: int) -> None:
         state = {"networks": {k: n.state_dict() for k, n in method.networks.items()}, **method.aux_state(),
@@ -335,17 +346,20 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         method.train()
+        speed.epoch_start()
         for x, y in train_loader:
             if global_iter >= total_iters:
                 break
+            speed.batch_ready()
             values = method.step(x, y, epoch)
             global_iter += 1
+            speed.step_done()
             if global_iter % t.log_interval == 0 or global_iter == total_iters:
-                per_it = (time.time() - t_log) / (global_iter % t.log_interval or t.log_interval)
-                t_log = time.time()
-                logger.info("epoch %d iter %d/%d lr %.5f %s (%.3fs/it)", epoch, global_iter, total_iters,
-                            method.lr, format_terms(values), per_it)
-                metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": method.lr, **values})
+                timing = speed.interval(global_iter)
+                logger.info("epoch %d iter %d/%d lr %.5f %s (%s)", epoch, global_iter, total_iters,
+                            method.lr, format_terms(values), format_speed(timing))
+                metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": method.lr, **values,
+                                    **timing})
         done = global_iter >= total_iters
         if done or (t.eval_interval and (epoch + 1) % t.eval_interval == 0):
             results = run_eval(epoch, global_iter)
@@ -373,4 +387,5 @@ def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = Fa
     atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
     logger.info("done in %.1fs: %s; results %s", train_seconds,
                 " ".join(f"{k} top1={v['top1']:.2f}" for k, v in results.items()), out / "results.json")
+    metrics_file.close()
     return summary

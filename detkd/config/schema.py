@@ -164,6 +164,7 @@ class TrainConfig:
     nonfinite_policy: Literal["skip", "stop"] = "skip"
     max_nonfinite_skips: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tensorboard: bool = False  # also write metrics.jsonl's fields as TensorBoard scalars (extra 'tensorboard')
 
 
 @dataclass

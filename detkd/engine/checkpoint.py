@@ -17,6 +17,7 @@ from typing import IO, Any, Callable
 import torch
 
 from detkd.errors import DetkdError
+from detkd.utils.write_errors import os_error, write_error
 
 # mkstemp creates files 0600; give outputs the permissions a plain open() would (read at
 # import, while single-threaded: os.umask can only be read by setting it).
@@ -25,8 +26,21 @@ os.umask(_UMASK)
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO], None], mode: str) -> None:
-    """Write through ``write`` to a temporary file beside ``path``, fsync, then rename."""
+    """Write through ``write`` to a temporary file beside ``path``, fsync, then rename.
+
+    A failed write (full disk, file-size limit, read-only or forbidden directory) removes the
+    temporary file and raises :func:`write_error`; ``path`` keeps its previous content."""
     path = Path(path)
+    try:
+        _atomic_write_or_raise(path, write, mode)
+    except Exception as exc:
+        os_exc = os_error(exc)
+        if os_exc is None:
+            raise
+        raise write_error(path, os_exc) from exc
+
+
+def _atomic_write_or_raise(path: Path, write: Callable[[IO], None], mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

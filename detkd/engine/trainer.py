@@ -36,12 +36,15 @@ from detkd.distill.compat import check_label_map
 from detkd.engine import dist
 from detkd.engine.checkpoint import (atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint,
                                      remove_stale_temp_files)
+from detkd.engine.lock import RunLock
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from detkd.engine.resume import remap_schedule, resume_position
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.detector import build_detector, count_parameters
 from detkd.modeling.sampling import sample_key, set_sampling_keys
-from detkd.utils.logger import MetricsWriter, format_terms, open_log_file, setup_logging
+from detkd.utils.logger import MetricsWriter, format_terms, open_log_file, require_tensorboard, setup_logging
+from detkd.utils.speed import SpeedMeter, format_eta, format_speed
 
 log = logging.getLogger("detkd")
 
@@ -175,12 +178,21 @@ class StopRequest:
 
 
 def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
-          progress: bool | None = None) -> dict[str, Any]:
+          progress: bool | None = None, resume_from_epoch_boundary: bool = False) -> dict[str, Any]:
     """Train (and evaluate) from a validated config. Returns the final metrics.
 
     ``resume``: a checkpoint path, or ``"auto"`` for the latest valid one in
     ``cfg.output_dir``. ``force_resume`` accepts a checkpoint made with another config.
+    ``resume_from_epoch_boundary`` restarts the checkpoint's epoch from its first sample when
+    the global batch changed and the exact position cannot be continued (:func:`resume_position`).
+    Rank 0 holds :class:`RunLock` on ``output_dir`` for the whole run, before anything is written.
     """
+    with RunLock(cfg.output_dir, enabled=int(os.environ.get("RANK", "0")) == 0):
+        return _train(cfg, resume, force_resume, progress, resume_from_epoch_boundary)
+
+
+def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool | None,
+           resume_from_epoch_boundary: bool) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     distributed = dist.init_distributed(device)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -207,6 +219,9 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         if ckpt.get("config_hash") != chash and not force_resume:
             raise DetkdError(f"{ckpt_path} was made with a different config (hash {ckpt.get('config_hash')} vs "
                              f"{chash}); pass --force-resume to resume anyway")
+        position = resume_position(ckpt, world, cfg.train.batch_size, ckpt_path, resume_from_epoch_boundary)
+    if cfg.train.tensorboard and dist.is_main():
+        require_tensorboard()
 
     amp = cfg.train.amp and device.type == "cuda"
     if cfg.train.amp and not amp:
@@ -267,7 +282,14 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, global_iter, iter_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["iter_in_epoch"]
+        start_epoch, global_iter, iter_in_epoch = position.epoch, ckpt["iter"], position.iter_in_epoch
+        if position.moved:  # another global batch: this run's schedule at the same global sample
+            global_iter = start_epoch * iters_per_epoch + iter_in_epoch
+            remap_schedule(scheduler, lr, global_iter)
+            logger.warning("%s was written by %s process(es) x batch %s: continuing at sample %d of epoch %d, "
+                           "iteration %d of this run's %d (LR schedule remapped)", ckpt_path,
+                           ckpt.get("world_size"), ckpt.get("batch_size"), iter_in_epoch * bs * world, start_epoch,
+                           global_iter, total_iters)
         best = ckpt.get("best")
         set_rng_state(ckpt["rng"])
         logger.info("resumed from %s at epoch %d, iteration %d", ckpt_path, start_epoch, global_iter)
@@ -286,7 +308,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.distill is not None)
-    metrics_file = MetricsWriter(out / "metrics.jsonl" if dist.is_main() else None)
+    metrics_file = MetricsWriter(out / "metrics.jsonl" if dist.is_main() else None, cfg.train.tensorboard)
 
     def checkpoint(name: str, epoch: int, in_epoch: int) -> None:
         if not dist.is_main():
@@ -298,6 +320,8 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch, "iter": global_iter, "iter_in_epoch": in_epoch, "best": best,
+            # The layout, so that a run with another world size or batch resumes at the same sample.
+            "world_size": world, "batch_size": bs, "epoch_sample": in_epoch * bs * world,
             "rng": rng_state(), "config": dump_config(cfg), "config_hash": chash,
             "version": detkd.__version__,
         }
@@ -317,6 +341,7 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
     metrics: dict[str, float] = {}
     stop = StopRequest()
     t_start = time.time()
+    speed = SpeedMeter(global_iter, total_iters)
     with stop:
         from tqdm import tqdm
 
@@ -329,10 +354,11 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
             ddp_model.train()
             bar = tqdm(total=iters_per_epoch, initial=iter_in_epoch, desc=f"epoch {epoch}", leave=False,
                        disable=not show_progress(progress), dynamic_ncols=True)
-            t_iter = time.time()
+            speed.epoch_start()
             for images, targets in loader:
                 if global_iter >= total_iters:
                     break
+                speed.batch_ready()
                 # Per-image RPN/RoI sampling keys: the same rows whatever the batch split or rank.
                 set_sampling_keys(student_of(model), [sample_key(cfg.train.seed, epoch, int(t["image_id"]))
                                                       for t in targets])
@@ -361,6 +387,8 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
                 scheduler.step()
                 global_iter += 1
                 iter_in_epoch += 1
+                speed.step_done()
+                bar.set_postfix_str(f"eta {format_eta(speed.eta(global_iter))}", refresh=False)
                 bar.update(1)
 
                 if global_iter % cfg.train.log_interval == 0 or global_iter == total_iters:
@@ -368,13 +396,12 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
                     values["loss"] = total.item()
                     values.update(getattr(unwrap(model), "last_stats", {}))
                     values = dist.reduce_mean(values)
-                    elapsed = (time.time() - t_iter) / cfg.train.log_interval
-                    t_iter = time.time()
+                    timing = speed.interval(global_iter)
                     current_lr = optimizer.param_groups[0]["lr"]
-                    logger.info("epoch %d iter %d/%d lr %.5f %s (%.2fs/it)", epoch, global_iter, total_iters,
-                                current_lr, format_terms(values), elapsed)
+                    logger.info("epoch %d iter %d/%d lr %.5f %s (%s)", epoch, global_iter, total_iters,
+                                current_lr, format_terms(values), format_speed(timing))
                     metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": current_lr,
-                                        **values})
+                                        **values, **timing})
                 period = cfg.train.checkpoint_period_iters
                 if period and global_iter % period == 0 and stop.signum is None:
                     # Mid-epoch position: a killed run loses at most `period` iterations.
@@ -415,5 +442,6 @@ def train(cfg: Config, resume: str | None = None, force_resume: bool = False,
         atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
         logger.info("done in %.1fs: %s; weights %s", time.time() - t_start, format_terms(metrics, 4),
                     out / "model_final.pth")
+    metrics_file.close()
     dist.cleanup()
     return metrics

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from detkd.errors import DetkdError
+from detkd.utils.write_errors import write_error
 
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -81,18 +85,69 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only)."""
+def require_tensorboard(key: str = "train.tensorboard") -> None:
+    """A one-line error at start-up, before anything is written, when TensorBoard is asked for
+    but the ``tensorboard`` package is missing."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise DetkdError(f"{key} is on but the tensorboard package is not installed: "
+                         "pip install 'detkd[tensorboard]' (or pip install tensorboard), or set it to false") from None
 
-    def __init__(self, path: str | Path | None) -> None:
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` whole or not at all (a failed write is cut off: no half line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only).
+
+    With ``tensorboard``, every numeric field of a record also becomes a TensorBoard scalar
+    ``<type>/<field>`` (e.g. ``train/loss_hint``, ``train/lr``, ``train/time``, ``eval/AP50``) at
+    step ``record["iter"]``, in an event file in the same directory. A failed append (full disk,
+    file-size limit) is a one-line :class:`DetkdError` naming the file."""
+
+    def __init__(self, path: str | Path | None, tensorboard: bool = False) -> None:
         self.path = Path(path) if path is not None else None
+        self.tb = None
+        if tensorboard and self.path is not None:
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.path.parent))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-            f.flush()
+        line = (json.dumps({k: _clean(v) for k, v in record.items()}) + "\n").encode()
+        try:
+            _append(self.path, line)
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+        if self.tb is not None:
+            step = int(record.get("iter", 0))
+            for key, value in record.items():
+                if key not in ("iter", "type") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{record.get('type', 'train')}/{key}", value, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def format_terms(values: dict[str, float], precision: int = 4) -> str:
