@@ -81,3 +81,100 @@ def test_bare_state_dict_needs_a_config(student_run, tmp_path):
         detkd.load_model(bare)
     model, names = detkd.load_model(bare, config=student_run / "config.yaml")
     assert names == [f"class{i}" for i in range(1, 11)]
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _cli(name: str, argv: list[str]) -> int:
+    import importlib
+
+    from detkd.utils.cli import run_cli
+
+    module = importlib.import_module(f"detkd.cli.{name}")
+    return run_cli(module.main, module.build_parser(), argv)
+
+
+@pytest.fixture(scope="module")
+def held_out(tiny_demo_dir, tmp_path_factory) -> Path:
+    """>= 20 real held-out demo images (the tiny fixture has 8 val images: add the train split's)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("held_out")
+    for p in val_images(tiny_demo_dir) + sorted((tiny_demo_dir / "train").glob("*.jpg"))[:12]:
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
+    return folder
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_export_agrees_with_eager_on_20_real_images(student_run, held_out, tmp_path, fmt, suffix, capsys):
+    import detkd
+    from detkd.data.utils import image_to_tensor, load_rgb_image
+    from detkd.deploy.export import runner
+
+    out = tmp_path / f"student{suffix}"
+    assert _cli("export", ["--ckpt", str(student_run / "model_final.pth"), "--format", fmt, "--out", str(out),
+                           "--check-images", str(held_out)]) == 0
+    assert "parity on 20 images" in capsys.readouterr().out
+    # Independently of the tool's own check: rerun both on the images, at their own sizes and a resized one.
+    model, _ = detkd.load_model(student_run / "model_final.pth")
+    run = runner(fmt, out)
+    files = sorted(held_out.glob("*.jpg"))
+    images = [image_to_tensor(load_rgb_image(p)) for p in files]
+    images.append(torch.nn.functional.interpolate(images[0][None], size=(80, 120))[0])  # dynamic H, W
+    total = 0
+    for image in images:
+        with torch.no_grad():
+            want = model([image])[0]
+        boxes, labels, scores = run(image)
+        assert torch.equal(labels, want["labels"])
+        torch.testing.assert_close(boxes, want["boxes"], atol=0.01, rtol=0)
+        torch.testing.assert_close(scores, want["scores"], atol=1e-4, rtol=0)
+        total += len(labels)
+    assert total > 0
+
+
+def test_export_refuses_bad_inputs_in_one_line(student_run, held_out, tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--ckpt", str(bad), "--format", "onnx"], "cannot read weight file"),
+        (["--ckpt", str(student_run / "model_final.pth"), "--format", "tflite"], "unknown export format 'tflite'"),
+        (["--ckpt", str(student_run / "model_final.pth"), "--format", "onnx", "--out", "/proc/x/m.onnx"],
+         "cannot write --out"),
+    ]
+    mismatched = tmp_path / "mismatched.pth"
+    state = torch.load(student_run / "model_final.pth", weights_only=True)
+    state.pop(next(iter(state)))
+    torch.save(state, mismatched)
+    cases.append((["--ckpt", str(mismatched), "--format", "torchscript"], "does not match"))
+    for argv, message in cases:
+        if "--out" not in argv:
+            argv = argv + ["--out", str(tmp_path / "m.out")]
+        capsys.readouterr()
+        assert _cli("export", argv + ["--check-images", str(held_out)]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "m.out").exists()
+
+
+def test_failed_parity_deletes_the_export(student_run, held_out, tmp_path, monkeypatch):
+    import detkd
+    import detkd.deploy.export as export_mod
+    from detkd.errors import DetkdError
+
+    model, _ = detkd.load_model(student_run / "model_final.pth")
+    real = export_mod.runner
+
+    def shifted(fmt, path, threads=None):  # an exported model whose boxes are 1 px off
+        run = real(fmt, path, threads)
+        return lambda image: (lambda b, lab, s: (b + 1.0, lab, s))(*run(image))
+
+    monkeypatch.setattr(export_mod, "runner", shifted)
+    out = tmp_path / "m.pt"
+    from detkd.data.utils import image_to_tensor, load_rgb_image
+
+    images = [(str(p), image_to_tensor(load_rgb_image(p))) for p in sorted(held_out.glob("*.jpg"))[:2]]
+    with pytest.raises(DetkdError, match="boxes differ by up to 1"):
+        export_mod.export_model(model, "torchscript", out, images)
+    assert not out.exists() and not list(tmp_path.iterdir())
