@@ -178,3 +178,85 @@ def test_failed_parity_deletes_the_export(student_run, held_out, tmp_path, monke
     with pytest.raises(DetkdError, match="boxes differ by up to 1"):
         export_mod.export_model(model, "torchscript", out, images)
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- predict, saved detections
+
+
+def test_predict_folder_writes_json_and_pictures_equal_to_eval_det_detections(student_run, tiny_demo_dir, tmp_path,
+                                                                              capsys):
+    import eval_det
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "pred"
+    ckpt = str(student_run / "model_final.pth")
+    assert _cli("predict", ["--ckpt", ckpt, "--input", str(tiny_demo_dir / "val"), "--out", str(out), "--draw",
+                            "--compare", ckpt, ckpt, "--no-progress"]) == 0
+    records = json.loads((out / "detections.json").read_text())
+    files = val_images(tiny_demo_dir)
+    assert [Path(r["file"]).name for r in records] == [p.name for p in files]
+    assert sorted(p.name for p in (out / "pictures").iterdir()) == sorted(f"{p.stem}.png" for p in files)
+    from PIL import Image
+
+    with Image.open(out / "compare" / f"{files[0].stem}.png") as pic:
+        assert pic.size[0] == 3 * 96 + 2 * 6  # three models side by side
+    names = json.loads((student_run / "classes.json").read_text())
+    for r in records:
+        assert (r["width"], r["height"]) == (96, 96)
+        for d in r["detections"]:
+            assert d["class"] == names[d["label"] - 1] and 0 <= d["score"] <= 1
+
+    saved = tmp_path / "dets.json"
+    capsys.readouterr()
+    assert run_tool(eval_det, ["--cfg", str(student_run / "config.yaml"), "--ckpt", ckpt, "--no-progress",
+                               "--save-detections", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    assert "class" in printed and names[0] in printed  # the per-class AP table
+    gt = COCO(str(tiny_demo_dir / "annotations" / "instances_val.json"))
+    dt = gt.loadRes(str(saved))  # COCO results format
+    file_of = {img["id"]: img["file_name"] for img in gt.dataset["images"]}
+    cat_name = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    by_file: dict[str, list] = {}
+    for ann in json.loads(saved.read_text()):
+        by_file.setdefault(file_of[ann["image_id"]], []).append(ann)
+    assert len(dt.getAnnIds()) == sum(len(r["detections"]) for r in records) > 0
+    for r in records:
+        anns = by_file.get(Path(r["file"]).name, [])
+        assert len(anns) == len(r["detections"])
+        for ann, d in zip(anns, r["detections"]):
+            x, y, w, h = ann["bbox"]
+            assert cat_name[ann["category_id"]] == d["class"]
+            assert ann["score"] == pytest.approx(d["score"], abs=1e-6)
+            assert [x, y, x + w, y + h] == pytest.approx(d["box"], abs=1e-3)
+
+
+def test_per_class_ap_matches_cocoeval_restricted_to_each_class(tiny_demo_dir):
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from detkd.evaluation.coco_eval import evaluate_coco
+
+    gt = COCO(str(tiny_demo_dir / "annotations" / "instances_val.json"))
+    rng = np.random.default_rng(0)
+    results = []
+    for ann in gt.dataset["annotations"]:  # jittered ground truth, some with the wrong class
+        x, y, w, h = ann["bbox"]
+        cat = ann["category_id"] if rng.random() < 0.7 else int(rng.choice(gt.getCatIds()))
+        results.append({"image_id": ann["image_id"], "category_id": cat, "score": float(rng.random()),
+                        "bbox": [x + rng.normal(0, 2), y + rng.normal(0, 2), w, h]})
+    rows: list = []
+    evaluate_coco(gt, results, per_class=rows)
+    assert [r["category_id"] for r in rows] == gt.getCatIds()
+    for row in rows:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "bbox")
+            ev.params.catIds = [row["category_id"]]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        assert row["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
+        assert row["AP50"] == pytest.approx(ev.stats[1], abs=1e-12)

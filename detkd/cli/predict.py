@@ -48,8 +48,6 @@ def _title(path: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from detkd.deploy.predict import draw_record, find_images, picture_names, predict_files, save_picture, \
         set_score_thresh, side_by_side
     from detkd.engine.checkpoint import atomic_write_text

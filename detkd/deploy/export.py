@@ -70,17 +70,17 @@ def exportable_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_writable(out: Path) -> None:
-    """Fail before the (slow) export when ``out`` cannot be written."""
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Fail before the (slow) work when the file ``out`` cannot be written."""
     if out.is_dir():
-        raise DetkdError(f"--out {out} is a folder; give a file name")
+        raise DetkdError(f"{flag} {out} is a folder; give a file name")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.parent / f".{out.name}.probe"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise DetkdError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        raise DetkdError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
 
 
 def export_onnx(model: nn.Module, out: Path, example: Tensor) -> None:
