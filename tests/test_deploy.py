@@ -260,3 +260,57 @@ def test_per_class_ap_matches_cocoeval_restricted_to_each_class(tiny_demo_dir):
             ev.summarize()
         assert row["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
         assert row["AP50"] == pytest.approx(ev.stats[1], abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- the installed command
+
+
+@pytest.mark.slow
+def test_wheel_installs_a_working_detkd_command(student_run, tiny_demo_dir, tmp_path):
+    """Build a wheel, install it (not -e) into a fresh venv that reuses this interpreter's torch
+    stack through a .pth line, and run the command from a folder outside the checkout."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["OMP_NUM_THREADS"] = "1"
+
+    def run(*argv, cwd=tmp_path, check=True):
+        proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        assert not check or proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    # A copy of the checkout's tracked package files, so no build output lands in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "detkd", src / "detkd", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+        "-w", tmp_path / "dist", src)
+    (wheel,) = (tmp_path / "dist").glob("detkd-*.whl")
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    py = venv / "bin" / "python"
+    site = run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+    # The torch stack of this interpreter, after the venv's own site-packages (a .pth adds it to sys.path).
+    Path(site, "torch_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    run(sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", wheel)
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    where = run(py, "-c", "import detkd; print(detkd.__file__)", cwd=outside).stdout.strip()
+    assert where.startswith(str(venv)), where
+    detkd_cmd = venv / "bin" / "detkd"
+    assert "predict" in run(detkd_cmd, "--help", cwd=outside).stdout
+    assert "--resume" in run(detkd_cmd, "train", "--help", cwd=outside).stdout
+    images = sorted((tiny_demo_dir / "val").glob("*.jpg"))[:2]
+    run(detkd_cmd, "predict", "--ckpt", student_run / "model_final.pth", "--input", *images, "--out", "pred",
+        "--draw", "--no-progress", cwd=outside)
+    records = json.loads((outside / "pred" / "detections.json").read_text())
+    assert [Path(r["file"]).name for r in records] == [p.name for p in images]
+    assert len(list((outside / "pred" / "pictures").glob("*.png"))) == 2
+    demo = run(detkd_cmd, "demo", cwd=outside, check=False)
+    assert demo.returncode == 2 and demo.stderr.startswith("error: detkd demo needs a detkd checkout"), demo.stderr
