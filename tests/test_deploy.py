@@ -314,3 +314,17 @@ def test_wheel_installs_a_working_detkd_command(student_run, tiny_demo_dir, tmp_
     assert len(list((outside / "pred" / "pictures").glob("*.png"))) == 2
     demo = run(detkd_cmd, "demo", cwd=outside, check=False)
     assert demo.returncode == 2 and demo.stderr.startswith("error: detkd demo needs a detkd checkout"), demo.stderr
+
+
+def test_report_times_onnx_beside_eager(student_run, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert _cli("report", ["--out", str(out), "--no-eval", "--threads", "1", "--runs", "4", "--warmup", "1",
+                           "--latency-rounds", "2", "--throughput-batch", "0", "--onnx", "--no-progress",
+                           "--model", "student", str(student_run / "config.yaml"),
+                           str(student_run / "model_final.pth")]) == 0
+    numbers = json.loads((out / "onnx_latency.json").read_text())["student"]
+    assert numbers["threads"] == 1 and numbers["parity"]["images"] == 8
+    assert numbers["eager"]["runs"] == numbers["onnx"]["runs"] == 4
+    assert numbers["eager"]["median_ms"] > 0 and numbers["onnx"]["median_ms"] > 0
+    md = (out / "onnx_latency.md").read_text()
+    assert "| student |" in md and "--onnx" in md and md in capsys.readouterr().out

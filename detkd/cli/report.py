@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=["coco", "voc", "both"], default=None,
                         help="override each config's eval.metric")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time each model's ONNX export (onnxruntime, CPU) beside the eager model on the "
+                             "same images and --threads (default 1): onnx_latency.md/.json in --out")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     return parser
@@ -86,6 +89,7 @@ def command_line(args: argparse.Namespace) -> str:
     argv += ["--threads", str(args.threads)] if args.threads is not None else []
     argv += ["--metric", args.metric] if args.metric else []
     argv += ["--no-eval"] if args.no_eval else []
+    argv += ["--onnx"] if getattr(args, "onnx", False) else []
     return shlex.join(argv)
 
 
@@ -106,6 +110,35 @@ def main(args: argparse.Namespace) -> int:
                         latency_rounds=args.latency_rounds,
                         progress=False if args.no_progress else None, command=command_line(args))
     print(Path(report["files"]["md"]).read_text())
+    if args.onnx:
+        print(onnx_section(args, entries))
     print("wrote " + ", ".join(report["files"].values()))
     return 0
 
+
+def onnx_section(args: argparse.Namespace, entries: list) -> str:
+    """--onnx: eager vs onnxruntime latency of each model (first run of each group), written
+    to onnx_latency.md/.json in --out; returns the markdown."""
+    import json
+
+    from detkd.deploy.latency import onnx_table, onnx_vs_eager
+    from detkd.engine.checkpoint import atomic_write_text
+    from detkd.evaluation.inference import build_eval_data
+    from detkd.evaluation.report import _load
+
+    threads = args.threads or 1
+    rows, seen = [], set()
+    for entry in entries:
+        if entry.name in seen:
+            continue
+        seen.add(entry.name)
+        cfg, model = _load(entry)
+        dataset, _ = build_eval_data(cfg, args.split)
+        images = [dataset[i][0] for i in range(min(20, len(dataset)))]
+        rows.append((entry.label, onnx_vs_eager(model, images, threads, warmup=args.warmup, runs=args.runs,
+                                                rounds=args.latency_rounds)))
+    md = "\n".join(["## ONNX Runtime vs eager PyTorch (CPU, batch 1)", "", onnx_table(rows), "",
+                     f"Command: `{command_line(args)}`", ""])
+    atomic_write_text(md, Path(args.out) / "onnx_latency.md")
+    atomic_write_text(json.dumps({label: r for label, r in rows}, indent=2), Path(args.out) / "onnx_latency.json")
+    return md
