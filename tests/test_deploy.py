@@ -328,3 +328,31 @@ def test_report_times_onnx_beside_eager(student_run, tmp_path, capsys):
     assert numbers["eager"]["median_ms"] > 0 and numbers["onnx"]["median_ms"] > 0
     md = (out / "onnx_latency.md").read_text()
     assert "| student |" in md and "--onnx" in md and md in capsys.readouterr().out
+
+
+def test_predict_and_command_bad_inputs_are_one_line(student_run, tiny_demo_dir, tmp_path, capsys):
+    from detkd.cli.main import main as detkd_main
+
+    ckpt = str(student_run / "model_final.pth")
+    bare = tmp_path / "bare.pth"
+    torch.save(dict(torch.load(ckpt, weights_only=True)), bare)
+    val = str(tiny_demo_dir / "val")
+    cases = [
+        (["predict", "--ckpt", ckpt, "--input", str(tmp_path / "nope.jpg")], "no such file or folder"),
+        (["predict", "--ckpt", ckpt, "--input", str(tmp_path / "*.png")], "matches no image files"),
+        (["predict", "--ckpt", ckpt, "--input", str(tmp_path)], "no image files"),
+        (["predict", "--ckpt", ckpt, "--input", val, "--score-thresh", "1.5"], "--score-thresh must be in [0, 1]"),
+        (["predict", "--ckpt", ckpt, "--input", val, "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["predict", "--ckpt", str(bare), "--input", val], "bare state dict"),
+        (["eval", "--cfg", str(student_run / "config.yaml"), "--ckpt", ckpt, "--save-detections", "/proc/x/d.json"],
+         "cannot write --save-detections"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ]
+    for argv, message in cases:
+        if argv[0] == "predict":
+            argv = argv + ["--out", str(tmp_path / "out")]
+        capsys.readouterr()
+        assert detkd_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
