@@ -83,6 +83,45 @@ def test_bare_state_dict_needs_a_config(student_run, tmp_path):
     assert names == [f"class{i}" for i in range(1, 11)]
 
 
+def test_stock_arch_with_pretrained_weights_rebuilds_offline_with_torchvisions_norm_layers(tmp_path):
+    """A stock builder given weights uses FrozenBatchNorm2d (torchvision's rule); load_model
+    rebuilds that structure without downloading anything and gives the same detections."""
+    import torchvision
+    from torchvision.ops import FrozenBatchNorm2d
+
+    import detkd
+    from detkd.config.schema import ModelConfig
+    from detkd.engine.checkpoint import atomic_save
+    from detkd.modeling.checkpoint_io import build_architecture, model_state
+
+    cfg = ModelConfig(arch="fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, weights_backbone="IMAGENET1K_V1",
+                      min_size=96, max_size=96, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
+                      box_score_thresh=0.0)
+    model = build_architecture(cfg).eval()
+    # The reference: torchvision's backbone as its builder makes it when weights are given.
+    reference = dict(torchvision.models.mobilenet_v3_large(norm_layer=FrozenBatchNorm2d).features.named_modules())
+    body = dict(model.backbone.body.named_modules())
+    norms = [n for n, m in reference.items() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) > 30
+    for name in norms:
+        assert type(body[name]) is FrozenBatchNorm2d and body[name].eps == reference[name].eps, name
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-trivial frozen statistics, so a wrong eps or norm type would show
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.normal_(0, 0.1)
+    path = tmp_path / "model_final.pth"
+    atomic_save(model_state(model, cfg, ["a", "b"]), path)
+    loaded, names = detkd.load_model(path)
+    image = torch.rand(3, 96, 96)
+    with torch.no_grad():
+        want, got = model([image])[0], loaded([image])[0]
+    assert names == ["a", "b"] and len(want["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(want[key], got[key]), key
+
+
 # ----------------------------------------------------------------------------- export
 
 
