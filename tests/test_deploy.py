@@ -238,7 +238,7 @@ def test_predict_folder_writes_json_and_pictures_equal_to_eval_det_detections(st
     from PIL import Image
 
     with Image.open(out / "compare" / f"{files[0].stem}.png") as pic:
-        assert pic.size[0] == 3 * 96 + 2 * 6  # three models side by side
+        assert pic.size == (3 * 4 * 96 + 2 * 6, 4 * 96 + 14)  # three models side by side, 96 px enlarged 4x
     names = json.loads((student_run / "classes.json").read_text())
     for r in records:
         assert (r["width"], r["height"]) == (96, 96)

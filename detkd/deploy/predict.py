@@ -90,15 +90,21 @@ def predict_files(model: nn.Module, class_names: Sequence[str], files: Sequence[
     return records
 
 
-def draw_record(path: Path, record: dict[str, Any], width: int = 2) -> torch.Tensor:
-    """The image of ``path`` (uint8 [3, H, W]) with the record's boxes, class names and scores drawn."""
+def draw_record(path: Path, record: dict[str, Any], width: int = 2, min_side: int = 320) -> torch.Tensor:
+    """The image of ``path`` (uint8 [3, H, W]) with the record's boxes, class names and scores
+    drawn; images smaller than ``min_side`` are enlarged by a whole factor first, so that the
+    labels (PIL's fixed-size default font) stay legible."""
     from torchvision.utils import draw_bounding_boxes
 
-    image = torch.from_numpy(load_rgb_image(path)).permute(2, 0, 1).contiguous()
+    pixels = load_rgb_image(path)
+    factor = max(1, -(-min_side // max(pixels.shape[:2])))
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    if factor > 1:
+        image = image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     dets = record["detections"]
     if not dets:
         return image
-    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32)
+    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32) * factor
     labels = [f"{d['class']} {d['score']:.2f}" for d in dets]
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
                "#fabebe", "#008080", "#9a6324", "#800000"]
