@@ -395,3 +395,19 @@ def test_predict_and_command_bad_inputs_are_one_line(student_run, tiny_demo_dir,
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_run_demo_ends_with_comparison_pictures(student_run, tiny_demo_dir, tmp_path, capsys):
+    import shutil
+
+    import run_demo
+
+    for name in ("teacher", "student", "distill"):
+        (tmp_path / name).mkdir()
+        shutil.copy(student_run / "model_final.pth", tmp_path / name / "model_final.pth")
+    run_demo.compare_pictures(tmp_path, str(tiny_demo_dir), count=2)
+    pictures = sorted(p.name for p in (tmp_path / "predictions" / "compare").iterdir())
+    assert pictures == [f"{p.stem}.png" for p in val_images(tiny_demo_dir)[:2]]
+    (tmp_path / "student" / "model_final.pth").write_bytes(b"torn")
+    run_demo.compare_pictures(tmp_path, str(tiny_demo_dir), count=2)  # a note, not a failed demo
+    assert "[demo] no comparison pictures: cannot read weight file" in capsys.readouterr().out
