@@ -7,7 +7,8 @@ the model resizes internally to its ``min_size``/``max_size``) and return
 * ONNX: ``torch.onnx.export(dynamo=False)``, the TorchScript-based exporter that torchvision
   tests Faster R-CNN with (opset 17; ``dynamic_axes`` on H and W). Run with onnxruntime.
 * TorchScript: ``torch.jit.script`` (torchvision supports scripting FasterRCNN); load it with
-  ``torch.jit.load`` alone, no detkd or torchvision Python code needed.
+  ``torch.jit.load`` (torchvision imported, for its compiled ``nms``/``roi_align`` ops; no detkd).
+  torch 2.14 marks TorchScript deprecated in favour of ``torch.export``; it still works.
 
 detkd's :class:`~detkd.modeling.sampling.KeyedSampler` is a training-only component (it picks
 the anchors/proposals of the loss); the exported copy gets torchvision's own sampler of the
@@ -121,10 +122,15 @@ def onnx_runner(path: Path, threads: int | None = None) -> Callable[[Tensor], tu
 
 
 def torchscript_runner(path: Path) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
-    scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RCNN always returns")
             return scripted(image)
 
     return run
