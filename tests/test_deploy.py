@@ -135,14 +135,14 @@ def _cli(name: str, argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def held_out(tiny_demo_dir, tmp_path_factory) -> Path:
-    """>= 20 real held-out demo images (the tiny fixture has 8 val images: add the train split's)."""
-    import shutil
+def held_out(tmp_path_factory) -> Path:
+    """20 real held-out demo images: a val split is made of Fashion-MNIST t10k items, never
+    trained on (the tiny fixture has only 8 val images, so a second, 20-image split)."""
+    from detkd.data.demo import generate_demo_dataset
 
-    folder = tmp_path_factory.mktemp("held_out")
-    for p in val_images(tiny_demo_dir) + sorted((tiny_demo_dir / "train").glob("*.jpg"))[:12]:
-        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
-    return folder
+    root = tmp_path_factory.mktemp("held_out")
+    generate_demo_dataset(root, seed=1, num_train=1, num_val=20, image_size=96)
+    return root / "val"
 
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
