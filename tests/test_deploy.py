@@ -122,6 +122,23 @@ def test_stock_arch_with_pretrained_weights_rebuilds_offline_with_torchvisions_n
         assert torch.equal(want[key], got[key]), key
 
 
+def test_teacher_label_map_is_checked_from_the_model_file_without_classes_json(student_run, tmp_path):
+    import shutil
+
+    from detkd.distill.compat import check_label_map
+    from detkd.errors import DetkdError
+
+    names = json.loads((student_run / "classes.json").read_text())
+    teacher = tmp_path / "teacher.pth"  # copied away from its run: no classes.json beside it
+    shutil.copy(student_run / "model_final.pth", teacher)
+    assert check_label_map(teacher, names) is True
+    with pytest.raises(DetkdError, match="another label map.*label 1"):
+        check_label_map(teacher, names[1:] + names[:1])
+    bare = tmp_path / "bare.pth"
+    torch.save(dict(torch.load(teacher, weights_only=True)), bare)
+    assert check_label_map(bare, names) is False  # nothing recorded: nothing to compare
+
+
 # ----------------------------------------------------------------------------- export
 
 
