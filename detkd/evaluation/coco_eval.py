@@ -27,7 +27,7 @@ import numpy as np
 
 from detkd.errors import DetkdError
 
-__all__ = ["COCO_METRIC_NAMES", "detections_to_coco", "evaluate_coco", "coco_summary_table"]
+__all__ = ["COCO_METRIC_NAMES", "detections_to_coco", "evaluate_coco", "coco_summary_table", "per_class_table"]
 
 #: Names of ``COCOeval.stats`` for ``bbox``/``segm``, in pycocotools' order.
 COCO_METRIC_NAMES = (
@@ -161,6 +161,7 @@ def evaluate_coco(
     img_ids: Optional[Iterable[int]] = None,
     iou_type: str = "bbox",
     verbose: bool = False,
+    per_class: Optional[list] = None,
 ) -> dict[str, float]:
     """Run pycocotools' ``COCOeval`` and return its 12 summary numbers by name.
 
@@ -171,6 +172,8 @@ def evaluate_coco(
             Detections on other images are ignored, like ``params.imgIds`` does.
         iou_type: ``"bbox"`` or ``"segm"``.
         verbose: print pycocotools' own output (otherwise it is swallowed).
+        per_class: a list to extend with one ``{"category_id", "name", "AP", "AP50"}`` row
+            per category (from the same COCOeval run; see :func:`per_class_table`).
 
     Returns:
         ``{name: float}`` for the names in :data:`COCO_METRIC_NAMES` (fractions in
@@ -207,7 +210,38 @@ def evaluate_coco(
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
+    if per_class is not None:
+        per_class.extend(_per_class_ap(coco_eval, gt))
     return {name: float(v) for name, v in zip(COCO_METRIC_NAMES, coco_eval.stats)}
+
+
+def _per_class_ap(coco_eval, gt) -> list[dict]:
+    """AP and AP50 of each category from ``COCOeval.eval["precision"]`` ([T, R, K, A, M]:
+    IoU thresholds, recall points, categories, area ranges, max detections), area "all",
+    100 detections: the per-category version of ``stats[0]``/``stats[1]`` (-1 where the
+    category has no ground truth)."""
+    precision = coco_eval.eval["precision"]
+    iou50 = int(np.argmin(np.abs(coco_eval.params.iouThrs - 0.5)))
+    rows = []
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        p_all = precision[:, :, k, 0, -1]
+        p_50 = precision[iou50, :, k, 0, -1]
+        rows.append({
+            "category_id": int(cat_id), "name": gt.cats[cat_id]["name"],
+            "AP": float(np.mean(p_all[p_all > -1])) if (p_all > -1).any() else -1.0,
+            "AP50": float(np.mean(p_50[p_50 > -1])) if (p_50 > -1).any() else -1.0,
+        })
+    return rows
+
+
+def per_class_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The per-class AP rows of :func:`evaluate_coco` as a plain-text table (percent)."""
+    width = max([len("class")] + [len(str(r["name"])) for r in rows])
+    lines = [f"{'class':<{width}}  {'AP':>5}  {'AP50':>5}"]
+    for r in rows:
+        cells = ["  n/a" if r[k] < 0 else f"{100 * r[k]:5.1f}" for k in ("AP", "AP50")]
+        lines.append(f"{str(r['name']):<{width}}  {cells[0]}  {cells[1]}")
+    return "\n".join(lines)
 
 
 def coco_summary_table(metrics: Mapping[str, float]) -> str:

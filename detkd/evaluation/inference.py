@@ -65,14 +65,16 @@ def _voc_ground_truth(dataset: Dataset, image_ids: list[int], label_of_cat: dict
     return gts
 
 
-def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: Dataset, metric: str) -> dict[str, float]:
-    """COCO metrics (AP, AP50, ...) and/or VOC mAP@0.5 (``VOC_mAP``, ``VOC_mAP_07``)."""
+def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: Dataset, metric: str,
+                      per_class: list | None = None) -> dict[str, float]:
+    """COCO metrics (AP, AP50, ...) and/or VOC mAP@0.5 (``VOC_mAP``, ``VOC_mAP_07``); with
+    ``per_class`` (a list), also the COCO AP of each class (see ``evaluate_coco``)."""
     coco, label_to_cat, names = ground_truth(dataset)
     image_ids = sorted(preds)
     metrics: dict[str, float] = {}
     if metric in ("coco", "both"):
         results = detections_to_coco([preds[i] for i in image_ids], image_ids, label_to_cat)
-        metrics.update(evaluate_coco(coco, results, img_ids=image_ids))
+        metrics.update(evaluate_coco(coco, results, img_ids=image_ids, per_class=per_class))
     if metric in ("voc", "both"):
         cat_to_label = {c: lbl for lbl, c in label_to_cat.items()}
         gts = _voc_ground_truth(dataset, image_ids, cat_to_label)
@@ -83,8 +85,11 @@ def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: Dataset,
 
 
 def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: Dataset, metric: str,
-                      device: torch.device, progress: bool | None = None) -> dict[str, float]:
-    """Predict (sharded over ranks), gather on rank 0, score, broadcast the metrics."""
+                      device: torch.device, progress: bool | None = None, predictions: dict | None = None,
+                      per_class: list | None = None) -> dict[str, float]:
+    """Predict (sharded over ranks), gather on rank 0, score, broadcast the metrics. On rank 0,
+    ``predictions`` (a dict) receives every image's detections and ``per_class`` (a list) the
+    per-class COCO APs."""
     preds = predict(model, loader, device, progress)
     gathered = dist.all_gather_object(preds) if dist.is_dist() else [preds]
     metrics: dict[str, float] = {}
@@ -92,7 +97,9 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: Dataset, me
         merged: dict[int, dict[str, np.ndarray]] = {}
         for part in gathered:
             merged.update(part)
-        metrics = score_predictions(merged, dataset, metric)
+        metrics = score_predictions(merged, dataset, metric, per_class)
+        if predictions is not None:
+            predictions.update(merged)
     return dist.broadcast_object(metrics)
 
 

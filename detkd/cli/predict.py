@@ -1,0 +1,85 @@
+"""Run a trained detector on images: detections.json, and pictures with --draw.
+
+INPUT is image files, folders (their images) and glob patterns. The checkpoint is a
+self-describing model_final.pth (no config needed); an old bare state dict needs --cfg.
+--compare adds checkpoints (teacher, baseline, distilled, ...) drawn side by side with
+--ckpt's detections on the same images, in DIR/compare/.
+
+Writes DIR/detections.json: one record per image,
+  {"file", "width", "height", "detections": [{"box": [x0, y0, x1, y1], "score", "label", "class"}]}
+(boxes in the image's pixels, label 1..C, class its name), and with --draw DIR/pictures/*.png.
+
+Example:
+  detkd predict --ckpt outputs/demo/distill/model_final.pth --input data/demo/val --out outputs/pred --draw
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detkd predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, metavar="FILE", help="model file (model_final.pth)")
+    parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files, folders or globs")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--cfg", default=None, metavar="FILE.yaml",
+                        help="training config, needed only for a bare state dict without a detkd model record")
+    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
+                        help="keep detections scoring above S (default: the model's own box_score_thresh)")
+    parser.add_argument("--draw", action="store_true", help="also write pictures with the detections drawn")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="CKPT",
+                        help="more model files, drawn side by side with --ckpt's detections (DIR/compare/)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="images per forward (default: 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
+    return parser
+
+
+def _title(path: str) -> str:
+    """A column title: the run folder's name for .../NAME/model_final.pth, else the file's stem."""
+    p = Path(path)
+    return p.parent.name if p.stem == "model_final" and p.parent.name else p.stem
+
+
+def main(args: argparse.Namespace) -> int:
+    from detkd.deploy.predict import draw_record, find_images, picture_names, predict_files, save_picture, \
+        set_score_thresh, side_by_side
+    from detkd.engine.checkpoint import atomic_write_text
+    from detkd.engine.trainer import resolve_device, show_progress
+    from detkd.errors import DetkdError
+    from detkd.modeling.checkpoint_io import load_model
+
+    device = resolve_device(args.device)
+    files = find_images(args.input)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DetkdError(f"--out {out} exists and is not a folder")
+    progress = show_progress(False if args.no_progress else None)
+    ckpts = [args.ckpt] + list(args.compare or [])
+    runs = []
+    for i, ckpt in enumerate(ckpts):
+        model, names = load_model(ckpt, config=args.cfg if i == 0 else None, device=device)
+        set_score_thresh(model, args.score_thresh)
+        runs.append(predict_files(model, names, files, device, args.batch_size, progress))
+    records = runs[0]
+    atomic_write_text(json.dumps(records, indent=1), out / "detections.json")
+    names = picture_names(files)
+    if args.draw:
+        for path, record, name in zip(files, records, names):
+            save_picture(draw_record(path, record), out / "pictures" / name)
+    if args.compare:
+        titles = [_title(c) for c in ckpts]
+        for k, (path, name) in enumerate(zip(files, names)):
+            pictures = [draw_record(path, run[k]) for run in runs]
+            save_picture(side_by_side(pictures, titles), out / "compare" / name)
+    n_dets = sum(len(r["detections"]) for r in records)
+    print(f"{len(files)} images, {n_dets} detections -> {out / 'detections.json'}"
+          + (f"; pictures in {out / 'pictures'}" if args.draw else "")
+          + (f"; comparisons in {out / 'compare'}" if args.compare else ""))
+    return 0

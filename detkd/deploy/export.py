@@ -1,0 +1,189 @@
+"""Export a detector to ONNX or TorchScript, then check the exported file against eager inference.
+
+Both files take one float32 RGB image ``[3, H, W]`` in 0..1 (batch 1; H and W dynamic in both:
+the model resizes internally to its ``min_size``/``max_size``) and return
+``(boxes [K, 4] xyxy in input pixels, labels [K] int64, scores [K] float32)``.
+
+* ONNX: ``torch.onnx.export(dynamo=False)``, the TorchScript-based exporter that torchvision
+  tests Faster R-CNN with (opset 17; ``dynamic_axes`` on H and W). Run with onnxruntime.
+* TorchScript: ``torch.jit.script`` (torchvision supports scripting FasterRCNN); load it with
+  ``torch.jit.load`` (torchvision imported, for its compiled ``nms``/``roi_align`` ops; no detkd).
+  torch 2.14 marks TorchScript deprecated in favour of ``torch.export``; it still works.
+
+detkd's :class:`~detkd.modeling.sampling.KeyedSampler` is a training-only component (it picks
+the anchors/proposals of the loss); the exported copy gets torchvision's own sampler of the
+same sizes, which inference never calls.
+
+Parity (:func:`check_parity`): on each check image the exported model must give the same number
+of detections with the same labels, boxes within ``BOX_ATOL`` pixels and scores within
+``SCORE_ATOL`` of the eager model's; otherwise the file is deleted and export fails.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from detkd.errors import DetkdError
+
+FORMATS = ("onnx", "torchscript")
+BOX_ATOL = 0.01  # pixels
+SCORE_ATOL = 1e-4
+ONNX_OPSET = 17
+
+
+class _EagerSingle(nn.Module):
+    """One image in, (boxes, labels, scores) out: the exported interface (ONNX tracing)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model([image])[0]
+        return out["boxes"], out["labels"], out["scores"]
+
+
+class _ScriptSingle(nn.Module):
+    """The same interface for torch.jit.script, where FasterRCNN returns (losses, detections)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model([image])[1][0]
+        return out["boxes"], out["labels"], out["scores"]
+
+
+def exportable_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode CPU copy with torchvision's sampler in place of detkd's keyed one."""
+    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+
+    model = copy.deepcopy(model).cpu().eval()
+    for part in (model.rpn, model.roi_heads):
+        old = part.fg_bg_sampler
+        part.fg_bg_sampler = BalancedPositiveNegativeSampler(old.batch_size_per_image, old.positive_fraction)
+    return model
+
+
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Fail before the (slow) work when the file ``out`` cannot be written."""
+    if out.is_dir():
+        raise DetkdError(f"{flag} {out} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DetkdError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
+
+
+def export_onnx(model: nn.Module, out: Path, example: Tensor) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's many TracerWarnings on torchvision code
+        torch.onnx.export(_EagerSingle(model), (example,), str(out), opset_version=ONNX_OPSET, dynamo=False,
+                          input_names=["image"], output_names=["boxes", "labels", "scores"],
+                          dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                                        "labels": {0: "detections"}, "scores": {0: "detections"}})
+
+
+def export_torchscript(model: nn.Module, out: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "RCNN always returns a (Losses, Detections) tuple in scripting"
+        scripted = torch.jit.script(_ScriptSingle(model))
+    scripted.save(str(out))
+
+
+def onnx_runner(path: Path, threads: int | None = None) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """``image -> (boxes, labels, scores)`` through onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        boxes, labels, scores = session.run(None, {"image": image.numpy()})
+        return torch.from_numpy(boxes), torch.from_numpy(labels), torch.from_numpy(scores)
+
+    return run
+
+
+def torchscript_runner(path: Path) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RCNN always returns")
+            return scripted(image)
+
+    return run
+
+
+def runner(fmt: str, path: Path, threads: int | None = None) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    return onnx_runner(path, threads) if fmt == "onnx" else torchscript_runner(path)
+
+
+def check_parity(model: nn.Module, run: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
+                 images: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
+    """Compare eager ``model`` and an exported ``run`` on ``images`` ((name, image) pairs).
+
+    Returns the largest box and score differences and the detection count; raises
+    DetkdError naming the first image where they disagree."""
+    eager = _EagerSingle(model).eval()
+    box_diff = score_diff = 0.0
+    count = 0
+    for name, image in images:
+        with torch.no_grad():
+            want = eager(image)
+        got = run(image)
+        if got[1].shape != want[1].shape or not torch.equal(got[1].to(torch.int64), want[1]):
+            raise DetkdError(f"exported model disagrees on {name}: {got[1].numel()} detections labelled "
+                             f"{got[1].tolist()[:5]}... vs eager {want[1].numel()} {want[1].tolist()[:5]}...")
+        if want[0].numel():
+            box_diff = max(box_diff, float((got[0] - want[0]).abs().max()))
+            score_diff = max(score_diff, float((got[2] - want[2]).abs().max()))
+        if box_diff > BOX_ATOL or score_diff > SCORE_ATOL:
+            raise DetkdError(f"exported model disagrees on {name}: boxes differ by up to {box_diff:.3g} px "
+                             f"(tolerance {BOX_ATOL}), scores by {score_diff:.3g} (tolerance {SCORE_ATOL})")
+        count += int(want[1].numel())
+    return {"images": len(images), "detections": count, "max_box_diff": box_diff, "max_score_diff": score_diff}
+
+
+def export_model(model: nn.Module, fmt: str, out: str | Path, images: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
+    """Export ``model`` to ``out`` in ``fmt`` and check it on ``images``; a file that fails
+    the check is deleted. Returns :func:`check_parity`'s numbers."""
+    if fmt not in FORMATS:
+        raise DetkdError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    if not images:
+        raise DetkdError("export needs at least one image for the parity check")
+    out = Path(out)
+    check_writable(out)
+    model = exportable_copy(model)
+    tmp = out.parent / f".{out.name}.tmp"
+    try:
+        if fmt == "onnx":
+            export_onnx(model, tmp, images[0][1])
+        else:
+            export_torchscript(model, tmp)
+        numbers = check_parity(model, runner(fmt, tmp), images)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return numbers

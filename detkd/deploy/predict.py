@@ -1,0 +1,152 @@
+"""Run a trained detector on image files: detection records, pictures, side-by-side comparisons.
+
+A record per image (what ``detkd predict`` writes to ``detections.json``)::
+
+    {"file": "img/0001.jpg", "width": 160, "height": 160,
+     "detections": [{"box": [x0, y0, x1, y1], "score": 0.93, "label": 3, "class": "Dress"}, ...]}
+
+Boxes are in the image's own pixels (torchvision's postprocess maps them back from the
+resized input); images are read exactly as the datasets read them (PIL, RGB, 0..1), so the
+detections equal those of ``eval_det --save-detections`` on the same files.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from detkd.data.utils import image_to_tensor, load_rgb_image
+from detkd.errors import DetkdError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def find_images(inputs: Sequence[str]) -> list[Path]:
+    """Image files named by ``inputs``: files, folders (their images, sorted, not recursive)
+    and glob patterns; in the order given, without duplicates."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise DetkdError(f"--input pattern '{item}' matches no image files")
+            found += images
+        else:
+            raise DetkdError(f"--input {item}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise DetkdError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(inputs)}")
+    return unique
+
+
+def set_score_thresh(model: nn.Module, score_thresh: float | None) -> None:
+    """Keep detections scoring above ``score_thresh`` (None: the model's own box_score_thresh)."""
+    if score_thresh is not None:
+        if not 0.0 <= score_thresh <= 1.0:
+            raise DetkdError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+        model.roi_heads.score_thresh = float(score_thresh)
+
+
+def to_record(file: str, width: int, height: int, output: dict[str, torch.Tensor],
+              class_names: Sequence[str]) -> dict[str, Any]:
+    """One image's JSON record from a torchvision detector output."""
+    detections = []
+    for box, score, label in zip(output["boxes"].tolist(), output["scores"].tolist(), output["labels"].tolist()):
+        name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class{label}"
+        detections.append({"box": box, "score": score, "label": int(label), "class": name})
+    return {"file": file, "width": width, "height": height, "detections": detections}
+
+
+@torch.inference_mode()
+def predict_files(model: nn.Module, class_names: Sequence[str], files: Sequence[Path], device: torch.device | str,
+                  batch_size: int = 1, progress: bool = False) -> list[dict[str, Any]]:
+    """Records for ``files``, in order (``model`` in eval mode on ``device``)."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise DetkdError(f"--batch-size must be at least 1, got {batch_size}")
+    model.eval()
+    records = []
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images = [image_to_tensor(load_rgb_image(p)) for p in chunk]
+        outputs = model([img.to(device) for img in images])
+        for path, img, out in zip(chunk, images, outputs):
+            out = {k: v.cpu() for k, v in out.items()}
+            records.append(to_record(str(path), int(img.shape[2]), int(img.shape[1]), out, class_names))
+        bar.update(len(chunk))
+    bar.close()
+    return records
+
+
+def draw_record(path: Path, record: dict[str, Any], width: int = 2, min_side: int = 320) -> torch.Tensor:
+    """The image of ``path`` (uint8 [3, H, W]) with the record's boxes, class names and scores
+    drawn; images smaller than ``min_side`` are enlarged by a whole factor first, so that the
+    labels (PIL's fixed-size default font) stay legible."""
+    from torchvision.utils import draw_bounding_boxes
+
+    pixels = load_rgb_image(path)
+    factor = max(1, -(-min_side // max(pixels.shape[:2])))
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    if factor > 1:
+        image = image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    dets = record["detections"]
+    if not dets:
+        return image
+    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32) * factor
+    labels = [f"{d['class']} {d['score']:.2f}" for d in dets]
+    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
+               "#fabebe", "#008080", "#9a6324", "#800000"]
+    colors = [palette[d["label"] % len(palette)] for d in dets]
+    return draw_bounding_boxes(image, boxes, labels=labels, colors=colors, width=width)
+
+
+def side_by_side(pictures: Sequence[torch.Tensor], titles: Sequence[str], gap: int = 6) -> torch.Tensor:
+    """Pictures (uint8 [3, H, W], same H) in one row, each under a title strip."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    height = max(p.shape[1] for p in pictures)
+    strip = 14
+    total_w = sum(p.shape[2] for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (total_w, height + strip), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for pic, title in zip(pictures, titles):
+        canvas.paste(Image.fromarray(pic.permute(1, 2, 0).numpy()), (x, strip))
+        draw.text((x + 2, 1), title, fill="black")
+        x += pic.shape[2] + gap
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
+
+
+def save_picture(picture: torch.Tensor, path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from detkd.engine.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def picture_names(files: Sequence[Path]) -> list[str]:
+    """``<stem>.png`` per file, made unique (``a.png``, ``a-2.png``) when stems repeat."""
+    names, seen = [], {}
+    for path in files:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        names.append(f"{path.stem}.png" if count == 1 else f"{path.stem}-{count}.png")
+    return names

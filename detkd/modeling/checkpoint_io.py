@@ -1,0 +1,157 @@
+"""Self-describing model files: ``model_final.pth`` rebuilds its model without the YAML.
+
+The file is still a plain torchvision ``FasterRCNN`` state dict (an ``OrderedDict`` of
+tensors), so ``FasterRCNN(...).load_state_dict(torch.load(f))`` and every reader of bare
+state dicts keep working. What is needed to rebuild the model rides in the state dict's
+own ``_metadata`` mapping (where torch keeps each module's version, and which
+``torch.save``/``torch.load(weights_only=True)`` round-trip), under the key ``"detkd"``:
+
+    {"format": "detkd.model/1", "detkd_version": "0.1.0", "torch_version": ..., "torchvision_version": ...,
+     "model": {...every ModelConfig field...}, "class_names": ["...", ...],
+     "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32",
+               "min_size", "max_size", "image_mean", "image_std"}}
+
+Only str/int/float/bool/None/lists/dicts, so ``weights_only=True`` loading stays safe.
+``class_names[i]`` is the name of label ``i + 1`` (label 0 is the background).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detkd.config.schema import Config, ModelConfig
+from detkd.errors import DetkdError
+
+META_KEY = "detkd"
+FORMAT = "detkd.model/1"
+# torchvision's stock builders that swap BatchNorm for FrozenBatchNorm2d when any weights are given.
+_FROZEN_WHEN_PRETRAINED = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+                           "fasterrcnn_mobilenet_v3_large_320_fpn")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def model_info(model_cfg: ModelConfig, class_names: list[str]) -> dict[str, Any]:
+    """The ``detkd`` metadata record of a model built from ``model_cfg``."""
+    import torchvision
+
+    import detkd
+
+    return {
+        "format": FORMAT,
+        "detkd_version": str(detkd.__version__),
+        "torch_version": str(torch.__version__),
+        "torchvision_version": str(torchvision.__version__),
+        "model": _plain(dataclasses.asdict(model_cfg)),
+        "class_names": [str(n) for n in class_names],
+        "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32",
+                  "min_size": model_cfg.min_size, "max_size": model_cfg.max_size,
+                  "image_mean": list(model_cfg.image_mean), "image_std": list(model_cfg.image_std)},
+    }
+
+
+def model_state(model: nn.Module, model_cfg: ModelConfig, class_names: list[str]) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` carrying the :func:`model_info` record (what the trainer saves)."""
+    state = model.state_dict()
+    meta = getattr(state, "_metadata", None)
+    if meta is None:
+        meta = state._metadata = {}  # type: ignore[attr-defined]
+    meta[META_KEY] = model_info(model_cfg, class_names)
+    return state
+
+
+def info_of(state: Any) -> dict[str, Any] | None:
+    """The ``detkd`` record of a loaded state dict, or None for a bare one."""
+    meta = getattr(state, "_metadata", None)
+    info = meta.get(META_KEY) if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, detkd record or None) of a model file, last.pth/best.pth or bare state dict."""
+    from detkd.modeling.weights import read_state_dict
+
+    state = read_state_dict(path)
+    return state, info_of(state)
+
+
+def _model_config(config: Any) -> ModelConfig:
+    """A ModelConfig from a Config, a ModelConfig or a YAML path."""
+    if isinstance(config, ModelConfig):
+        return config
+    if isinstance(config, Config):
+        return config.model
+    from detkd.config.load import load_config
+
+    return load_config(config).model
+
+
+def _config_from_info(info: dict[str, Any], path: Path) -> ModelConfig:
+    from detkd.config.load import config_from_dict
+
+    if not isinstance(info.get("model"), dict):
+        raise DetkdError(f"{path}: the detkd record has no model config")
+    return config_from_dict({"model": info["model"]}, source=f"{path} (stored model config)").model
+
+
+def _freeze_batchnorm(module: nn.Module, eps: float | None) -> None:
+    """Replace every BatchNorm2d under ``module`` by a FrozenBatchNorm2d (same buffers)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features) if eps is None else FrozenBatchNorm2d(child.num_features,
+                                                                                                 eps=eps)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child, eps)
+
+
+def build_architecture(cfg: ModelConfig) -> nn.Module:
+    """The model ``build_detector(cfg)`` builds, with random weights and no download: the
+    weights come from the file. torchvision's stock builders pick FrozenBatchNorm2d only
+    when given weights (and eps 0 for the COCO_V1 resnet50 weights), so that is redone here."""
+    from detkd.modeling.detector import build_detector
+
+    model = build_detector(dataclasses.replace(cfg, weights=None, weights_backbone=None))
+    if cfg.arch in _FROZEN_WHEN_PRETRAINED and (cfg.weights or cfg.weights_backbone):
+        coco_v1 = cfg.arch == "fasterrcnn_resnet50_fpn" and cfg.weights in ("DEFAULT", "COCO_V1")
+        _freeze_batchnorm(model.backbone.body, 0.0 if coco_v1 else None)
+    return model
+
+
+def load_model(path: str | Path, config: Any = None, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
+    """``(model, class_names)``: a torchvision ``FasterRCNN`` in eval mode on ``device``,
+    rebuilt from a self-describing ``model_final.pth`` alone.
+
+    ``config`` (a YAML path, a Config or a ModelConfig) is needed only for an old bare state
+    dict; given with a self-describing file, it replaces the stored model config. Class names
+    default to ``class1..classN`` when the file records none."""
+    from detkd.modeling.weights import load_matching
+
+    path = Path(path)
+    state, info = read_model_file(path)
+    if config is not None:
+        cfg = _model_config(config)
+    elif info is not None:
+        cfg = _config_from_info(info, path)
+    else:
+        raise DetkdError(f"{path} is a bare state dict (no detkd model record): give its training config too "
+                         "(--cfg FILE.yaml, or load_model(path, config=...))")
+    model = build_architecture(cfg)
+    load_matching(model, state, f"model file {path}")
+    names = list(info["class_names"]) if info and info.get("class_names") else []
+    if len(names) != cfg.num_classes - 1:
+        names = [f"class{i}" for i in range(1, cfg.num_classes)]
+    return model.eval().to(device), names
