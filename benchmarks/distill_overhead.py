@@ -16,8 +16,13 @@ max_memory_allocated; CPU: peak RSS above the RSS after setup, each mode in its 
 process). The teacher checkpoint of the config is used when it exists, otherwise random
 weights (timings barely depend on the values). Not a test: nothing is asserted.
 
-Example (the figure quoted in the README):
+With ``--each-method`` the measurement is repeated for each distillation method on the
+config's pair (Chen et al. as configured, then each FPN-feature method alone at its default
+section, Chen et al. off) and a table of the ratios is printed (no memory measurement).
+
+Examples (the figures quoted in the README and docs/results.md):
   python benchmarks/distill_overhead.py --cfg configs/demo/distill_demo.yaml --threads 2
+  python benchmarks/distill_overhead.py --cfg configs/experiment/distill_fpn128.yaml --threads 1 --each-method
 """
 
 from __future__ import annotations
@@ -42,6 +47,15 @@ import torch  # noqa: E402
 from detkd.utils.cli import add_config_args, run_cli  # noqa: E402
 
 MODES = ("student", "teacher", "distill")
+# --each-method: the overrides that turn each method on alone (Chen et al.: the config's own terms).
+METHOD_OPTS = {
+    "chen": [],
+    "pkd": ["distill.chen=false", "distill.pkd={}"],
+    "cwd": ["distill.chen=false", "distill.cwd={}"],
+    "mgd": ["distill.chen=false", "distill.mgd={}"],
+    "fgd": ["distill.chen=false", "distill.fgd={}"],
+    "fgfi": ["distill.chen=false", "distill.fgfi={}"],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--amp", action="store_true", help="CUDA only: autocast the steps (float16)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory measurement")
+    parser.add_argument("--each-method", action="store_true",
+                        help="repeat the measurement for each method (Chen et al. as configured, then PKD, CWD, MGD, "
+                             "FGD, FGFI alone) and print the ratio of each; implies --no-memory")
     parser.add_argument("--out", default=None, metavar="FILE.json", help="also write the results here")
     parser.add_argument("--memory-mode", choices=MODES, default=None, help=argparse.SUPPRESS)  # child process
     return parser
@@ -198,11 +215,8 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.memory_mode:
-        return memory_child(args)
+def measure(args: argparse.Namespace) -> dict:
+    """Time the three modes side by side (and, unless --no-memory, their peak memory)."""
     cfg, device, batches, student, teacher, distiller, teacher_weights = setup(args)
     steps = make_steps(cfg, device, student, teacher, distiller, args.amp and device.type == "cuda")
     terms = sorted(distiller.active_terms())
@@ -228,6 +242,35 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_memory:
         argv = [a for a in sys.argv[1:] if a != "--no-memory"]
         result["peak_memory_mb"] = {n: measure_memory(argv, n) for n in MODES}
+    return result
+
+
+def each_method(args: argparse.Namespace) -> int:
+    results = {}
+    for name, extra in METHOD_OPTS.items():
+        run = copy.copy(args)
+        run.opts, run.no_memory = [*args.opts, *extra], True
+        results[name] = measure(run)
+    print()
+    print("| method | terms | (a) student ms/it | (b) teacher ms/it | (c) distill ms/it | (c) / ((a) + (b)) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        ms, o = r["ms_per_iter"], r["overhead_ratio"]
+        print(f"| {name} | {', '.join(r['terms'])} | {ms['student']['median']:.1f} | {ms['teacher']['median']:.1f} | "
+              f"{ms['distill']['median']:.1f} | {o['median']:.3f} ({o['min']:.3f}-{o['max']:.3f}) |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_mode:
+        return memory_child(args)
+    if args.each_method:
+        return each_method(args)
+    result = measure(args)
     print()
     print("| mode | ms/iteration (median, min-max over repeats) | peak memory MB |")
     print("|---|---|---|")
