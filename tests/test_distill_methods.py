@@ -293,3 +293,18 @@ def test_demo_reports_the_fraction_of_the_gap_closed():
     assert run_demo.gap_closed(0.5, 0.1, 0.3) == "50%"
     assert run_demo.gap_closed(0.472, 0.271, 0.311) == "20%"  # docs/results.md's 128-ch student
     assert run_demo.gap_closed(0.3, 0.3, 0.4).startswith("n/a")
+
+
+def test_resuming_with_other_methods_is_one_line_and_old_adapter_checkpoints_load():
+    from detkd.engine.trainer import load_method_state
+
+    student, teacher = build(mcfg(), 0), build(mcfg(out_channels=48), 1)
+    d = Distiller(student, teacher, DistillConfig(**NO_CHEN, mgd=MGDConfig()))
+    with pytest.raises(DetkdError, match=r"^last.pth: the distillation methods' weights do not match this config "
+                                         r"\(mgd\.per_level\.l_0\.align\.bias"):
+        load_method_state(d, {"distill": {}}, Path("last.pth"))
+    # A checkpoint written before the method interface kept Chen et al.'s adapters under "adapters".
+    chen = Distiller(student, teacher, DistillConfig(hint_levels=["0"]))
+    old = {"adapters": {k: torch.full_like(v, 0.5) for k, v in chen.adapters.state_dict().items()}}
+    load_method_state(chen, old, Path("last.pth"))
+    assert all((v == 0.5).all() for v in chen.adapters.state_dict().values())
