@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from detkd.config.schema import FGFIConfig
 from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels, to_teacher_size
 from detkd.distill.methods.features import LevelMethod
+from detkd.errors import DetkdError
 from detkd.losses.feature import fgfi_masks, masked_imitation_loss
 from detkd.modeling.adapters import module_key
 
@@ -35,6 +36,10 @@ class FGFIMethod(LevelMethod):
     def build(cls, section: FGFIConfig, ctx: BuildContext) -> Optional["FGFIMethod"]:
         if section.weight == 0:
             return None
+        per_location = set(ctx.student.rpn.anchor_generator.num_anchors_per_location())
+        if len(per_location) != 1:
+            raise DetkdError(f"distill.fgfi needs the same number of anchors per location on every level, the "
+                             f"student has {sorted(per_location)}: align model.anchor_sizes/aspect_ratios")
         pairs = resolve_levels("fgfi", section.levels, ctx)
         levels = list(ctx.shapes()[0])
         method = cls(pairs, section.weight, section.psi, {p.student: levels.index(p.student) for p in pairs})
