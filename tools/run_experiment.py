@@ -18,6 +18,9 @@ results.json with COCO AP/AP50):
   bound_only         configs/experiment/ablations/bound_only.yaml         (bounded regression; 128-ch student)
   no_adaptation_ref  configs/experiment/ablations/no_adaptation_ref.yaml  (256-ch, 1x1 adapter; only with --only)
   no_adaptation      configs/experiment/ablations/no_adaptation.yaml      (256-ch, identity; only with --only)
+  pkd_fpn128, cwd_fpn128, mgd_fpn128, fgd_fpn128, fgfi_fpn128, chen_pkd_fpn128
+                     configs/experiment/methods/*.yaml (--seeds; issue #12's FPN-feature methods on the
+                     128-ch student, each against baseline_fpn128; only with --only)
 
 (one run of every main group per seed, seed by seed, so a stopped experiment still has pairs), then
 writes the speed/accuracy report (detkd.evaluation.report.run_report: report.md/.csv/
@@ -67,16 +70,25 @@ GROUPS = (
     ("bound_only", "configs/experiment/ablations/bound_only.yaml", "ablation"),
     ("no_adaptation_ref", "configs/experiment/ablations/no_adaptation_ref.yaml", "ablation"),
     ("no_adaptation", "configs/experiment/ablations/no_adaptation.yaml", "ablation"),
+    # Issue #12: the FPN-feature methods on the 128-ch student (only with --only).
+    ("pkd_fpn128", "configs/experiment/methods/pkd_fpn128.yaml", "main"),
+    ("cwd_fpn128", "configs/experiment/methods/cwd_fpn128.yaml", "main"),
+    ("mgd_fpn128", "configs/experiment/methods/mgd_fpn128.yaml", "main"),
+    ("fgd_fpn128", "configs/experiment/methods/fgd_fpn128.yaml", "main"),
+    ("fgfi_fpn128", "configs/experiment/methods/fgfi_fpn128.yaml", "main"),
+    ("chen_pkd_fpn128", "configs/experiment/methods/chen_pkd_fpn128.yaml", "main"),
 )
 GROUP_NAMES = tuple(g[0] for g in GROUPS)
 # What runs without --only (about 100 minutes on one CPU thread: teacher 17, the 32-ch pair
 # 20, the 128-ch pair 39, its three term ablations 25): everything but the 256-channel
 # groups (about 50 more minutes for the pair over 3 seeds, 20 for the adapter ablation pair;
 # --only adds them).
-OPTIONAL_GROUPS = ("baseline_fpn256", "distilled_fpn256", "no_adaptation_ref", "no_adaptation")
+METHOD_GROUPS = ("pkd_fpn128", "cwd_fpn128", "mgd_fpn128", "fgd_fpn128", "fgfi_fpn128", "chen_pkd_fpn128")
+OPTIONAL_GROUPS = ("baseline_fpn256", "distilled_fpn256", "no_adaptation_ref", "no_adaptation", *METHOD_GROUPS)
 DEFAULT_GROUPS = tuple(g for g in GROUP_NAMES if g not in OPTIONAL_GROUPS)
 # (baseline, distilled) groups that differ only in the distillation terms.
-PAIRS = (("baseline", "distilled"), ("baseline_fpn256", "distilled_fpn256"), ("baseline_fpn128", "distilled_fpn128"))
+PAIRS = (("baseline", "distilled"), ("baseline_fpn256", "distilled_fpn256"), ("baseline_fpn128", "distilled_fpn128"),
+         *(("baseline_fpn128", group) for group in METHOD_GROUPS))
 # Students trained alone (the baselines): no teacher to point at OUTPUT_ROOT/teacher.
 ALONE = tuple(baseline for baseline, _ in PAIRS)
 METRICS = ("AP", "AP50")
