@@ -32,6 +32,7 @@ from torchvision.ops import box_iou
 
 __all__ = [
     "PKD_EPS",
+    "align_conv",
     "match_size",
     "pkd_loss",
     "cwd_loss",
@@ -76,7 +77,7 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 
-def _align_conv(student_channels: int, teacher_channels: int) -> nn.Module:
+def align_conv(student_channels: int, teacher_channels: int) -> nn.Module:
     """1x1 conv student -> teacher channels when the widths differ, else identity (as MGD / FGD code)."""
     if student_channels == teacher_channels:
         return nn.Identity()
@@ -244,7 +245,7 @@ class MGD(nn.Module):
         super().__init__()
         self.alpha = alpha
         self.lambda_mask = lambda_mask
-        self.align = _align_conv(student_channels, teacher_channels)
+        self.align = align_conv(student_channels, teacher_channels)
         self.generator = MGDGenerator(teacher_channels)
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, keys: Sequence[int]) -> Tensor:
@@ -470,7 +471,7 @@ class FGD(nn.Module):
         _check_temperature(temperature)
         self.temperature = temperature
         self.alpha, self.beta, self.gamma, self.lambda_ = alpha, beta, gamma, lambda_
-        self.align = _align_conv(student_channels, teacher_channels)
+        self.align = align_conv(student_channels, teacher_channels)
         self.gc_student = GcBlock(teacher_channels)
         self.gc_teacher = GcBlock(teacher_channels)
 

@@ -20,15 +20,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkd.config.schema import DistillConfig, ModelConfig
 from detkd.distill.compat import PROBE_SIZE, probe_features
 from detkd.errors import DetkdError
 
-__all__ = ["DistillRecord", "DistillMethod", "BuildContext", "LevelPair", "resolve_levels", "to_teacher_size",
-           "align_conv"]
+__all__ = ["DistillRecord", "DistillMethod", "BuildContext", "LevelPair", "resolve_levels"]
 
 
 @dataclass
@@ -126,19 +124,6 @@ def resolve_levels(method: str, levels: Optional[list[str]], ctx: BuildContext,
     if not pairs:
         raise DetkdError(f"{key}: no feature level to distill")
     return pairs
-
-
-def to_teacher_size(student_map: Tensor, teacher_map: Tensor) -> Tensor:
-    """Bilinear resize of a student map to the teacher map's H x W (a teacher at a larger
-    input size); unchanged when the sizes agree (spec section 3, heterogeneous pairs)."""
-    if student_map.shape[-2:] == teacher_map.shape[-2:]:
-        return student_map
-    return F.interpolate(student_map, size=tuple(teacher_map.shape[-2:]), mode="bilinear", align_corners=False)
-
-
-def align_conv(c_s: int, c_t: int) -> nn.Module:
-    """1x1 conv from the student's to the teacher's width, identity when they agree."""
-    return nn.Conv2d(c_s, c_t, kernel_size=1) if c_s != c_t else nn.Identity()
 
 
 class DistillMethod(nn.Module):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detkd.distill.methods.base import DistillMethod, DistillRecord, LevelPair, to_teacher_size
+from detkd.distill.methods.base import DistillMethod, DistillRecord, LevelPair
+from detkd.losses.feature import match_size
 from detkd.modeling.adapters import module_key
 
 
@@ -40,7 +41,7 @@ class LevelMethod(DistillMethod):
         total = None
         for pair in self.pairs:
             t = rec.teacher_features[pair.teacher]
-            s = to_teacher_size(rec.features[pair.student], t)
+            s = match_size(rec.features[pair.student], t.shape[-2:])
             value = self.level_loss(pair, s, t, rec)
             total = value if total is None else total + value
         self.stats = {f"raw_{self.name}": total.detach()}

@@ -10,9 +10,9 @@ from typing import Optional
 from torch import Tensor
 
 from detkd.config.schema import FGDConfig
-from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels, to_teacher_size
+from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels
 from detkd.distill.methods.features import LevelMethod
-from detkd.losses.feature import FGD
+from detkd.losses.feature import FGD, match_size
 from detkd.modeling.adapters import module_key
 
 
@@ -37,7 +37,7 @@ class FGDMethod(LevelMethod):
         total, parts = None, {}
         for pair in self.pairs:
             t = rec.teacher_features[pair.teacher]
-            s = to_teacher_size(rec.features[pair.student], t)
+            s = match_size(rec.features[pair.student], t.shape[-2:])
             value, level_parts = self.level_module(pair)(s, t, rec.teacher_boxes, rec.teacher_batch_shape)
             total = value if total is None else total + value
             for k, v in level_parts.items():

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkd.config.schema import FGFIConfig
-from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels, to_teacher_size
+from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.errors import DetkdError
-from detkd.losses.feature import fgfi_masks, masked_imitation_loss
+from detkd.losses.feature import fgfi_masks, masked_imitation_loss, match_size
 from detkd.modeling.adapters import module_key
 
 
@@ -57,7 +57,7 @@ class FGFIMethod(LevelMethod):
         total = None
         for pair in self.pairs:
             t = rec.teacher_features[pair.teacher]
-            s = to_teacher_size(self.level_module(pair)(rec.features[pair.student]), t)
+            s = match_size(self.level_module(pair)(rec.features[pair.student]), t.shape[-2:])
             mask = torch.stack([m[self.level_index[pair.student]] for m in masks]).to(s.dtype)
             if mask.shape[-2:] != t.shape[-2:]:
                 mask = F.interpolate(mask[:, None], size=tuple(t.shape[-2:]), mode="nearest")[:, 0]

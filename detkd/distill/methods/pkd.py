@@ -9,9 +9,9 @@ from typing import Optional
 from torch import Tensor
 
 from detkd.config.schema import PKDConfig
-from detkd.distill.methods.base import BuildContext, align_conv, resolve_levels
+from detkd.distill.methods.base import BuildContext, resolve_levels
 from detkd.distill.methods.features import LevelMethod
-from detkd.losses.feature import pkd_loss
+from detkd.losses.feature import align_conv, pkd_loss
 from detkd.modeling.adapters import module_key
 
 
