@@ -83,7 +83,7 @@ def setup(args: argparse.Namespace):
     from detkd.config.load import load_config
     from detkd.data.build import build_dataset, collate_fn
     from detkd.distill.distiller import Distiller
-    from detkd.engine.trainer import resolve_device
+    from detkd.utils.runtime import resolve_device
     from detkd.errors import DetkdError
     from detkd.modeling.detector import build_detector
     from detkd.modeling.weights import load_matching, read_state_dict

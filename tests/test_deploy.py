@@ -91,7 +91,7 @@ def test_stock_arch_with_pretrained_weights_rebuilds_offline_with_torchvisions_n
 
     import detkd
     from detkd.config.schema import ModelConfig
-    from detkd.engine.checkpoint import atomic_save
+    from detkd.utils.atomic import atomic_save
     from detkd.modeling.checkpoint_io import build_architecture, model_state
 
     cfg = ModelConfig(arch="fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, weights_backbone="IMAGENET1K_V1",

@@ -11,7 +11,8 @@ from conftest import tiny_opts
 from detkd.config.load import load_config
 from detkd.data.build import build_dataset
 from detkd.data.utils import collate_fn
-from detkd.engine.checkpoint import atomic_save, latest_checkpoint, load_checkpoint
+from detkd.engine.checkpoint import latest_checkpoint, load_checkpoint
+from detkd.utils.atomic import atomic_save
 from detkd.engine.optim import lr_factor
 from detkd.engine.trainer import train
 from detkd.errors import DetkdError

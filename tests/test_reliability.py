@@ -158,7 +158,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_then_resume_is_bit_identical(refer
 
 def test_checkpoint_files_get_the_usual_permissions(tmp_path):
     """Atomic writes go through mkstemp (mode 0600); the result is readable like any output."""
-    from detkd.engine.checkpoint import atomic_save
+    from detkd.utils.atomic import atomic_save
 
     umask = os.umask(0)
     os.umask(umask)

@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkd.engine import dist
-    from detkd.engine.trainer import resolve_device
-    from detkd.engine.checkpoint import atomic_write_text
+    from detkd.utils import dist
+    from detkd.utils.runtime import resolve_device
+    from detkd.utils.atomic import atomic_write_text
     from detkd.evaluation.coco_eval import detections_to_coco, per_class_table
     from detkd.evaluation.inference import build_eval_data, evaluate_detector, ground_truth, load_detector
     from detkd.utils.logger import format_terms

@@ -50,8 +50,8 @@ def _title(path: str) -> str:
 def main(args: argparse.Namespace) -> int:
     from detkd.deploy.predict import draw_record, find_images, picture_names, predict_files, save_picture, \
         set_score_thresh, side_by_side
-    from detkd.engine.checkpoint import atomic_write_text
-    from detkd.engine.trainer import resolve_device, show_progress
+    from detkd.utils.atomic import atomic_write_text
+    from detkd.utils.runtime import resolve_device, show_progress
     from detkd.errors import DetkdError
     from detkd.modeling.checkpoint_io import load_model
 

@@ -122,9 +122,9 @@ def onnx_section(args: argparse.Namespace, entries: list) -> str:
     import json
 
     from detkd.deploy.latency import onnx_table, onnx_vs_eager
-    from detkd.engine.checkpoint import atomic_write_text
+    from detkd.utils.atomic import atomic_write_text
     from detkd.evaluation.inference import build_eval_data
-    from detkd.evaluation.report import _load
+    from detkd.evaluation.report import load_entry
 
     threads = args.threads or 1
     rows, seen = [], set()
@@ -132,7 +132,7 @@ def onnx_section(args: argparse.Namespace, entries: list) -> str:
         if entry.name in seen:
             continue
         seen.add(entry.name)
-        cfg, model = _load(entry)
+        cfg, model = load_entry(entry)
         dataset, _ = build_eval_data(cfg, args.split)
         images = [dataset[i][0] for i in range(min(20, len(dataset)))]
         rows.append((entry.label, onnx_vs_eager(model, images, threads, warmup=args.warmup, runs=args.runs,

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     opts = list(args.opts) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.cfg, opts)
-    from detkd.engine import dist
+    from detkd.utils import dist
     from detkd.engine.trainer import train  # after the config: a config error reports in less time
 
     try:

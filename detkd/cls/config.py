@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from detkd.config.load import _build, apply_overrides, load_yaml_tree, parse_overrides
+from detkd.config.load import apply_overrides, build_dataclass, load_yaml_tree, parse_overrides
 from detkd.config.schema import OptimizerConfig, SchedulerConfig
 from detkd.errors import DetkdError
 
@@ -121,6 +121,9 @@ class ClsTrainConfig:
     log_interval: int = 20  # iterations
     eval_interval: int = 1  # epochs; 0 = only at the end
     checkpoint_interval: int = 1  # epochs (last.pth)
+    # A non-finite loss skips the step (up to max_nonfinite_skips times in a row), or stops (as detection's).
+    nonfinite_policy: Literal["skip", "stop"] = "skip"
+    max_nonfinite_skips: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None  # torch.set_num_threads on the CPU
     tensorboard: bool = False  # also write metrics.jsonl's fields as TensorBoard scalars (extra 'tensorboard')
@@ -157,6 +160,7 @@ def check_cls_config(cfg: ClsConfig, source: str) -> None:
     for key in ("epochs", "batch_size", "log_interval", "checkpoint_interval"):
         _positive(getattr(t, key), f"train.{key}", source)
     _positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
+    _positive(t.max_nonfinite_skips, "train.max_nonfinite_skips", source, allow_zero=True)
     _positive(t.optimizer.lr, "train.optimizer.lr", source)
     _positive(t.optimizer.weight_decay, "train.optimizer.weight_decay", source, allow_zero=True)
     if t.max_iters is not None:
@@ -209,12 +213,12 @@ def load_cls_config(path: str | Path, overrides: list[str] | None = None) -> Cls
     tree = load_yaml_tree(path, origins)
     tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
     source = str(Path(path))
-    cfg = _build(ClsConfig, tree, "", (origins, source))
+    cfg = build_dataclass(ClsConfig, tree, source, origins)
     check_cls_config(cfg, source)
     return cfg
 
 
 def cls_config_from_dict(tree: dict, source: str = "<dict>") -> ClsConfig:
-    cfg = _build(ClsConfig, tree, "", ({}, source))
+    cfg = build_dataclass(ClsConfig, tree, source)
     check_cls_config(cfg, source)
     return cfg

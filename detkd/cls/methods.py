@@ -11,13 +11,15 @@ Three shapes of training step:
 * :class:`FFLMethod` — K sub-networks (one optimizer) and the fusion module (its own
   optimizer), one joint loss.
 
-Every method exposes ``step(x, y, epoch) -> {term: float}``, ``eval_logits(x) ->
+Every method exposes ``step(x, y, epoch) -> {term: float}`` (None when a
+non-finite loss made :class:`~detkd.engine.loop.NonFiniteGuard` skip the whole step), ``eval_logits(x) ->
 {name: logits}``, ``networks`` (name -> trainable network, saved as weights files) and the
 optimizers/schedulers (stepped once per iteration by :meth:`step`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import torch
@@ -27,12 +29,14 @@ from torch import Tensor, nn
 from detkd.cls.config import ClsConfig, MethodConfig
 from detkd.cls.data import UNLABELLED, ClsData
 from detkd.cls.models import feature_shapes
+from detkd.engine.loop import NonFiniteGuard
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from detkd.errors import DetkdError
 from detkd.losses.kd import ConvRegressor, at_loss, fitnet_loss, kd_loss, sp_loss
 from detkd.losses.multi_teacher import (CAMKDRegressors, aekd_loss, aver_loss, camkd_inter_loss, camkd_kd_loss,
                                         ebkd_loss, fitnet_mkd_loss)
 from detkd.losses.online import FusionModule, dml_losses, ffl_losses, scd_loss
+from detkd.utils.logger import MetricsWriter
 
 
 def labelled_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -58,6 +62,9 @@ class _Optimized:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
         self.param_groups: list[list[nn.Parameter]] = []
+        # The loop replaces it with train.nonfinite_policy's guard; alone, a non-finite loss stops.
+        self.iteration = 0  # counted (not skipped) iterations: the number of scheduler steps
+        self.nonfinite = NonFiniteGuard("stop", 0, cfg.output_dir, logging.getLogger("detkd"), MetricsWriter(None))
 
     def add_optimizer(self, params: Sequence[nn.Parameter], lr: float | None = None) -> int:
         params = [p for p in params if p.requires_grad]
@@ -70,11 +77,11 @@ class _Optimized:
         self.param_groups.append(params)
         return len(self.optimizers) - 1
 
-    def backward_step(self, total: Tensor, terms: dict[str, Tensor], which: Sequence[int]) -> None:
-        if not torch.isfinite(total):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["loss"]
-            raise DetkdError(f"non-finite loss in {', '.join(bad)}; lower train.optimizer.lr or the method "
-                             f"weights (the last checkpoint in {self.cfg.output_dir} is intact)")
+    def backward_step(self, total: Tensor, terms: dict[str, Tensor], which: Sequence[int]) -> bool:
+        """Backward ``total`` and step the optimizers ``which``; False (nothing stepped) when
+        the loss is non-finite and the policy skips it."""
+        if self.nonfinite.skip(terms, total, self.iteration):
+            return False
         for i in which:
             self.optimizers[i].zero_grad(set_to_none=True)
         total.backward()
@@ -82,10 +89,12 @@ class _Optimized:
             if self.cfg.train.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(self.param_groups[i], self.cfg.train.clip_grad_norm)
             self.optimizers[i].step()
+        return True
 
     def scheduler_step(self) -> None:
         for s in self.schedulers:
             s.step()
+        self.iteration += 1
 
     @property
     def lr(self) -> float:
@@ -111,6 +120,7 @@ class _Optimized:
             opt.load_state_dict(state)
         for sched, state in zip(self.schedulers, ckpt["schedulers"]):
             sched.load_state_dict(state)
+        self.iteration = int(ckpt["iter"])
 
 
 # ------------------------------------------------------------------------- one student
@@ -215,10 +225,11 @@ class StudentMethod(_Optimized):
             raise DetkdError(f"unknown method '{name}'")
         return terms
 
-    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float]:
+    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float] | None:
         terms = self.loss_terms(x, y, epoch)
         total = torch.stack(list(terms.values())).sum()
-        self.backward_step(total, terms, [0])
+        if not self.backward_step(total, terms, [0]):
+            return None
         self.scheduler_step()
         return {**{k: v.item() for k, v in terms.items()}, "loss": total.item()}
 
@@ -251,10 +262,11 @@ class DMLMethod(_Optimized):
         mask = y != UNLABELLED
         return None if bool(mask.all()) else mask
 
-    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float]:
+    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float] | None:
         mask = self._mask(y)
         k_peers = len(self.peers)
         out: dict[str, float] = {}
+        stepped = 0
         if self.sequential:
             # Algorithm 1: peer k is updated against the others' current predictions. Outputs
             # of peers not yet updated in this iteration are still current; the updated peer's
@@ -266,7 +278,8 @@ class DMLMethod(_Optimized):
                 logits_k = peer(x)
                 logits = [logits_k if l == k else current[l] for l in range(k_peers)]
                 loss = dml_losses(logits, y, self.mode, mask)[k]
-                self.backward_step(loss, {f"peer{k}": loss}, [k])
+                # A skipped peer keeps its weights; the others still learn from this batch.
+                stepped += self.backward_step(loss, {f"peer{k}": loss}, [k])
                 out[f"peer{k}"] = loss.item()
                 if k < k_peers - 1:
                     with torch.no_grad():
@@ -275,8 +288,10 @@ class DMLMethod(_Optimized):
             logits = [p(x) for p in self.peers]
             losses = dml_losses(logits, y, self.mode, mask)
             total = torch.stack(losses).sum()  # each loss reaches only its own peer (targets detached)
-            self.backward_step(total, {f"peer{k}": l for k, l in enumerate(losses)}, range(k_peers))
+            stepped += self.backward_step(total, {f"peer{k}": l for k, l in enumerate(losses)}, range(k_peers))
             out = {f"peer{k}": l.item() for k, l in enumerate(losses)}
+        if not stepped:
+            return None
         self.scheduler_step()
         out["loss"] = sum(out.values())
         return out
@@ -312,14 +327,15 @@ class FFLMethod(_Optimized):
             s.train()
         self.fusion.train()
 
-    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float]:
+    def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float] | None:
         outs = [s(x, return_features=True) for s in self.subs]
         fused = self.fusion([o[1][-1] for o in outs])
         m = self.m
         res = ffl_losses([o[0] for o in outs], fused, y, epoch, m.ffl_temperature, m.ffl_rampup_epochs, m.ffl_eps)
         terms = {**{f"ce{k}": c for k, c in enumerate(res["ce"])}, "ce_fused": res["ce_fused"],
                  "kd_subs": res["kd_subs"], "kd_fused": res["kd_fused"]}
-        self.backward_step(res["total"], terms, [0, 1])
+        if not self.backward_step(res["total"], terms, [0, 1]):
+            return None
         self.scheduler_step()
         return {**{k: v.item() for k, v in terms.items()}, "w": res["weight"], "loss": res["total"].item()}
 

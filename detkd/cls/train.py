@@ -23,16 +23,12 @@ resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,37 +37,22 @@ from detkd.cls.config import ONLINE, ClsConfig, NetConfig
 from detkd.cls.data import BatchLoader, ClsData, load_cls_data
 from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
-from detkd.config.load import _plain, config_to_dict, dump_config
-from detkd.engine.checkpoint import atomic_save, atomic_write_text
+from detkd.config.load import config_hash, dump_config
+from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint
 from detkd.engine.lock import RunLock
-from detkd.engine.trainer import rng_state, set_rng_state
+from detkd.engine.loop import IterationPlan, NonFiniteGuard, epoch_due, log_train_step
 from detkd.errors import DetkdError
-from detkd.modeling.weights import state_mismatch
-from detkd.utils.logger import MetricsWriter, format_terms, require_tensorboard, setup_logging
-from detkd.utils.speed import SpeedMeter, format_speed
+from detkd.modeling.weights import read_weights, state_mismatch
+from detkd.utils.atomic import atomic_save, atomic_write_text
+from detkd.utils.logger import MetricsWriter, require_tensorboard, setup_logging
+from detkd.utils.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from detkd.utils.speed import SpeedMeter
 
 log = logging.getLogger("detkd")
 
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DetkdError(f"train.device is '{name}' but CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DetkdError(f"train.device: invalid device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def net_spec(ncfg: NetConfig, data: ClsData) -> dict[str, Any]:
@@ -86,27 +67,11 @@ def describe(spec: dict[str, Any]) -> str:
     return f"{spec.get('arch')} ({shape}, {spec.get('num_classes')} classes, {spec.get('in_channels')} input channels)"
 
 
-def _read_weights(path: Path, who: str) -> tuple[dict, dict | None]:
-    """(state dict, saved net spec or None) of a weights file."""
-    if not path.is_file():
-        raise DetkdError(f"{who}: checkpoint not found: {path}")
-    try:
-        # Weights files hold tensors and plain Python values only: no arbitrary unpickling.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DetkdError(f"{who}: cannot read checkpoint {path}: {type(exc).__name__}: {first}") from None
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        return ckpt["model"], ckpt.get("net")
-    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-        return ckpt, None
-    raise DetkdError(f"{who}: {path} is neither a detkd classification checkpoint nor a state dict")
-
-
 def load_weights(net: nn.Module, ncfg: NetConfig, data: ClsData, who: str) -> None:
     """Load ``ncfg.checkpoint`` into ``net``; a clear error when it was made for another network."""
     path = Path(ncfg.checkpoint)
-    state, saved = _read_weights(path, who)
+    state, entries = read_weights(path, "model", who)
+    saved = entries.get("net")
     want = net_spec(ncfg, data)
     if saved is not None:
         diffs = [k for k in ("arch", "width", "stem", "num_classes", "in_channels") if saved.get(k) != want[k]]
@@ -142,45 +107,12 @@ _TEST_ONLY_DATA_KEYS = ("test_subset", "test_split")
 
 
 def resume_hash(cfg: ClsConfig) -> str:
-    tree = config_to_dict(cfg)
-    payload = {k: _plain(tree[k]) for k in _RESUME_KEYS}
-    payload["data"] = {k: v for k, v in payload["data"].items() if k not in _TEST_ONLY_DATA_KEYS}
-    payload["train"] = {k: _plain(tree["train"][k]) for k in _RESUME_TRAIN_KEYS}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    """:func:`detkd.config.load.config_hash` of what decides a classification ``last.pth``."""
+    return config_hash(cfg, _RESUME_KEYS, only={"train": _RESUME_TRAIN_KEYS}, drop={"data": _TEST_ONLY_DATA_KEYS})
 
 
-def find_resume_checkpoint(resume: str | None, out: Path) -> Path | None:
-    """``auto``: ``out/last.pth`` if it exists (else None: start from scratch); else the path."""
-    if not resume:
-        return None
-    if resume == "auto":
-        path = out / "last.pth"
-        return path if path.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise DetkdError(f"--resume: checkpoint not found: {path}")
-    return path
-
-
-def load_resume_checkpoint(path: Path, cfg: ClsConfig, force: bool) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DetkdError(f"--resume: cannot read {path}: {type(exc).__name__}: {first}") from None
-    if not isinstance(ckpt, dict) or "networks" not in ckpt or "optimizers" not in ckpt:
-        raise DetkdError(f"--resume: {path} is not a classification training checkpoint (last.pth)")
-    if ckpt.get("resume_hash") != resume_hash(cfg) and not force:
-        raise DetkdError(f"--resume: {path} was made with a different config (model, teachers, peers, method, "
-                         f"data or train schedule differ); pass --force-resume to resume anyway")
-    return ckpt
-
-
-def prepare_output_dir(out: Path) -> None:
-    held = [p.name for p in sorted(out.glob("*_final.pth"))] + [n for n in ("last.pth",) if (out / n).exists()]
-    if held:
-        raise DetkdError(f"output directory {out} already holds a run ({', '.join(held)}); choose another "
-                         f"output_dir (--output-dir DIR), or continue an interrupted run with --resume auto")
+# What a classification training checkpoint holds (detection's: model, optimizer).
+CHECKPOINT_ENTRIES = ("networks", "optimizers")
 
 
 @torch.no_grad()
@@ -225,8 +157,8 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
     if cfg.train.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.output_dir)
-    ckpt_path = find_resume_checkpoint(resume, out)
-    ckpt = load_resume_checkpoint(ckpt_path, cfg, force_resume) if ckpt_path is not None else None
+    chash = resume_hash(cfg)
+    ckpt_path, ckpt = resume_checkpoint(resume, out, chash, force_resume, CHECKPOINT_ENTRIES)
     if ckpt is None:
         prepare_output_dir(out)
     if cfg.train.tensorboard:
@@ -247,11 +179,8 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
                                hflip=cfg.data.hflip, seed=t.seed)
     test_loader = BatchLoader(data.test_images, data.test_labels, cfg.eval.batch_size, data.mean, data.std, device,
                               train=False)
-    iters_per_epoch = len(train_loader)
-    total_iters = t.epochs * iters_per_epoch
-    if t.max_iters is not None:
-        total_iters = min(total_iters, t.max_iters)
-    epochs = math.ceil(total_iters / iters_per_epoch)
+    plan = IterationPlan.of(len(train_loader), t.epochs, t.max_iters)
+    iters_per_epoch, total_iters, epochs = plan.iters_per_epoch, plan.total_iters, plan.epochs
 
     # --- networks and method
     teachers = [build_teacher(tc, i, data, device) for i, tc in enumerate(cfg.teachers)]
@@ -292,6 +221,7 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
 
     atomic_write_text(dump_config(cfg), out / "config.yaml")
     metrics_file = MetricsWriter(out / "metrics.jsonl", cfg.train.tensorboard)
+    method.nonfinite = NonFiniteGuard(t.nonfinite_policy, t.max_nonfinite_skips, out, logger, metrics_file)
 
     teacher_results: dict[str, dict[str, float]] = {}
     if teachers and cfg.eval.evaluate_teachers:
@@ -339,7 +269,7 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
         state = {"networks": {k: n.state_dict() for k, n in method.networks.items()}, **method.aux_state(),
                  **method.optimizer_state(), "epoch": epoch, "iter": it, "best": best,
                  "rng": rng_state(), "loader_rng": train_loader.generator.get_state(),
-                 "train_seconds": seconds_before + time.time() - t_start, "resume_hash": resume_hash(cfg),
+                 "train_seconds": seconds_before + time.time() - t_start, "config_hash": chash,
                  "config": dump_config(cfg), "version": detkd.__version__}
         atomic_save(state, out / "last.pth")
 
@@ -352,18 +282,17 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
                 break
             speed.batch_ready()
             values = method.step(x, y, epoch)
+            if values is None:  # a non-finite loss: the step was skipped (train.nonfinite_policy)
+                continue
             global_iter += 1
             speed.step_done()
-            if global_iter % t.log_interval == 0 or global_iter == total_iters:
-                timing = speed.interval(global_iter)
-                logger.info("epoch %d iter %d/%d lr %.5f %s (%s)", epoch, global_iter, total_iters,
-                            method.lr, format_terms(values), format_speed(timing))
-                metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": method.lr, **values,
-                                    **timing})
+            if plan.log_due(global_iter, t.log_interval):
+                log_train_step(logger, metrics_file, epoch, global_iter, total_iters, method.lr, values,
+                               speed.interval(global_iter))
         done = global_iter >= total_iters
-        if done or (t.eval_interval and (epoch + 1) % t.eval_interval == 0):
+        if epoch_due(epoch, t.eval_interval, done):
             results = run_eval(epoch, global_iter)
-        if done or (epoch + 1) % t.checkpoint_interval == 0:
+        if epoch_due(epoch, t.checkpoint_interval, done):
             checkpoint(epoch + 1, global_iter)
         if done:
             break

@@ -248,6 +248,12 @@ def _build(cls: type, data: dict, prefix: str, ctx: tuple[dict, str]) -> Any:
     return obj
 
 
+def build_dataclass(cls: type, tree: dict, source: str, origins: dict | None = None) -> Any:
+    """A config dataclass ``cls`` from a merged YAML tree, with the same type checks and
+    one-line messages as :func:`load_config` (classification's schema uses it)."""
+    return _build(cls, tree, "", (origins or {}, source))
+
+
 def resolve_teacher_config(tree: dict, origins: dict, source: str) -> dict:
     """``teacher.config: FILE.yaml`` takes the teacher's ``model`` section from the config
     the teacher was trained with (path relative to the file that names it); keys under
@@ -389,12 +395,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def config_hash(cfg: Config, sections: typing.Iterable[str] = ("model", "data", "teacher", "distill")) -> str:
-    """Hash of the parts of a config that decide what a checkpoint means."""
+def config_hash(cfg: Any, sections: typing.Iterable[str] = ("model", "data", "teacher", "distill"),
+                only: typing.Mapping[str, typing.Iterable[str]] | None = None,
+                drop: typing.Mapping[str, typing.Iterable[str]] | None = None) -> str:
+    """Hash of the parts of a config that decide what a checkpoint means (what ``--resume``
+    checks): the ``sections`` of the config tree; of a section in ``only`` just those keys,
+    of one in ``drop`` all but those (e.g. classification's schedule keys of ``train``)."""
     tree = config_to_dict(cfg)
     if isinstance(tree.get("teacher"), dict):
         # The teacher's model section is already merged in; where its YAML lives (an absolute
         # path) must not make a moved checkout's checkpoints unresumable.
         tree["teacher"] = {k: v for k, v in tree["teacher"].items() if k != "config"}
-    payload = json.dumps({k: _plain(tree[k]) for k in sections}, sort_keys=True)
+    payload_tree = {k: _plain(tree[k]) for k in sections}
+    for key, keep in (only or {}).items():
+        payload_tree[key] = {k: _plain(tree[key][k]) for k in keep}
+    for key, skip in (drop or {}).items():
+        payload_tree[key] = {k: v for k, v in payload_tree[key].items() if k not in set(skip)}
+    payload = json.dumps(payload_tree, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ from detkd.data.sampler import ResumableSampler
 from detkd.data.transforms import build_transforms
 from detkd.data.utils import collate_fn
 from detkd.data.voc import VOCDetection
-from detkd.engine import dist
+from detkd.utils import dist
 from detkd.errors import DetkdError
 
 __all__ = ["build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]

@@ -135,7 +135,7 @@ def save_picture(picture: torch.Tensor, path: Path) -> None:
 
     from PIL import Image
 
-    from detkd.engine.checkpoint import atomic_write_bytes
+    from detkd.utils.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buf, format="PNG")

@@ -1,81 +1,32 @@
-"""Crash-safe checkpoints.
+"""Training checkpoints and run directories, for detection and classification alike.
 
-A checkpoint is written to a temporary file in the same directory, flushed and fsynced,
-then atomically renamed over the old one, so a killed process leaves either the previous
-complete file or the new complete file, never a torn one. The ``model`` entry is a plain
-torchvision ``FasterRCNN`` state dict: ``FasterRCNN(...).load_state_dict(ckpt["model"])``
-works without detkd.
+``last.pth`` / ``best.pth`` are written with :func:`detkd.utils.atomic.atomic_save` (never
+torn). A detection checkpoint's ``model`` entry is a plain torchvision ``FasterRCNN`` state
+dict: ``FasterRCNN(...).load_state_dict(ckpt["model"])`` works without detkd; a
+classification one holds ``networks`` and ``optimizers``. Here: reading one with a one-line
+error, finding the one ``--resume auto`` continues, checking it belongs to the config, and
+refusing to start a run in a directory that holds another.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Sequence
 
 import torch
 
 from detkd.errors import DetkdError
-from detkd.utils.write_errors import os_error, write_error
+# The writes live in utils (deploy and evaluation write files too); re-exported for callers.
+from detkd.utils.atomic import atomic_save, atomic_write_bytes, atomic_write_text  # noqa: F401
 
-# mkstemp creates files 0600; give outputs the permissions a plain open() would (read at
-# import, while single-threaded: os.umask can only be read by setting it).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO], None], mode: str) -> None:
-    """Write through ``write`` to a temporary file beside ``path``, fsync, then rename.
-
-    A failed write (full disk, file-size limit, read-only or forbidden directory) removes the
-    temporary file and raises :func:`write_error`; ``path`` keeps its previous content."""
-    path = Path(path)
-    try:
-        _atomic_write_or_raise(path, write, mode)
-    except Exception as exc:
-        os_exc = os_error(exc)
-        if os_exc is None:
-            raise
-        raise write_error(path, os_exc) from exc
+# What a detection training checkpoint holds (classification: ("networks", "optimizers")):
+# the first entry makes it a checkpoint, the others make it resumable.
+DETECTION_ENTRIES = ("model", "optimizer")
 
 
-def _atomic_write_or_raise(path: Path, write: Callable[[IO], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        # Make the rename itself durable.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a torn file at ``path``."""
-    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    _atomic_write(path, lambda f: f.write(text), "w")
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    _atomic_write(path, lambda f: f.write(data), "wb")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, entries: Sequence[str] = DETECTION_ENTRIES[:1]) -> dict[str, Any]:
+    """A checkpoint with ``entries``; not found, unreadable, a plain state dict or another
+    kind of file is a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DetkdError(f"checkpoint not found: {path}")
@@ -86,8 +37,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         raise DetkdError(f"{path} holds weights only (a plain state dict, no optimizer state); "
                          f"resume from last.pth, or start from these weights with model.weights={path}")
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise DetkdError(f"{path} is not a detkd checkpoint (no 'model' entry)")
+    missing = [k for k in entries if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DetkdError(f"{path} is not a detkd checkpoint (no '{missing[0]}' entry)")
     return ckpt
 
 
@@ -100,7 +52,7 @@ def remove_stale_temp_files(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
+def latest_checkpoint(output_dir: str | Path, entries: Sequence[str] = DETECTION_ENTRIES) -> Path | None:
     """``--resume auto``: the newest readable training checkpoint in ``output_dir``; None when
     there is no ``last*.pth`` at all.
 
@@ -110,14 +62,49 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     problems = []
     for path in candidates:
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path, entries[:1])
         except DetkdError as exc:
             problems.append(str(exc))
             continue
-        if "optimizer" in ckpt:
+        if all(k in ckpt for k in entries):
             return path
         problems.append(f"{path} holds weights only (no optimizer state)")
     if problems:
         raise DetkdError(f"--resume auto: no usable checkpoint in {output_dir} ({'; '.join(problems)}); "
                          "move the file(s) away to start from scratch, or pass --resume PATH")
     return None
+
+
+def resume_checkpoint(resume: str | None, output_dir: str | Path, config_hash: str, force: bool,
+                      entries: Sequence[str] = DETECTION_ENTRIES) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint a run continues from, read and checked: ``(path, ckpt)``, or
+    ``(None, None)`` to start from scratch.
+
+    ``resume``: None (a new run), ``"auto"`` (the newest usable ``last*.pth`` in
+    ``output_dir``, none: from scratch) or a path. A checkpoint without an optimizer state, or
+    made with a config of another ``config_hash`` (unless ``force``), is a one-line error."""
+    if not resume:
+        return None, None
+    path = latest_checkpoint(output_dir, entries) if resume == "auto" else Path(resume)
+    if path is None:
+        return None, None
+    ckpt = load_checkpoint(path, entries[:1])
+    if not all(k in ckpt for k in entries):
+        raise DetkdError(f"{path} holds weights only (no optimizer state); use model.weights to start from it")
+    if ckpt.get("config_hash") != config_hash and not force:
+        raise DetkdError(f"{path} was made with a different config (hash {ckpt.get('config_hash')} vs "
+                         f"{config_hash}); pass --force-resume to resume anyway")
+    return path, ckpt
+
+
+def prepare_output_dir(output_dir: str | Path) -> None:
+    """Refuse to start a new run in a directory that holds another (nothing is overwritten):
+    a training checkpoint (``last*.pth``, ``best.pth``) or final weights (``*_final.pth``)."""
+    out = Path(output_dir)
+    if not out.exists():
+        return
+    held = [p.name for p in sorted(out.glob("last*.pth"))] + [n for n in ("best.pth",) if (out / n).exists()]
+    held += [p.name for p in sorted(out.glob("*_final.pth"))]
+    if held:
+        raise DetkdError(f"output directory {out} already holds a run ({', '.join(held)}); "
+                         "use --resume auto to continue it, or choose another output_dir")

@@ -14,15 +14,12 @@ import json
 import logging
 import math
 import os
-import random
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -33,9 +30,8 @@ from detkd.config.schema import Config
 from detkd.data.build import build_dataset, build_eval_loader, collate_fn
 from detkd.data.sampler import ResumableSampler
 from detkd.distill.compat import check_label_map
-from detkd.engine import dist
-from detkd.engine.checkpoint import (atomic_save, atomic_write_text, latest_checkpoint, load_checkpoint,
-                                     remove_stale_temp_files)
+from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint
+from detkd.engine.loop import IterationPlan, NonFiniteGuard, epoch_due, log_train_step
 from detkd.engine.lock import RunLock
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from detkd.engine.resume import remap_schedule, resume_position
@@ -44,51 +40,16 @@ from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import model_state
 from detkd.modeling.detector import build_detector, count_parameters
 from detkd.modeling.sampling import sample_key, set_sampling_keys
+from detkd.utils import dist
+from detkd.utils.atomic import atomic_save, atomic_write_text
 from detkd.utils.logger import MetricsWriter, format_terms, open_log_file, require_tensorboard, setup_logging
-from detkd.utils.speed import SpeedMeter, format_eta, format_speed
+from detkd.utils.runtime import resolve_device, rng_state, seed_everything, set_rng_state, show_progress
+from detkd.utils.speed import SpeedMeter, format_eta
 
 log = logging.getLogger("detkd")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DetkdError(f"train.device is '{name}' but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def show_progress(progress: bool | None) -> bool:
-    """Progress bars on rank 0; by default only when stderr is a terminal (not in CI logs)."""
-    if progress is None:
-        progress = sys.stderr.isatty()
-    return progress and dist.is_main()
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -136,18 +97,6 @@ def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.dev
     targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                for t in targets]
     return images, targets
-
-
-def prepare_output_dir(out: Path, resuming: bool) -> None:
-    """Refuse to write into a directory that holds another run (nothing is overwritten)."""
-    if resuming or not out.exists():
-        return
-    held = [p.name for p in (out / "last.pth", out / "best.pth", out / "model_final.pth") if p.exists()]
-    if held:
-        raise DetkdError(
-            f"output directory {out} already holds a run ({', '.join(held)}); "
-            "use --resume auto to continue it, or choose another output_dir"
-        )
 
 
 class StopRequest:
@@ -199,27 +148,16 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     rank, world = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.output_dir)
 
-    ckpt_path: Path | None = None
-    if resume == "auto":
-        ckpt_path = latest_checkpoint(out)
-    elif resume:
-        ckpt_path = Path(resume)
-    if dist.is_main():
-        prepare_output_dir(out, resuming=resume is not None)
+    # Read and check the checkpoint before the (slow) data and model: a bad --resume fails at once.
+    chash = config_hash(cfg)
+    ckpt_path, ckpt = resume_checkpoint(resume, out, chash, force_resume)
+    if dist.is_main() and ckpt is None:
+        prepare_output_dir(out)
     # log.txt starts once the start-up checks pass: a refused run leaves output_dir untouched.
     logger = setup_logging(out, dist.is_main(), defer_file=True)
-    if resume == "auto" and ckpt_path is None:
+    if resume == "auto" and ckpt is None:
         logger.info("--resume auto: no checkpoint in %s, starting from scratch", out)
-    # Read and check the checkpoint before the (slow) data and model: a bad --resume fails at once.
-    ckpt: dict[str, Any] | None = None
-    chash = config_hash(cfg)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        if "optimizer" not in ckpt:
-            raise DetkdError(f"{ckpt_path} holds weights only (no optimizer state); use model.weights to start from it")
-        if ckpt.get("config_hash") != chash and not force_resume:
-            raise DetkdError(f"{ckpt_path} was made with a different config (hash {ckpt.get('config_hash')} vs "
-                             f"{chash}); pass --force-resume to resume anyway")
+    if ckpt is not None:
         position = resume_position(ckpt, world, cfg.train.batch_size, ckpt_path, resume_from_epoch_boundary)
     if cfg.train.tensorboard and dist.is_main():
         require_tensorboard()
@@ -262,11 +200,8 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     params = [p for p in model.parameters() if p.requires_grad]
     lr = scaled_lr(cfg.train.optimizer, bs, world)
     optimizer = build_optimizer(params, cfg.train.optimizer, lr)
-    iters_per_epoch = math.ceil(sampler.per_rank() / bs)
-    total_iters = cfg.train.epochs * iters_per_epoch
-    if cfg.train.max_iters is not None:
-        total_iters = min(total_iters, cfg.train.max_iters)
-    epochs = math.ceil(total_iters / iters_per_epoch)
+    plan = IterationPlan.of(math.ceil(sampler.per_rank() / bs), cfg.train.epochs, cfg.train.max_iters)
+    iters_per_epoch, total_iters, epochs = plan.iters_per_epoch, plan.total_iters, plan.epochs
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, iters_per_epoch, total_iters)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     logger.info("model: %s (%.2fM parameters, %.2fM trainable); device %s x%d; lr %.4g; %d iterations (%d/epoch)",
@@ -338,7 +273,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
             metrics_file.write({"type": "eval", "epoch": epoch, "iter": global_iter, **metrics})
         return metrics
 
-    nonfinite_streak = 0
+    nonfinite = NonFiniteGuard(cfg.train.nonfinite_policy, cfg.train.max_nonfinite_skips, out, logger, metrics_file)
     metrics: dict[str, float] = {}
     stop = StopRequest()
     t_start = time.time()
@@ -367,17 +302,9 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
                 with torch.autocast("cuda", enabled=True) if amp else nullcontext():
                     losses = ddp_model(images, targets)
                 total = sum(losses.values())
-                if not torch.isfinite(total):
-                    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                    nonfinite_streak += 1
-                    logger.warning("non-finite loss at iteration %d in %s", global_iter, ", ".join(bad))
-                    metrics_file.write({"type": "nonfinite", "iter": global_iter, "terms": bad})
-                    if cfg.train.nonfinite_policy == "stop" or nonfinite_streak > cfg.train.max_nonfinite_skips:
-                        raise DetkdError(f"non-finite loss in {', '.join(bad)} at iteration {global_iter}; "
-                                         f"stopped (the last checkpoint in {out} is intact)")
+                if nonfinite.skip(losses, total, global_iter):
                     optimizer.zero_grad(set_to_none=True)
                     continue
-                nonfinite_streak = 0
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if cfg.train.clip_grad_norm is not None:
@@ -392,17 +319,13 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
                 bar.set_postfix_str(f"eta {format_eta(speed.eta(global_iter))}", refresh=False)
                 bar.update(1)
 
-                if global_iter % cfg.train.log_interval == 0 or global_iter == total_iters:
+                if plan.log_due(global_iter, cfg.train.log_interval):
                     values = {k: v.item() for k, v in losses.items()}
                     values["loss"] = total.item()
                     values.update(getattr(unwrap(model), "last_stats", {}))
-                    values = dist.reduce_mean(values)
-                    timing = speed.interval(global_iter)
-                    current_lr = optimizer.param_groups[0]["lr"]
-                    logger.info("epoch %d iter %d/%d lr %.5f %s (%s)", epoch, global_iter, total_iters,
-                                current_lr, format_terms(values), format_speed(timing))
-                    metrics_file.write({"type": "train", "epoch": epoch, "iter": global_iter, "lr": current_lr,
-                                        **values, **timing})
+                    log_train_step(logger, metrics_file, epoch, global_iter, total_iters,
+                                   optimizer.param_groups[0]["lr"], dist.reduce_mean(values),
+                                   speed.interval(global_iter))
                 period = cfg.train.checkpoint_period_iters
                 if period and global_iter % period == 0 and stop.signum is None:
                     # Mid-epoch position: a killed run loses at most `period` iterations.
@@ -419,14 +342,13 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
             # A run stopped by max_iters mid-epoch records its position in the epoch.
             position = (epoch + 1, 0) if iter_in_epoch >= iters_per_epoch or not done else (epoch, iter_in_epoch)
             iter_in_epoch = 0
-            interval = cfg.train.eval_interval
-            if done or (interval and (epoch + 1) % interval == 0):
+            if epoch_due(epoch, cfg.train.eval_interval, done):
                 metrics = evaluate(epoch)
                 score = metrics.get(cfg.train.best_metric)
                 if dist.is_main() and score is not None and (best is None or score > best):
                     best = score
                     checkpoint("best.pth", *position)
-            if done or (epoch + 1) % cfg.train.checkpoint_interval == 0:
+            if epoch_due(epoch, cfg.train.checkpoint_interval, done):
                 checkpoint("last.pth", *position)
             if done:
                 break

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from detkd.engine import dist
+from detkd.utils import dist
 from detkd.errors import DetkdError
 from detkd.evaluation.coco_eval import detections_to_coco, evaluate_coco
 from detkd.evaluation.voc_eval import evaluate_voc
@@ -28,7 +28,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
     was_training = model.training
     model.eval()
     preds: dict[int, dict[str, np.ndarray]] = {}
-    from detkd.engine.trainer import show_progress
+    from detkd.utils.runtime import show_progress
 
     disable = not show_progress(progress)
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=disable, dynamic_ncols=True):

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import torch
 
-from detkd.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from detkd.utils.atomic import atomic_write_bytes, atomic_write_text
 from detkd.errors import DetkdError
 from detkd.evaluation import profile
 from detkd.utils.stats import mean_std
@@ -333,7 +333,7 @@ def _check_settings(entries: Sequence[ModelEntry], split: str, warmup: int, runs
         seen.add(e.label)
 
 
-def _load(entry: ModelEntry):
+def load_entry(entry: ModelEntry):
     """(config, model with the checkpoint's weights) of one entry; one-line errors."""
     from detkd.config.load import load_config
     from detkd.evaluation.inference import load_detector
@@ -386,7 +386,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
     """
     from tqdm import tqdm
 
-    from detkd.engine.trainer import resolve_device, show_progress
+    from detkd.utils.runtime import resolve_device, show_progress
     from detkd.evaluation.inference import build_eval_data, evaluate_detector
 
     _check_settings(entries, split, warmup, runs, throughput_batch, threads, measure_speed_for, speed_images)
@@ -395,7 +395,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
     dev = resolve_device(device)
     # Fail before any long measurement: every config loads, every checkpoint matches it.
     for entry in entries:
-        _load(entry)
+        load_entry(entry)
     gc.collect()
 
     old_threads = torch.get_num_threads()
@@ -408,7 +408,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
         results = []
         to_time: list[tuple[dict[str, Any], Any, list[torch.Tensor]]] = []  # (run, model, images)
         for entry in tqdm(entries, desc="report", disable=not show_progress(progress), dynamic_ncols=True):
-            cfg, model = _load(entry)
+            cfg, model = load_entry(entry)
             model.to(dev).eval()
             run: dict[str, Any] = {
                 "name": entry.name, "seed": entry.seed, "role": entry.resolved_role, "label": entry.label,

@@ -78,20 +78,32 @@ def enum_state_dict(weights_enum: Any) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def read_state_dict(path: str | Path, key: str = "model") -> dict[str, torch.Tensor]:
-    """A state dict from a local file: plain, or a detkd checkpoint (``key`` entry)."""
+def read_weights(path: str | Path, key: str = "model", who: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state dict, the file's other entries)`` of a weights file: a plain state dict
+    (entries ``{}``), or a detkd checkpoint holding one under ``key`` (its metadata, e.g. a
+    classification file's ``net``, in the entries). Read with ``weights_only``: no arbitrary
+    unpickling. Errors are one line, prefixed with ``who`` (the config key) when given."""
+    where = f"{who}: " if who else ""
     path = Path(path)
     if not path.is_file():
-        raise DetkdError(f"weight file not found: {path}")
+        raise DetkdError(f"{where}weight file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DetkdError(f"cannot read weight file {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DetkdError(f"{where}cannot read weight file {path}: {type(exc).__name__}: {first}") from None
+    entries: dict = {}
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+        entries = {k: v for k, v in obj.items() if k != key}
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DetkdError(f"{path} does not hold a state dict (nor a detkd checkpoint with '{key}')")
-    return obj
+        raise DetkdError(f"{where}{path} does not hold a state dict (nor a detkd checkpoint with '{key}')")
+    return obj, entries
+
+
+def read_state_dict(path: str | Path, key: str = "model") -> dict[str, torch.Tensor]:
+    """A state dict from a local file: plain, or a detkd checkpoint (``key`` entry)."""
+    return read_weights(path, key)[0]
 
 
 def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
