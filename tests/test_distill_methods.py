@@ -1,6 +1,6 @@
 """The method interface of the Distiller: FPN-feature methods (PKD, CWD, MGD, FGD, FGFI) on
 real torchvision Faster R-CNNs, alone and beside Chen et al., for heterogeneous pairs, and
-their learnable parts through the trainer's checkpoints (spec methods.md section 3).
+their learnable parts through the trainer's checkpoints (docs/methods.md, section 3).
 
 The loss functions themselves are checked against independent formulas in
 test_losses_feature.py; here the question is whether the Distiller feeds them the right

@@ -1,4 +1,4 @@
-"""Tests of :class:`detkd.distill.Distiller` (Chen et al., NeurIPS 2017; methods.md §1).
+"""Tests of :class:`detkd.distill.Distiller` (Chen et al., NeurIPS 2017; docs/methods.md, section 1).
 
 Real torchvision Faster R-CNNs at toy sizes (ResNet-18 FPN with 32 channels, 128 px images,
 4 classes). Expected values come from torchvision's own ``model(images, targets)`` (with

@@ -1,7 +1,7 @@
 """Tests of the Chen et al. 2017 detection-distillation losses and hint adapters.
 
 Every expected value is computed independently of the code under test: explicit NumPy
-float64 loops over rows / classes written from the equations in methods.md section 1.
+float64 loops over rows / classes written from the equations in docs/methods.md, section 1.
 """
 
 from __future__ import annotations

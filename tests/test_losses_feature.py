@@ -2,7 +2,7 @@
 
 Every expected value is computed independently of the code under test: explicit NumPy float64
 loops over images / channels / positions (exact fractions for the FGD box grid), written from the
-equations in methods.md section 3. Maps are non-square (H != W) with N >= 2 so that a transposed
+equations in docs/methods.md, section 3. Maps are non-square (H != W) with N >= 2 so that a transposed
 mask or a mixed-up axis shows.
 """
 
@@ -301,7 +301,7 @@ def test_fgd_attention_matches_reference(rng):
 
 
 def ref_fgd_masks(boxes_per_image, feature_size, image_size):
-    """Exact-fraction box scaling and a cell-by-cell max, as the spec words it."""
+    """Exact-fraction box scaling and a cell-by-cell max, as docs/methods.md (section 3.4) words it."""
     h, w = feature_size
     img_h, img_w = image_size
     n = len(boxes_per_image)

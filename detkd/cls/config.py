@@ -6,7 +6,7 @@ keys and wrong types rejected with the key and the file): :func:`load_cls_config
 detection's :class:`~detkd.config.schema.OptimizerConfig` and
 :class:`~detkd.config.schema.SchedulerConfig` with classification defaults.
 
-Loss weights default to the values of detkd's method specification (``methods.md``
+Loss weights default to the values of detkd's method specification (``docs/methods.md``,
 section 2) and the papers: KD T = 4; FitNet 100; AT 1000; SP 3000; CA-MKD 1 x L_KD +
 50 x L_inter with L_inter skipped in epoch 0; DML T = 1; FFL T = 3 with an 80-epoch ramp-up.
 """
@@ -93,7 +93,7 @@ class MethodConfig:
     # --- CA-MKD / FitNet-MKD (last stage maps, one regressor per teacher)
     camkd_inter_weight: float = 50.0
     fitnet_mkd_weight: float = 50.0
-    camkd_inter_start_epoch: int = 1  # CA-MKD intermediate term off before this epoch (spec: skip epoch 0)
+    camkd_inter_start_epoch: int = 1  # CA-MKD intermediate term off before this epoch (docs/methods.md: skip epoch 0)
     camkd_detach_inter_weights: bool = False  # authors' code: not detached
     # --- DML / DML_e
     dml_update: Literal["sequential", "simultaneous"] = "sequential"
@@ -103,7 +103,7 @@ class MethodConfig:
     ffl_eps: float = 0.0  # authors: 1e-7 added to target probabilities
     ffl_align_channels: bool = False  # 1x1 conv on sub-network maps of fewer channels
     ffl_fusion_lr: Optional[float] = None  # fusion module optimizer lr (default: train.optimizer.lr)
-    # --- SCD (no public code; follows the specification)
+    # --- SCD (no public code; follows docs/methods.md, section 2.12)
     scd_beta: float = 100.0
     scd_target: Literal["deepest", "next"] = "deepest"
 

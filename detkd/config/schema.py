@@ -207,8 +207,9 @@ class CWDConfig:
 @dataclass
 class MGDConfig:
     """Masked generative distillation (Yang et al., ECCV 2022): a generator rebuilds the
-    teacher map from a randomly masked student map. alpha 2e-5, lambda 0.65: MMRazor's
-    mgd_fpn_retina / the authors' Faster R-CNN config."""
+    teacher map from a randomly masked student map. alpha 2e-5, lambda 0.65: the authors' module
+    defaults and RetinaNet config, MMRazor's mgd_fpn_retina (no public Faster R-CNN R101 -> R50 MGD
+    config exists; docs/methods.md, section 3.3)."""
 
     alpha: float = 2e-5
     lambda_mask: float = 0.65
@@ -243,13 +244,13 @@ class FGFIConfig:
 @dataclass
 class DistillConfig:
     """The distillation methods of one run (several may be on at once); defaults are the
-    papers'. See docs/distillation_methods.md.
+    papers'. See docs/distillation_methods.md; equations and defaults: docs/methods.md.
 
     Chen et al. (NeurIPS 2017), on unless ``chen: false`` (the flat keys below):
     L = L_RPN + L_RCN + gamma * L_hint;  L_cls = mu * hard + (1 - mu) * soft;
-    L_reg = smoothL1 + nu * L_b  (spec methods.md, section 1).
-    FPN-feature methods (section 3): a section (``pkd: {}``, ``fgd: {alpha: 1e-4}``...) turns
-    the method on; ``null`` (the default) leaves it off.
+    L_reg = smoothL1 + nu * L_b  (docs/methods.md, section 1).
+    FPN-feature methods (docs/methods.md, section 3): a section (``pkd: {}``,
+    ``fgd: {alpha: 1e-4}``...) turns the method on; ``null`` (the default) leaves it off.
     """
 
     chen: bool = True  # false: none of Chen et al.'s terms (a feature-method-only run)

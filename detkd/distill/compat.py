@@ -1,7 +1,7 @@
 """Teacher/student compatibility checks for detection distillation (Chen et al., NeurIPS 2017).
 
-The soft and bounded terms compare teacher and student *row by row* (spec ``methods.md``
-section 1, "Same samples"): the RPN terms on the student's sampled anchors, the RCN terms on
+The soft and bounded terms compare teacher and student *row by row* (``docs/methods.md``,
+section 1.2, "Same samples"): the RPN terms on the student's sampled anchors, the RCN terms on
 the student's sampled proposals. That is only meaningful when both nets agree on what a row
 is, so before training starts :func:`check_compatible` refuses, with one line naming the
 problem and the config keys involved:

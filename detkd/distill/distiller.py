@@ -1,5 +1,5 @@
 r"""Knowledge distillation of torchvision Faster R-CNN: one frozen teacher, one student, and
-a family of methods (spec methods.md; docs/distillation_methods.md).
+a family of methods (docs/methods.md; docs/distillation_methods.md).
 
 Each training step the Distiller runs
 

@@ -6,7 +6,7 @@
 * ``multi_teacher``: AVER, EBKD, AEKD, CA-MKD, FitNet-MKD.
 * ``online``: deep mutual learning, feature fusion learning, SCD self-distillation.
 
-Equations and conventions: ``../shared/spec/methods.md``.
+Equations and conventions: ``docs/methods.md``.
 """
 
 from detkd.losses.detection import (

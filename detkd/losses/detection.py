@@ -1,5 +1,5 @@
 """Detection-distillation losses of Chen et al., "Learning Efficient Object Detection
-Models with Knowledge Distillation", NeurIPS 2017 (spec: ``methods.md`` section 1).
+Models with Knowledge Distillation", NeurIPS 2017 (spec: ``docs/methods.md``, section 1).
 
 The functions here compute the *per-row* terms of the paper and reduce them; choosing the
 rows (same anchors / same sampled proposals for teacher and student) and normalizing each
@@ -316,8 +316,8 @@ def hint_loss(adapted_student: Tensor, teacher: Tensor, reduction: str = "mean")
     :class:`detkd.modeling.adapters.HintAdapters`. Reductions:
 
     * ``"mean"``: elementwise mean over *all* elements (batch, channels, positions). This
-      keeps ``gamma`` independent of feature-map size and channel count (the spec's
-      reported choice).
+      keeps ``gamma`` independent of feature-map size and channel count (docs/methods.md,
+      section 1.5).
     * ``"sum"``: sum over all elements (the literal squared norm).
     * ``"none"``: per-sample mean over the non-batch dimensions, shape ``[B]``
       (so ``"none"`` followed by ``.mean()`` equals ``"mean"``).

@@ -1,4 +1,4 @@
-"""FPN-feature distillation losses for detectors (spec: ``methods.md`` section 3).
+"""FPN-feature distillation losses for detectors (spec: ``docs/methods.md``, section 3).
 
 Every function matches one student FPN level with the same teacher level:
 
@@ -17,7 +17,7 @@ Conventions shared by every function:
   bilinearly to the teacher's ``H x W`` when the sizes differ (:func:`match_size`).
 * The teacher map is detached inside every function: the teacher never receives gradient.
 * Half-precision inputs are computed in float32 (softmax / std / large sums); float64 stays float64.
-* Each loss is summed over what its equation sums and divided as the spec says; the distiller adds the
+* Each loss is summed over what its equation sums and divided as docs/methods.md says; the distiller adds the
   levels up and applies the method's weight.
 """
 

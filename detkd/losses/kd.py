@@ -1,6 +1,6 @@
 """Single-teacher classification distillation losses: KD, FitNet, AT and SP.
 
-Conventions follow detkd's method specification (``methods.md`` section 2): every target is
+Conventions follow detkd's method specification (``docs/methods.md``, section 2): every target is
 detached, the student side uses ``log_softmax`` and the target side ``softmax``, every KL
 is "batchmean" (sum over classes and batch / B) and carries a factor T^2 wherever a
 temperature is used. Softmax and log are computed in at least float32 (half inputs are promoted).
@@ -60,11 +60,11 @@ def kd_loss(
 
     Reductions (T^2 is included in all of them):
 
-    - ``"batchmean"`` (default, the spec's): sum over classes and batch / B.
+    - ``"batchmean"`` (default; docs/methods.md, section 2.1): sum over classes and batch / B.
     - ``"sum"``: sum over classes and batch.
     - ``"none"``: per-sample vector ``[B]`` (sum over classes), used by the multi-teacher
       methods; ``none.sum() / B == batchmean``.
-    - ``"mean"``: elementwise mean, i.e. sum / (B C). The spec calls this wrong by 1/C; it
+    - ``"mean"``: elementwise mean, i.e. sum / (B C). It is smaller than batchmean by 1/C; it
       exists only as an explicit option for reproducing code that made that choice.
     """
     per_sample = _kl_per_sample(student_logits, teacher_logits, temperature) * temperature**2
@@ -100,7 +100,7 @@ def fitnet_loss(adapted_student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
 class ConvRegressor(nn.Module):
     """FitNet regressor r: student feature map -> teacher feature map shape.
 
-    The layer is chosen from the two (C, H, W) shapes, as in the spec:
+    The layer is chosen from the two (C, H, W) shapes, as in docs/methods.md (section 2.2):
 
     - equal spatial size: 1x1 conv;
     - student twice the teacher's size: 3x3 conv, stride 2, padding 1;
@@ -164,7 +164,7 @@ def attention_map(feat: Tensor, p: float = 2.0) -> Tensor:
 def at_loss(student_feat: Tensor, teacher_feat: Tensor, p: float = 2.0) -> Tensor:
     """Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (attention transfer).
 
-    ``a(F) = l2normalize(mean_c F^p)`` flattened per sample (the spec's F^2 is p = 2);
+    ``a(F) = l2normalize(mean_c F^p)`` flattened per sample (docs/methods.md's F^2, section 2.3, is p = 2);
     ``L = mean over batch and positions of (a_s - a_t)^2``, teacher detached. When the
     spatial sizes differ the larger feature map is average-pooled to the smaller size
     first (channels may differ: attention maps are channel-free).

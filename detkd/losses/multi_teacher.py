@@ -1,7 +1,7 @@
 """Multi-teacher classification distillation: AVER, EBKD, AEKD, CA-MKD and FitNet-MKD.
 
 K teachers are given as a list of ``[B, C]`` logit tensors (or feature maps). Conventions
-follow detkd's method specification (``methods.md`` section 2): targets detached, KL
+follow detkd's method specification (``docs/methods.md``, section 2): targets detached, KL
 batchmean with T^2, T = 4 by default; softmax/log in at least float32.
 """
 
@@ -80,9 +80,9 @@ def ebkd_weights(teacher_logits_list: Sequence[Tensor]) -> Tensor:
 
     ``H_k,i`` = entropy of ``softmax(z_tk,i)`` at T = 1;
     ``w_k,i = 1 - H_k,i / sum_j H_j,i``. The weights sum to K - 1 per sample and are *not*
-    renormalized (spec). Detached: they come from the teachers only. If every teacher is
-    exactly one-hot for a sample (all entropies 0) the ratio is taken as 1/K so that the
-    weights still sum to K - 1 instead of producing NaN.
+    renormalized (docs/methods.md, section 2.6). Detached: they come from the teachers only.
+    If every teacher is exactly one-hot for a sample (all entropies 0) the ratio is taken as
+    1/K so that the weights still sum to K - 1 instead of producing NaN.
     """
     if len(teacher_logits_list) == 0:
         raise ValueError("ebkd_weights: at least one teacher is required")
@@ -223,10 +223,10 @@ def aekd_weights(
     elsewhere: they sum to 1 and each is at most ``1/(K nu) = clamp(c_tol, 1/K, 1)``
     (0.6 for c_tol = 0.6 and K >= 2).
 
-    ``normalize=True`` reproduces the authors' optional ``svm_norm`` variant (not in the
-    spec): the gradient vectors are l2-normalized before the Gram matrix and the weights are
-    then divided by the gradient norms and renormalized to sum 1 (the cap then no longer
-    holds exactly).
+    ``normalize=True`` reproduces the authors' optional ``svm_norm`` variant (off by
+    default; docs/methods.md, section 2.7): the gradient vectors are l2-normalized before the
+    Gram matrix and the weights are then divided by the gradient norms and renormalized to
+    sum 1 (the cap then no longer holds exactly).
     """
     k = _check_teachers(student_logits, teacher_logits_list)
     grads = _kd_gradients(student_logits, teacher_logits_list, temperature).double()

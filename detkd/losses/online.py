@@ -1,6 +1,6 @@
 """Online (teacher-free) distillation: DML, FFL and SCD.
 
-Conventions follow detkd's method specification (``methods.md`` section 2): targets are
+Conventions follow detkd's method specification (``docs/methods.md``, section 2): targets are
 detached, KL is batchmean, T^2 wherever a temperature is used; softmax/log in at least float32
 (half inputs are promoted, float64 is kept).
 """
@@ -205,7 +205,7 @@ class FusionModule(nn.Module):
 
 def scd_loss(feature_maps: Sequence[Tensor], target: Literal["deepest", "next"] = "deepest") -> Tensor:
     """Similarity-consistency self-distillation. No public code exists; this implementation
-    follows detkd's specification (``methods.md`` section 2, SCD).
+    follows detkd's specification (``docs/methods.md``, section 2.12, SCD).
 
     For stage maps F_1..F_L (shallow -> deep):
 

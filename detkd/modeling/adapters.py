@@ -1,4 +1,4 @@
-"""Hint adaptation layers (Chen et al., NeurIPS 2017, Sec. 3.4; spec ``methods.md`` §1).
+"""Hint adaptation layers (Chen et al., NeurIPS 2017, Sec. 3.4; spec ``docs/methods.md``, section 1).
 
 The hint loss compares a student feature map ``V`` with the teacher's ``Z`` at the same
 backbone/FPN level: ``L_hint = ||adapt(V) - Z||^2``. The paper always inserts an

@@ -1,5 +1,5 @@
 r"""Chen et al., "Learning Efficient Object Detection Models with Knowledge Distillation"
-(NeurIPS 2017; spec methods.md section 1) as a method of the family::
+(NeurIPS 2017; spec docs/methods.md, section 1) as a method of the family::
 
     L      = L_RPN + L_RCN + gamma * L_hint                       gamma = 0.5
     L_cls  = mu * L_hard + (1 - mu) * L_soft                      mu = 0.5

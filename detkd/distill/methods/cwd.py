@@ -1,5 +1,5 @@
 """Channel-wise distillation (Shu et al., "Channel-wise Knowledge Distillation for Dense
-Prediction", ICCV 2021; spec methods.md section 3):
+Prediction", ICCV 2021; spec docs/methods.md, section 3):
 L = weight * sum_levels tau^2 / (N C) sum_{n,c} KL(softmax_hw(T / tau) || softmax_hw(S / tau))."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Focal and global distillation (Yang et al., "Focal and Global Knowledge Distillation for
-Detectors", CVPR 2022; spec methods.md section 3):
+Detectors", CVPR 2022; spec docs/methods.md, section 3):
 L = sum_levels alpha L_fg + beta L_bg + gamma L_at + lambda L_global, the fg/bg masks from the
 ground-truth boxes in the teacher's frame."""
 

@@ -1,5 +1,5 @@
 """Fine-grained feature imitation (Wang et al., "Distilling Object Detectors with
-Fine-grained Feature Imitation", CVPR 2019; spec methods.md section 3):
+Fine-grained Feature Imitation", CVPR 2019; spec docs/methods.md, section 3):
 L = weight * sum_levels sum I (adapt(S) - T)^2 / (2 N_p), I the locations whose anchors
 overlap a ground-truth box by more than psi times that box's best anchor IoU."""
 

@@ -1,5 +1,5 @@
 """Masked generative distillation (Yang et al., "Masked Generative Distillation", ECCV 2022;
-spec methods.md section 3): L = sum_levels alpha * sum (G(align(S) * M) - T)^2 / N, with a
+spec docs/methods.md, section 3): L = sum_levels alpha * sum (G(align(S) * M) - T)^2 / N, with a
 random spatial mask M (ratio lambda) drawn per image from its key, so a resumed or sharded
 run draws the same masks."""
 

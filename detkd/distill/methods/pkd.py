@@ -1,5 +1,5 @@
 """PKD (Cao et al., "PKD: General Distillation Framework for Object Detectors via Pearson
-Correlation Coefficient", NeurIPS 2022; spec methods.md section 3):
+Correlation Coefficient", NeurIPS 2022; spec docs/methods.md, section 3):
 L = weight * sum_levels mean((z(S) - z(T))^2) / 2, z the per-channel standardization."""
 
 from __future__ import annotations
