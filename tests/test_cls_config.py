@@ -7,7 +7,6 @@ and wrong types inside a section.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -144,8 +143,9 @@ def test_old_flat_key_says_where_it_moved(old, tmp_path):
     assert msg.startswith(f"--opts: 'method.{old}' moved: use '{new}' (one section per method since "), msg
     assert "docs/classification.md" in msg and "\n" not in msg and "unknown config key" not in msg
     path = write(tmp_path, f"_base_: {CFG / f'{method}.yaml'}\nmethod:\n  {old}: {value}\n")
-    with pytest.raises(DetkdError, match=rf"^{re.escape(str(path.resolve()))}: 'method.{old}' moved: use '{new}'"):  # in a file
+    with pytest.raises(DetkdError) as exc:  # ... and in a file
         load_cls_config(path)
+    assert str(exc.value).startswith(f"{path.resolve()}: 'method.{old}' moved: use '{new}'"), str(exc.value)
     # the new key takes the same value
     cfg = load_cls_config(CFG / f"{method}.yaml", [f"{new}={value}"])
     assert getattr(cfg.method.options, new.rpartition(".")[2]) == yaml.safe_load(value)
