@@ -126,7 +126,7 @@ def test_online_and_self_distillation(method, networks, tmp_path):
 
 def test_dml_semi_supervised_and_simultaneous(tmp_path, teachers):
     out = tmp_path / "semi"
-    assert run(CFG / "dml_semi.yaml", out, "method.dml_update=simultaneous") == 0
+    assert run(CFG / "dml_semi.yaml", out, "method.dml.update=simultaneous") == 0
     res = assert_run_ok(out, {"peer0", "peer1", "ensemble"})
     assert res["labelled_images"] == 16 and res["train_images"] == 64
     # A DML peer can serve as a teacher (same checkpoint format).

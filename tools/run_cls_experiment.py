@@ -17,7 +17,7 @@ test set became the whole 10,000-image Fashion-MNIST test split).
 Examples:
   python tools/run_cls_experiment.py                        # outputs/cls_exp, seeds 0 1 2
   python tools/run_cls_experiment.py --seeds 0 --methods baseline kd --out outputs/cls_exp/try
-  python tools/run_cls_experiment.py --opts method.temperature=2 --out outputs/cls_exp/t2
+  python tools/run_cls_experiment.py --opts method.ce_weight=0.5 --out outputs/cls_exp/ce05
   python tools/run_cls_experiment.py --semi --out outputs/cls_exp/semi   # baseline_semi vs dml_semi
 
 --semi: the semi-supervised setting (all 4000 images, 25% labelled): runs baseline_semi and

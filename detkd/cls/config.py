@@ -6,18 +6,21 @@ keys and wrong types rejected with the key and the file): :func:`load_cls_config
 detection's :class:`~detkd.config.schema.OptimizerConfig` and
 :class:`~detkd.config.schema.SchedulerConfig` with classification defaults.
 
-Loss weights default to the values of detkd's method specification (``docs/methods.md``,
-section 2) and the papers: KD T = 4; FitNet 100; AT 1000; SP 3000; CA-MKD 1 x L_KD +
-50 x L_inter with L_inter skipped in epoch 0; DML T = 1; FFL T = 3 with an 80-epoch ramp-up.
+Each method has its own typed section, as the detection methods do (``method: {name: kd,
+kd: {temperature: 3}}``); only the named method's section may be set, and it holds that
+method's defaults where not given: detkd's method specification (``docs/methods.md``, section 2)
+and the papers: KD T = 4; FitNet 100; AT 1000; SP 3000; CA-MKD 1 x L_KD + 50 x L_inter with
+L_inter skipped in epoch 0; DML T = 1; FFL T = 3 with an 80-epoch ramp-up. The flat keys of
+before (``method.kd_weight`` ...) are refused with the key they moved to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from detkd.config.load import apply_overrides, build_dataclass, load_yaml_tree, parse_overrides
+from detkd.config.load import _where, apply_overrides, build_dataclass, load_yaml_tree, parse_overrides
 from detkd.config.schema import OptimizerConfig, SchedulerConfig
 from detkd.errors import DetkdError
 
@@ -73,39 +76,223 @@ class ClsDataConfig:
     gray_to_rgb: bool = False  # fmnist: repeat the gray channel 3 times (in_channels 3)
 
 
+# ----------------------------------------------------------------------------- method sections
+# One typed section per method, named after it (``method: {name: kd, kd: {temperature: 3}}``);
+# only the named method's section may be set, and it is filled with its defaults when absent.
+# Defaults: detkd's method specification (``docs/methods.md``, section 2) and the papers.
+
+
+@dataclass
+class KDOptions:
+    """Logit KD, ``kd`` (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
+    ``weight * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`` (batchmean), T = 4 (docs/methods.md,
+    section 2). ``aver`` (the mean over the teachers of that loss) and ``ebkd`` (entropy-weighted
+    teachers, Kwon et al. 2020) take the same options."""
+
+    temperature: float = 4.0
+    weight: float = 1.0
+
+
+@dataclass
+class AEKDOptions:
+    """AEKD (Du et al., NeurIPS 2020, "Agree to Disagree", logit version): ``weight * sum_k w_k
+    L_KD,k`` with the teacher weights w from a one-class SVM in gradient space, nu = 1 / (c_tol K)
+    (docs/methods.md, section 2)."""
+
+    temperature: float = 4.0
+    weight: float = 1.0
+    c_tol: float = 0.6
+
+
+@dataclass
+class CAMKDOptions:
+    """CA-MKD (Zhang et al., ICASSP 2022, "Confidence-Aware Multi-Teacher Knowledge
+    Distillation"): ``weight * L_KD + inter_weight * L_inter``, both weighted by the teachers'
+    confidence; 1 x L_KD + 50 x L_inter with L_inter skipped in epoch 0 (docs/methods.md, section 2)."""
+
+    temperature: float = 4.0
+    weight: float = 1.0
+    inter_weight: float = 50.0
+    inter_start_epoch: int = 1  # L_inter off before this epoch (spec: skip epoch 0)
+    detach_inter_weights: bool = False  # authors' code: the intermediate weights are not detached
+
+
+@dataclass
+class FitNetOptions:
+    """FitNet (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"): ``weight * MSE(r(F_s),
+    F_t)`` with the regressor r trained jointly; weight 100 (docs/methods.md, section 2). Stage indices
+    count from 0 (shallow) and may be negative (-1 = last)."""
+
+    weight: float = 100.0
+    stage: int = -1  # student stage of the hint
+    teacher_stage: Optional[int] = None  # default: the same as stage
+
+
+@dataclass
+class ATOptions:
+    """Attention transfer (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention"):
+    ``weight * sum over the stage pairs of MSE(a_s, a_t)``, a = l2normalize(mean_c F^2); weight
+    1000 (docs/methods.md, section 2)."""
+
+    weight: float = 1000.0
+    stages: Optional[list[int]] = None  # student stages; null = all, paired with the teacher's from the deepest
+
+
+@dataclass
+class SPOptions:
+    """Similarity-preserving KD (Tung & Mori 2019): ``weight * ||G_t - G_s||_F^2 / B^2`` with
+    G = row-l2-normalize(Q Q^T) of the stage maps; weight 3000 (docs/methods.md, section 2)."""
+
+    weight: float = 3000.0
+    stage: int = -1  # the same stage index in student and teacher
+
+
+@dataclass
+class FitNetMKDOptions:
+    """FitNet-MKD (Romero et al. 2015 hints, one regressor per teacher): ``weight * mean over the
+    teachers of MSE(r_k(F_s), F_tk)`` on the last stage maps; the spec does not fix the weight, 50
+    reuses CA-MKD's (docs/methods.md, section 2)."""
+
+    weight: float = 50.0
+
+
+@dataclass
+class DMLOptions:
+    """Deep mutual learning (Zhang et al., CVPR 2018), ``dml`` and ``dml_e``: per peer CE + the
+    mean KL to each other peer (``dml``) / the KL to the mean of the others (``dml_e``), T = 1
+    (docs/methods.md, section 2). ``sequential`` is the paper's Algorithm 1 (peer k updated against the
+    others' current predictions), ``simultaneous`` updates all peers from one forward pass."""
+
+    update: Literal["sequential", "simultaneous"] = "sequential"
+
+
+@dataclass
+class FFLOptions:
+    """Feature fusion learning (Kim et al. 2019, "Feature Fusion for Online Mutual Knowledge
+    Distillation"): ``sum_i CE(z_i) + CE(z_f) + w(e) (sum_i KL_T(z_i, z_f) + KL_T(z_f, z_e))``,
+    T = 3, w(e) = exp(-5 (1 - min(e, R)/R)^2) with R = 80 epochs (docs/methods.md, section 2)."""
+
+    temperature: float = 3.0
+    rampup_epochs: float = 80.0
+    eps: float = 0.0  # authors' code: 1e-7 added to the target probabilities
+    align_channels: bool = False  # 1x1 conv on sub-network maps of fewer channels
+    fusion_lr: Optional[float] = None  # the fusion module's optimizer lr (default: train.optimizer.lr)
+
+
+@dataclass
+class SCDOptions:
+    """SCD, similarity-consistency self-distillation (no public code; follows detkd's specification,
+    methods.md section 2, SCD): ``beta * sum_{l < L} ||S_l - sg(S_target)||_F^2 / B^2``; beta 100
+    is not fixed by the spec. ``target``: ``deepest`` (each shallow stage mimics the last) or
+    ``next`` (each stage mimics the next one)."""
+
+    beta: float = 100.0
+    target: Literal["deepest", "next"] = "deepest"
+
+
+# method name -> its section's class (baseline has none)
+METHOD_OPTIONS: dict[str, type] = {
+    "kd": KDOptions, "aver": KDOptions, "ebkd": KDOptions, "aekd": AEKDOptions, "camkd": CAMKDOptions,
+    "fitnet": FitNetOptions, "at": ATOptions, "sp": SPOptions, "fitnet_mkd": FitNetMKDOptions,
+    "dml": DMLOptions, "dml_e": DMLOptions, "ffl": FFLOptions, "scd": SCDOptions,
+}
+
+
 @dataclass
 class MethodConfig:
+    """``name`` and ``ce_weight`` (the cross-entropy on the labels, student methods), then one
+    section per method (see the classes above). After loading, the named method's section holds
+    its options (its defaults where not given): read it as ``cfg.method.options`` (None for
+    ``baseline``) or ``cfg.method.<name>``."""
+
     name: MethodName = "baseline"
-    ce_weight: float = 1.0  # weight of the cross-entropy on the labels (student methods)
-    # --- logit KD (kd, aver, ebkd, aekd, camkd)
-    temperature: float = 4.0
-    kd_weight: float = 1.0
-    # --- feature methods; stage indices count from 0 (shallow) and may be negative (-1 = last)
-    fitnet_weight: float = 100.0
-    fitnet_stage: int = -1  # student and teacher stage paired for the hint
-    fitnet_teacher_stage: Optional[int] = None  # default: same as fitnet_stage
-    at_weight: float = 1000.0
-    at_stages: Optional[list[int]] = None  # student stages; null = all, paired with the teacher's from the deepest
-    sp_weight: float = 3000.0
-    sp_stage: int = -1
-    # --- AEKD
-    aekd_c_tol: float = 0.6
-    # --- CA-MKD / FitNet-MKD (last stage maps, one regressor per teacher)
-    camkd_inter_weight: float = 50.0
-    fitnet_mkd_weight: float = 50.0
-    camkd_inter_start_epoch: int = 1  # CA-MKD intermediate term off before this epoch (docs/methods.md: skip epoch 0)
-    camkd_detach_inter_weights: bool = False  # authors' code: not detached
-    # --- DML / DML_e
-    dml_update: Literal["sequential", "simultaneous"] = "sequential"
-    # --- FFL
-    ffl_temperature: float = 3.0
-    ffl_rampup_epochs: float = 80.0
-    ffl_eps: float = 0.0  # authors: 1e-7 added to target probabilities
-    ffl_align_channels: bool = False  # 1x1 conv on sub-network maps of fewer channels
-    ffl_fusion_lr: Optional[float] = None  # fusion module optimizer lr (default: train.optimizer.lr)
-    # --- SCD (no public code; follows docs/methods.md, section 2.12)
-    scd_beta: float = 100.0
-    scd_target: Literal["deepest", "next"] = "deepest"
+    ce_weight: float = 1.0
+    kd: Optional[KDOptions] = None
+    aver: Optional[KDOptions] = None
+    ebkd: Optional[KDOptions] = None
+    aekd: Optional[AEKDOptions] = None
+    camkd: Optional[CAMKDOptions] = None
+    fitnet: Optional[FitNetOptions] = None
+    at: Optional[ATOptions] = None
+    sp: Optional[SPOptions] = None
+    fitnet_mkd: Optional[FitNetMKDOptions] = None
+    dml: Optional[DMLOptions] = None
+    dml_e: Optional[DMLOptions] = None
+    ffl: Optional[FFLOptions] = None
+    scd: Optional[SCDOptions] = None
+
+    def __post_init__(self) -> None:
+        if self.name in METHOD_OPTIONS and getattr(self, self.name) is None:
+            setattr(self, self.name, METHOD_OPTIONS[self.name]())
+
+    @property
+    def options(self) -> Any:
+        """The named method's section (None for ``baseline``)."""
+        return getattr(self, self.name) if self.name in METHOD_OPTIONS else None
+
+
+# The flat keys before one section per method: old key -> (methods that read it, new field).
+_LOGIT_KD = ("kd", "aver", "ebkd", "aekd", "camkd")
+MOVED_METHOD_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "temperature": (_LOGIT_KD, "temperature"),
+    "kd_weight": (_LOGIT_KD, "weight"),
+    "fitnet_weight": (("fitnet",), "weight"),
+    "fitnet_stage": (("fitnet",), "stage"),
+    "fitnet_teacher_stage": (("fitnet",), "teacher_stage"),
+    "at_weight": (("at",), "weight"),
+    "at_stages": (("at",), "stages"),
+    "sp_weight": (("sp",), "weight"),
+    "sp_stage": (("sp",), "stage"),
+    "aekd_c_tol": (("aekd",), "c_tol"),
+    "camkd_inter_weight": (("camkd",), "inter_weight"),
+    "camkd_inter_start_epoch": (("camkd",), "inter_start_epoch"),
+    "camkd_detach_inter_weights": (("camkd",), "detach_inter_weights"),
+    "fitnet_mkd_weight": (("fitnet_mkd",), "weight"),
+    "dml_update": (("dml", "dml_e"), "update"),
+    "ffl_temperature": (("ffl",), "temperature"),
+    "ffl_rampup_epochs": (("ffl",), "rampup_epochs"),
+    "ffl_eps": (("ffl",), "eps"),
+    "ffl_align_channels": (("ffl",), "align_channels"),
+    "ffl_fusion_lr": (("ffl",), "fusion_lr"),
+    "scd_beta": (("scd",), "beta"),
+    "scd_target": (("scd",), "target"),
+}
+SECTIONS_SINCE = "2026-12-02"
+
+
+def moved_key_message(old: str, name: Any) -> str:
+    """Where flat key ``method.<old>`` went, for a run of method ``name``."""
+    methods, new = MOVED_METHOD_KEYS[old]
+    if name in methods or len(methods) == 1:
+        target = f"'method.{name if name in methods else methods[0]}.{new}'"
+    else:
+        target = f"'method.<name>.{new}' (<name>: {', '.join(methods)})"
+    return (f"'method.{old}' moved: use {target} (one section per method since {SECTIONS_SINCE}; "
+            f"see docs/classification.md)")
+
+
+def _check_moved_keys(tree: dict, origins: dict, source: str) -> None:
+    """The old flat method keys, before the schema would call them unknown."""
+    method = tree.get("method")
+    if not isinstance(method, dict):
+        return
+    for key in method:
+        if key in MOVED_METHOD_KEYS:
+            where = _where(f"method.{key}", origins, source)
+            raise DetkdError(f"{where}: {moved_key_message(key, method.get('name', 'baseline'))}")
+
+
+def _check_method_sections(m: MethodConfig, origins: dict, source: str) -> None:
+    """Only the named method's section may be set (``null`` is fine)."""
+    for key in METHOD_OPTIONS:
+        if key != m.name and getattr(m, key) is not None:
+            path = f"method.{key}"
+            # the file that set the section, or one of its keys (--opts method.fitnet.weight=3)
+            inner = [origins[k] for k in origins if k.startswith(path + ".") and origins[k]]
+            where = origins.get(path) or (inner[-1] if inner else _where(path, origins, source))
+            own = f"its section is 'method.{m.name}'" if m.name in METHOD_OPTIONS else "it has no section"
+            raise DetkdError(f"{where}: 'method.{key}' is set but method.name is '{m.name}' ({own}); "
+                             f"remove it (or --opts method.{key}=null), or set method.name: {key}")
 
 
 @dataclass
@@ -153,8 +340,15 @@ def _positive(value: float, key: str, source: str, allow_zero: bool = False) -> 
         raise DetkdError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def check_cls_config(cfg: ClsConfig, source: str) -> None:
-    """Value and consistency checks that types alone cannot express."""
+# Range checks of the method sections' fields (the other fields: types only, or checked
+# when the networks are built, as the stage indices).
+_STRICTLY_POSITIVE = ("temperature", "c_tol")
+_NON_NEGATIVE = ("weight", "inter_weight", "beta", "rampup_epochs", "eps")
+
+
+def check_cls_config(cfg: ClsConfig, source: str, origins: dict | None = None) -> None:
+    """Value and consistency checks that types alone cannot express (``origins``: which file
+    set each dotted key, for the messages)."""
     m, name = cfg.method, cfg.method.name
     t = cfg.train
     for key in ("epochs", "batch_size", "log_interval", "checkpoint_interval"):
@@ -178,12 +372,15 @@ def check_cls_config(cfg: ClsConfig, source: str) -> None:
         raise DetkdError(f"{source}: 'data.labelled_fraction' < 1 (semi-supervised) is supported by the "
                          f"methods baseline, dml and dml_e, not '{name}'")
     _positive(d.crop_padding, "data.crop_padding", source, allow_zero=True)
-    for key in ("temperature", "ffl_temperature"):
-        _positive(getattr(m, key), f"method.{key}", source)
-    for key in ("ce_weight", "kd_weight", "fitnet_weight", "at_weight", "sp_weight", "camkd_inter_weight",
-                "fitnet_mkd_weight", "scd_beta", "ffl_rampup_epochs", "ffl_eps"):
-        _positive(getattr(m, key), f"method.{key}", source, allow_zero=True)
-    _positive(m.aekd_c_tol, "method.aekd_c_tol", source)
+    _check_method_sections(m, origins or {}, source)
+    _positive(m.ce_weight, "method.ce_weight", source, allow_zero=True)
+    options = m.options
+    for key in _STRICTLY_POSITIVE:
+        if hasattr(options, key):
+            _positive(getattr(options, key), f"method.{name}.{key}", source)
+    for key in _NON_NEGATIVE:
+        if hasattr(options, key):
+            _positive(getattr(options, key), f"method.{name}.{key}", source, allow_zero=True)
     if not cfg.output_dir:
         raise DetkdError(f"{source}: 'output_dir' must not be empty")
 
@@ -213,12 +410,14 @@ def load_cls_config(path: str | Path, overrides: list[str] | None = None) -> Cls
     tree = load_yaml_tree(path, origins)
     tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
     source = str(Path(path))
+    _check_moved_keys(tree, origins, source)
     cfg = build_dataclass(ClsConfig, tree, source, origins)
-    check_cls_config(cfg, source)
+    check_cls_config(cfg, source, origins)
     return cfg
 
 
 def cls_config_from_dict(tree: dict, source: str = "<dict>") -> ClsConfig:
+    _check_moved_keys(tree, {}, source)
     cfg = build_dataclass(ClsConfig, tree, source)
     check_cls_config(cfg, source)
     return cfg

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkd.cls.config import ClsConfig, MethodConfig
+from detkd.cls.config import ClsConfig, FFLOptions, MethodConfig
 from detkd.cls.data import UNLABELLED, ClsData
 from detkd.cls.models import feature_shapes
 from detkd.engine.loop import NonFiniteGuard
@@ -139,35 +139,35 @@ class StudentMethod(_Optimized):
         size, c_in = data.image_size, data.in_channels
         s_shapes = feature_shapes(student, c_in, size)
         t_shapes = [feature_shapes(t, c_in, size) for t in teachers]
-        m = self.m
+        o = self.o = self.m.options  # the method's own section (None for baseline)
         if self.name == "fitnet":
-            si = _stage_index(m.fitnet_stage, len(s_shapes), "method.fitnet_stage", "student")
-            ti_raw = m.fitnet_teacher_stage if m.fitnet_teacher_stage is not None else m.fitnet_stage
-            ti = _stage_index(ti_raw, len(t_shapes[0]), "method.fitnet_teacher_stage", "teacher")
+            si = _stage_index(o.stage, len(s_shapes), "method.fitnet.stage", "student")
+            ti_raw = o.teacher_stage if o.teacher_stage is not None else o.stage
+            ti = _stage_index(ti_raw, len(t_shapes[0]), "method.fitnet.teacher_stage", "teacher")
             try:
                 self.aux["regressor"] = ConvRegressor(s_shapes[si], t_shapes[0][ti])
             except ValueError as exc:
                 raise DetkdError(f"fitnet: student stage {si} and teacher stage {ti} cannot be paired: {exc}; "
-                                 f"choose other stages (method.fitnet_stage / method.fitnet_teacher_stage)") from None
+                                 f"choose other stages (method.fitnet.stage / method.fitnet.teacher_stage)") from None
             self.fitnet_stages = (si, ti)
         elif self.name == "at":
             ns, nt = len(s_shapes), len(t_shapes[0])
-            if m.at_stages is None:
+            if o.stages is None:
                 n = min(ns, nt)
                 pairs = [(ns - n + i, nt - n + i) for i in range(n)]
             else:
                 pairs = []
-                for idx in m.at_stages:
-                    si = _stage_index(idx, ns, "method.at_stages", "student")
+                for idx in o.stages:
+                    si = _stage_index(idx, ns, "method.at.stages", "student")
                     ti = si + nt - ns  # same distance from the deepest stage
                     if not 0 <= ti < nt:
-                        raise DetkdError(f"method.at_stages: student stage {si} has no teacher stage at the same "
+                        raise DetkdError(f"method.at.stages: student stage {si} has no teacher stage at the same "
                                          f"depth from the end (teacher has {nt} stages)")
                     pairs.append((si, ti))
             self.at_pairs = pairs
         elif self.name == "sp":
-            self.sp_stages = (_stage_index(m.sp_stage, len(s_shapes), "method.sp_stage", "student"),
-                              _stage_index(m.sp_stage, len(t_shapes[0]), "method.sp_stage", "teacher"))
+            self.sp_stages = (_stage_index(o.stage, len(s_shapes), "method.sp.stage", "student"),
+                              _stage_index(o.stage, len(t_shapes[0]), "method.sp.stage", "teacher"))
         elif self.name in ("camkd", "fitnet_mkd"):
             self.aux["regressors"] = CAMKDRegressors(s_shapes[-1][0], [s[-1] for s in t_shapes])
         self.aux.to(device)
@@ -180,47 +180,46 @@ class StudentMethod(_Optimized):
             t.eval()
 
     def loss_terms(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
-        m, name = self.m, self.name
+        m, o, name = self.m, self.o, self.name
         logits, feats = self.student(x, return_features=True)
         terms: dict[str, Tensor] = {"ce": m.ce_weight * labelled_ce(logits, y)}
         if name == "baseline":
             return terms
         if name == "scd":
-            terms["scd"] = m.scd_beta * scd_loss(feats, m.scd_target)
+            terms["scd"] = o.beta * scd_loss(feats, o.target)
             return terms
         with torch.no_grad():
             outs = [t(x, return_features=True) for t in self.teachers]
-        t_logits = [o[0] for o in outs]
-        t_feats = [o[1] for o in outs]
-        T = m.temperature
+        t_logits = [out[0] for out in outs]
+        t_feats = [out[1] for out in outs]
         if name == "kd":
-            terms["kd"] = m.kd_weight * kd_loss(logits, t_logits[0], T)
+            terms["kd"] = o.weight * kd_loss(logits, t_logits[0], o.temperature)
         elif name == "fitnet":
             si, ti = self.fitnet_stages
-            terms["fitnet"] = m.fitnet_weight * fitnet_loss(self.aux["regressor"](feats[si]), t_feats[0][ti])
+            terms["fitnet"] = o.weight * fitnet_loss(self.aux["regressor"](feats[si]), t_feats[0][ti])
         elif name == "at":
-            terms["at"] = m.at_weight * torch.stack(
+            terms["at"] = o.weight * torch.stack(
                 [at_loss(feats[si], t_feats[0][ti]) for si, ti in self.at_pairs]).sum()
         elif name == "sp":
             si, ti = self.sp_stages
-            terms["sp"] = m.sp_weight * sp_loss(feats[si], t_feats[0][ti])
+            terms["sp"] = o.weight * sp_loss(feats[si], t_feats[0][ti])
         elif name == "aver":
-            terms["kd"] = m.kd_weight * aver_loss(logits, t_logits, T)
+            terms["kd"] = o.weight * aver_loss(logits, t_logits, o.temperature)
         elif name == "ebkd":
-            terms["kd"] = m.kd_weight * ebkd_loss(logits, t_logits, T)
+            terms["kd"] = o.weight * ebkd_loss(logits, t_logits, o.temperature)
         elif name == "aekd":
-            terms["kd"] = m.kd_weight * aekd_loss(logits, t_logits, T, c_tol=m.aekd_c_tol)
+            terms["kd"] = o.weight * aekd_loss(logits, t_logits, o.temperature, c_tol=o.c_tol)
         elif name == "camkd":
-            terms["kd"] = m.kd_weight * camkd_kd_loss(logits, t_logits, y, T)
-            if epoch >= m.camkd_inter_start_epoch:
+            terms["kd"] = o.weight * camkd_kd_loss(logits, t_logits, y, o.temperature)
+            if epoch >= o.inter_start_epoch:
                 regressed = self.aux["regressors"](feats[-1])
                 classifiers: list[Callable[[Tensor], Tensor]] = [t.classifier_from_features for t in self.teachers]
-                terms["inter"] = m.camkd_inter_weight * camkd_inter_loss(
+                terms["inter"] = o.inter_weight * camkd_inter_loss(
                     regressed, [f[-1] for f in t_feats], classifiers, y,
-                    detach_weights=m.camkd_detach_inter_weights)
+                    detach_weights=o.detach_inter_weights)
         elif name == "fitnet_mkd":
             regressed = self.aux["regressors"](feats[-1])
-            terms["fitnet"] = m.fitnet_mkd_weight * fitnet_mkd_loss(regressed, [f[-1] for f in t_feats])
+            terms["fitnet"] = o.weight * fitnet_mkd_loss(regressed, [f[-1] for f in t_feats])
         else:  # pragma: no cover - the config schema lists the methods
             raise DetkdError(f"unknown method '{name}'")
         return terms
@@ -250,7 +249,7 @@ class DMLMethod(_Optimized):
         self.peers = peers
         self.networks = {f"peer{k}": p for k, p in enumerate(peers)}
         self.mode = "ensemble" if cfg.method.name == "dml_e" else "peers"
-        self.sequential = cfg.method.dml_update == "sequential"
+        self.sequential = cfg.method.options.update == "sequential"
         for p in peers:
             self.add_optimizer(list(p.parameters()))
 
@@ -313,14 +312,14 @@ class FFLMethod(_Optimized):
     def __init__(self, cfg: ClsConfig, subs: list[nn.Module], data: ClsData, iters_per_epoch: int,
                  total_iters: int) -> None:
         super().__init__(cfg, iters_per_epoch, total_iters)
-        self.m = cfg.method
+        self.o: FFLOptions = cfg.method.options
         self.subs = subs
         channels = [feature_shapes(s, data.in_channels, data.image_size)[-1][0] for s in subs]
         device = next(subs[0].parameters()).device
-        self.fusion = FusionModule(channels, data.num_classes, align_channels=self.m.ffl_align_channels).to(device)
+        self.fusion = FusionModule(channels, data.num_classes, align_channels=self.o.align_channels).to(device)
         self.networks = {**{f"sub{k}": s for k, s in enumerate(subs)}, "fusion": self.fusion}
         self.add_optimizer([p for s in subs for p in s.parameters()])
-        self.add_optimizer(list(self.fusion.parameters()), lr=self.m.ffl_fusion_lr)
+        self.add_optimizer(list(self.fusion.parameters()), lr=self.o.fusion_lr)
 
     def train(self) -> None:
         for s in self.subs:
@@ -330,8 +329,8 @@ class FFLMethod(_Optimized):
     def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float] | None:
         outs = [s(x, return_features=True) for s in self.subs]
         fused = self.fusion([o[1][-1] for o in outs])
-        m = self.m
-        res = ffl_losses([o[0] for o in outs], fused, y, epoch, m.ffl_temperature, m.ffl_rampup_epochs, m.ffl_eps)
+        opt = self.o
+        res = ffl_losses([o[0] for o in outs], fused, y, epoch, opt.temperature, opt.rampup_epochs, opt.eps)
         terms = {**{f"ce{k}": c for k, c in enumerate(res["ce"])}, "ce_fused": res["ce_fused"],
                  "kd_subs": res["kd_subs"], "kd_fused": res["kd_fused"]}
         if not self.backward_step(res["total"], terms, [0, 1]):
