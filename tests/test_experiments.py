@@ -1,7 +1,8 @@
 """detkd.experiments (issue #14). The detection seeds experiment (tools/run_experiment.py,
 issue #5) on the tiny demo data: every group trains for two iterations, the summary (table
 and summary.json) aggregates the seeds, the report is written, and a second invocation skips
-the finished runs. Also: the classification table and the gap closed."""
+the finished runs. Also: the one mean ± std convention, the paired gains, the gap closed,
+reusing a finished run only when its config is the requested one, the classification table."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_opts
+from conftest import REPO, tiny_opts
+from detkd.config.load import dump_config, load_config
+from detkd.errors import DetkdError
 from detkd.experiments import detection, plan, stats, tables
+from detkd.experiments.runs import train_or_reuse
 from detkd.utils.cli import run_cli
 
 
@@ -170,3 +174,128 @@ def test_demo_reports_the_fraction_of_the_gap_closed():
     assert stats.gap_closed(0.472, 0.271, 0.311) == "20%"  # docs/results.md's 128-ch student
     assert stats.gap_closed(0.3, 0.3, 0.4).startswith("n/a")
 
+
+# ----------------------------------------------------------------------------- issue #14: the unified pieces
+
+
+def test_one_mean_std_convention_sample_std_and_none_for_one_value():
+    from detkd.evaluation import report
+    from detkd.experiments import cls_tables
+
+    # n = 3, by hand: mean 7/3; squared deviations 16/9 + 1/9 + 25/9 = 42/9, / (n - 1) = 7/3.
+    mean, std = stats.mean_std([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3) and std == pytest.approx(math.sqrt(7 / 3))  # not sqrt(14/9), ddof 0
+    assert stats.mean_std([2.5]) == (2.5, None)  # n = 1: no spread, not 0
+    assert stats.mean_std([]) == (None, None) and stats.mean_std([None, float("nan"), 3.0]) == (3.0, None)
+    assert stats.format_mean_std(0.25, None) == "0.250 ± -" and stats.format_mean_std(80.7, 0.5, 2) == "80.70 ± 0.50"
+    # The report, the detection summary and the classification table share that one function.
+    assert report.mean_std is stats.mean_std and tables.mean_std is stats.mean_std
+    assert cls_tables.mean_std is stats.mean_std
+
+
+def test_one_seed_classification_table_has_no_spread(tmp_path):
+    from detkd.experiments import cls_tables
+
+    for run, top1 in (("baseline_s0", 80.7), ("kd_s0", 81.2)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "results.json").write_text(json.dumps({"networks": {"student": {"top1": top1}}}))
+    table, data = cls_tables.tabulate(tmp_path, ["baseline", "kd"], [0])
+    assert "| baseline | student | 80.70 ± - | 80.70 |  |  |" in table
+    assert "| KD (teacher a) | student | 81.20 ± - | 81.20 | +0.50 ± - | not beyond spread |" in table
+    assert data["baseline_std"] is None and [r["std"] for r in data["rows"]] == [None, None]
+
+
+def test_paired_differences_spread_and_gap_fraction():
+    assert stats.paired_differences({0: 0.3, 1: 0.5, 2: 0.4}, {1: 0.25, 0: 0.1}) == pytest.approx([0.2, 0.25])
+    assert stats.spread(None, 0.01, 0.03) == 0.03 and stats.spread(None, None) is None
+    assert stats.gap_fraction(0.5, 0.1, 0.3) == pytest.approx(0.5) and stats.gap_fraction(0.3, 0.3, 0.4) is None
+
+
+def _finished_run(out: Path, opts: list[str]):
+    """A finished run without training: config.yaml (dump_config) and results.json."""
+    cfg = load_config(REPO / "configs" / "demo" / "student_demo.yaml", [*opts, f"output_dir={out}"])
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    results = {"final": {"AP": 0.1, "AP50": 0.25}, "train_seconds": 3.0, "iterations": 7}
+    (out / "results.json").write_text(json.dumps(results))
+    return cfg, results
+
+
+def test_train_or_reuse_reuses_a_finished_run_of_the_same_config_only(tmp_path):
+    # student_demo.yaml keeps the schema's default train.scheduler.milestones [8, 11] (ints,
+    # read back from config.yaml as floats): that round trip must not count as another config.
+    out = tmp_path / "run"
+    cfg, results = _finished_run(out, ["train.seed=3"])
+    stamp = (out / "results.json").stat().st_mtime_ns
+    said = []
+    same = load_config(REPO / "configs" / "demo" / "student_demo.yaml", ["train.seed=3", f"output_dir={out}"])
+    assert train_or_reuse(same, "student_demo.yaml", lambda *e: said.append(e[0])) == results
+    assert said == ["reused"] and (out / "results.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.json"]  # nothing trained
+
+    other = load_config(REPO / "configs" / "demo" / "student_demo.yaml", ["train.seed=4", f"output_dir={out}"])
+    with pytest.raises(DetkdError) as exc:
+        train_or_reuse(other, "student_demo.yaml", lambda *e: said.append(e[0]))
+    msg = str(exc.value)
+    assert msg == (f"{out} holds a finished run of another config than student_demo.yaml; move it away "
+                   "or choose another --output-root") and "\n" not in msg
+    (out / "config.yaml").unlink()
+    with pytest.raises(DetkdError, match="without its config.yaml"):
+        train_or_reuse(same, "student_demo.yaml", lambda *e: said.append(e[0]))
+    assert said == ["reused"] and sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_experiment_refuses_a_finished_run_of_another_config(tmp_path, capsys):
+    """tools/run_experiment.py on a fake finished baseline run: reused as it is, refused in
+    one line once the requested config differs (--epochs), nothing trained either way."""
+    root = tmp_path / "exp"
+    argv = ["--output-root", str(root), "--only", "baseline", "--seeds", "0", "--no-report", "--no-progress"]
+    (only,) = plan.plan_runs(detection.build_parser().parse_args(argv))
+    cfg = load_config(REPO / only["config"], plan.run_overrides(only, detection.build_parser().parse_args(argv)))
+    out = root / "baseline" / "seed0"
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    (out / "results.json").write_text(json.dumps({"final": {"AP": 0.1, "AP50": 0.2}, "iterations": 5}))
+    assert run(argv) == 0
+    assert "baseline seed 0: finished run in" in capsys.readouterr().out
+    assert json.loads((root / "summary.json").read_text())["groups"][0]["AP50_mean"] == 0.2
+    assert run([*argv, "--epochs", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {out} holds a finished run of another config than {only['config']}; move it away "
+                   "or choose another --output-root\n")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.json"]
+
+
+def test_tools_are_wrappers_of_the_package():
+    import run_cls_experiment
+    import run_demo
+    import run_experiment
+
+    from detkd.experiments import classification, demo
+
+    assert run_experiment.main is detection.main and run_experiment.build_parser is detection.build_parser
+    assert run_demo.main is demo.main and run_demo.build_parser is demo.build_parser
+    assert run_cls_experiment.main is classification.main
+
+
+def test_demo_reuses_its_finished_runs_without_training(tmp_path, capsys):
+    """tools/run_demo.py / detkd demo on three fake finished runs: read back, nothing trained."""
+    import argparse
+
+    from detkd.experiments import demo
+
+    root = tmp_path / "demo"
+    for (_, cfg_file, folder), ap50 in zip(demo.RUNS, (0.6, 0.2, 0.4)):
+        opts = [f"output_dir={root / folder}"]
+        if folder.startswith("distill"):
+            opts.append(f"teacher.checkpoint={root / 'teacher' / 'model_final.pth'}")
+        (root / folder).mkdir(parents=True)
+        (root / folder / "config.yaml").write_text(dump_config(load_config(REPO / cfg_file, opts)))
+        (root / folder / "results.json").write_text(json.dumps({"final": {"AP": ap50 / 2, "AP50": ap50}}))
+    args = argparse.Namespace(output_root=str(root), epochs=None, no_progress=True, debug=False)
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count(": reusing finished run") == 3 and "[demo] training" not in out
+    # teacher 0.6 / baseline 0.2 / distilled 0.4 AP50: half of the gap.
+    assert "50% of the teacher-student AP50 gap" in out and "[demo] no comparison pictures" in out
+    assert sorted(p.name for p in (root / "student").iterdir()) == ["config.yaml", "results.json"]
