@@ -417,7 +417,7 @@ def test_predict_and_command_bad_inputs_are_one_line(student_run, tiny_demo_dir,
 def test_run_demo_ends_with_comparison_pictures(student_run, tiny_demo_dir, tmp_path, capsys):
     import shutil
 
-    import run_demo
+    from detkd.experiments import demo as run_demo
 
     for name in ("teacher", "student", "distill"):
         (tmp_path / name).mkdir()

@@ -287,14 +287,6 @@ def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tin
     assert set(weights_a) == set(build_detector(cfg_a.model).state_dict())
 
 
-def test_demo_reports_the_fraction_of_the_gap_closed():
-    import run_demo
-
-    assert run_demo.gap_closed(0.5, 0.1, 0.3) == "50%"
-    assert run_demo.gap_closed(0.472, 0.271, 0.311) == "20%"  # docs/results.md's 128-ch student
-    assert run_demo.gap_closed(0.3, 0.3, 0.4).startswith("n/a")
-
-
 def test_resuming_with_other_methods_is_one_line_and_old_adapter_checkpoints_load():
     from detkd.engine.trainer import load_method_state
 

@@ -307,33 +307,6 @@ def test_config_errors_are_detkd_errors():
         load_cls_config(CFG / "baseline.yaml", ["peers=[{arch: resnet8}]"])
 
 
-def test_experiment_table(tmp_path):
-    """tools/run_cls_experiment.py: mean ± std over seeds, paired differences, verdicts."""
-    import run_cls_experiment as exp
-
-    def write(run: str, networks: dict[str, float]) -> None:
-        (tmp_path / run).mkdir()
-        res = {"networks": {k: {"top1": v, "top5": 99.0} for k, v in networks.items()}, "train_seconds": 1.0}
-        (tmp_path / run / "results.json").write_text(json.dumps(res))
-
-    for s, (b, k, p0, p1) in enumerate([(80.0, 83.0, 80.5, 79.0), (79.0, 82.0, 79.0, 80.0),
-                                        (79.5, 82.5, 80.0, 79.5)]):
-        write(f"baseline_s{s}", {"student": b})
-        write(f"kd_s{s}", {"student": k})
-        write(f"dml_s{s}", {"peer0": p0, "peer1": p1})
-    table, data = exp.tabulate(tmp_path, ["baseline", "kd", "dml"], [0, 1, 2])
-    rows = {(r["method"], r["network"]): r for r in data["rows"]}
-    assert math.isclose(data["baseline_mean"], 79.5) and math.isclose(data["baseline_std"], 0.5)
-    kd = rows[("kd", "student")]
-    assert math.isclose(kd["diff_mean"], 3.0) and math.isclose(kd["diff_std"], 0.0, abs_tol=1e-9)
-    assert kd["verdict"] == "yes" and kd["per_seed"] == {"0": 83.0, "1": 82.0, "2": 82.5}
-    assert rows[("dml", "peer0")]["verdict"] == "not beyond spread"  # +0.17 < spread
-    assert rows[("dml", "peer1")]["verdict"] == "no"
-    assert "| KD (teacher a) | student | 82.50 ± 0.50 | 83.00, 82.00, 82.50 | +3.00 ± 0.00 | yes |" in table
-    assert exp.main(["--out", str(tmp_path), "--table-only", "--methods", "kd", "dml"]) == 0
-    assert (tmp_path / "table.md").is_file()
-
-
 def test_embedded_test_split_and_resume_hash():
     from detkd.cls.data import load_cls_data
     from detkd.cls.train import resume_hash
@@ -356,7 +329,7 @@ def test_embedded_test_split_and_resume_hash():
 def test_reevaluate_scores_a_finished_run_on_the_new_test_set(tmp_path):
     """run_cls_experiment --reevaluate: nothing trains, the weights stay, results.json is
     rewritten for the test set the saved config gives now and the old one is kept."""
-    import run_cls_experiment as exp
+    from detkd.experiments import cls_runs as exp
 
     out = tmp_path / "baseline_s0"
     assert run(CFG / "baseline.yaml", out, "data.test_subset=null", "data.test_split=subset") == 0

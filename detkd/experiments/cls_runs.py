@@ -1,0 +1,80 @@
+"""The classification experiment's runs: each one a subprocess of tools/train_cls.py (its
+output in a log file), skipped when finished; ``--reevaluate`` scores a finished run again.
+
+A run directory is finished when it holds ``results.json``; one with files but no
+``results.json`` (an interrupted run) is refused: delete it and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from detkd.experiments.cls_plan import REPO
+
+# Where --reevaluate keeps a run's first results (and so its own training time).
+BEFORE_REEVALUATION = "results_before_reevaluation.json"
+
+
+def read_results(path: Path) -> dict:
+    return json.loads((path / "results.json").read_text())
+
+
+def training_seconds(path: Path) -> float:
+    """A run's own training time: from its first results when it was re-evaluated since."""
+    first = path / BEFORE_REEVALUATION
+    return json.loads((first if first.is_file() else path / "results.json").read_text())["train_seconds"]
+
+
+def run_train_cls(args: list[str], threads: int, log: Path, opts: list[str] = ()) -> int:
+    """tools/train_cls.py ARGS --opts train.threads=THREADS OPTS (also OMP/MKL threads),
+    output to ``log``; its exit code."""
+    cmd = [sys.executable, str(REPO / "tools" / "train_cls.py"), *args, "--opts", f"train.threads={threads}", *opts]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        return subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def train(cfg: Path, out: Path, opts: list[str], threads: int, log: Path) -> float:
+    """One tools/train_cls.py run (skipped when out/results.json exists); its wall time in s."""
+    if (out / "results.json").is_file():
+        print(f"  {out.name}: done already ({out / 'results.json'})", flush=True)
+        return float("nan")
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"error: {out} holds an unfinished run (no results.json); delete it and run again")
+    args = ["--cfg", str(cfg), "--output-dir", str(out)]
+    print(f"  tools/train_cls.py {' '.join(args)} --opts train.threads={threads} {' '.join(opts)}", flush=True)
+    t0 = time.time()
+    code = run_train_cls(args, threads, log, opts)
+    wall = time.time() - t0
+    if code != 0:
+        raise SystemExit(f"error: {out.name} failed (exit {code}); see {log}")
+    res = read_results(out)
+    top = " ".join(f"{k} {v['top1']:.1f}" for k, v in res["networks"].items())
+    print(f"  {out.name}: {wall:.0f}s wall, {res['train_seconds']:.0f}s training; top-1 {top}", flush=True)
+    return wall
+
+
+def reevaluate(out: Path, threads: int, log: Path) -> None:
+    """Score a finished run again on the test set its config gives now (e.g. after the
+    default ``data.test_split`` changed): tools/train_cls.py resumes the run's final last.pth,
+    so nothing trains, and rewrites results.json (the previous one is kept once, as
+    BEFORE_REEVALUATION). --force-resume: checkpoints of older versions hash
+    the test set into their config hash."""
+    if not (out / "results.json").is_file():
+        return
+    keep = out / BEFORE_REEVALUATION
+    if not keep.is_file():
+        keep.write_text((out / "results.json").read_text())
+    code = run_train_cls(["--cfg", str(out / "config.yaml"), "--output-dir", str(out), "--resume", "auto",
+                          "--force-resume"], threads, log)
+    if code != 0:
+        raise SystemExit(f"error: re-evaluating {out.name} failed (exit {code}); see {log}")
+    res = read_results(out)
+    top = " ".join(f"{k} {v['top1']:.2f}" for k, v in res["networks"].items())
+    print(f"  {out.name}: re-evaluated on {res['test_images']} test images; top-1 {top}", flush=True)

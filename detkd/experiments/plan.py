@@ -1,0 +1,102 @@
+"""The detection seeds experiment's plan: its groups, their configs, seeds and overrides.
+
+A *run* is a dict ``{"name", "config", "kind", "seed", "output_dir"}``; :func:`plan_runs`
+lists them in training order and :func:`run_overrides` gives each its ``--opts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# (group, config, kind): kind "teacher" (one run), "main" (--seeds) or "ablation" (--ablation-seeds).
+GROUPS = (
+    ("teacher", "configs/experiment/teacher.yaml", "teacher"),
+    ("baseline", "configs/experiment/student.yaml", "main"),
+    ("distilled", "configs/experiment/distill.yaml", "main"),
+    ("baseline_fpn256", "configs/experiment/student_fpn256.yaml", "main"),
+    ("distilled_fpn256", "configs/experiment/distill_fpn256.yaml", "main"),
+    ("baseline_fpn128", "configs/experiment/student_fpn128.yaml", "main"),
+    ("distilled_fpn128", "configs/experiment/distill_fpn128.yaml", "main"),
+    ("hint_only", "configs/experiment/ablations/hint_only.yaml", "ablation"),
+    ("soft_only", "configs/experiment/ablations/soft_only.yaml", "ablation"),
+    ("bound_only", "configs/experiment/ablations/bound_only.yaml", "ablation"),
+    ("no_adaptation_ref", "configs/experiment/ablations/no_adaptation_ref.yaml", "ablation"),
+    ("no_adaptation", "configs/experiment/ablations/no_adaptation.yaml", "ablation"),
+    # Issue #12: the FPN-feature methods on the 128-ch student (only with --only).
+    ("pkd_fpn128", "configs/experiment/methods/pkd_fpn128.yaml", "main"),
+    ("cwd_fpn128", "configs/experiment/methods/cwd_fpn128.yaml", "main"),
+    ("mgd_fpn128", "configs/experiment/methods/mgd_fpn128.yaml", "main"),
+    ("fgd_fpn128", "configs/experiment/methods/fgd_fpn128.yaml", "main"),
+    ("fgfi_fpn128", "configs/experiment/methods/fgfi_fpn128.yaml", "main"),
+    ("chen_pkd_fpn128", "configs/experiment/methods/chen_pkd_fpn128.yaml", "main"),
+)
+GROUP_NAMES = tuple(g[0] for g in GROUPS)
+# What runs without --only (about 100 minutes on one CPU thread: teacher 17, the 32-ch pair
+# 20, the 128-ch pair 39, its three term ablations 25): everything but the 256-channel
+# groups (about 50 more minutes for the pair over 3 seeds, 20 for the adapter ablation pair;
+# --only adds them).
+METHOD_GROUPS = ("pkd_fpn128", "cwd_fpn128", "mgd_fpn128", "fgd_fpn128", "fgfi_fpn128", "chen_pkd_fpn128")
+OPTIONAL_GROUPS = ("baseline_fpn256", "distilled_fpn256", "no_adaptation_ref", "no_adaptation", *METHOD_GROUPS)
+DEFAULT_GROUPS = tuple(g for g in GROUP_NAMES if g not in OPTIONAL_GROUPS)
+# (baseline, distilled) groups that differ only in the distillation terms.
+PAIRS = (("baseline", "distilled"), ("baseline_fpn256", "distilled_fpn256"), ("baseline_fpn128", "distilled_fpn128"),
+         *(("baseline_fpn128", group) for group in METHOD_GROUPS))
+# Students trained alone (the baselines): no teacher to point at OUTPUT_ROOT/teacher.
+ALONE = tuple(baseline for baseline, _ in PAIRS)
+
+
+def plan_runs(args: argparse.Namespace) -> list[dict]:
+    """Every run to do, in training order: the teacher, then for each seed one run of every
+    "main" group (baseline, distilled, ... in GROUPS order), then the ablations.
+
+    ``args``: ``output_root``, ``only``, ``seeds`` and ``ablation_seeds`` (the command's options)."""
+    root = Path(args.output_root)
+    by_name = {name: (cfg, kind) for name, cfg, kind in GROUPS}
+    runs = []
+
+    def add(name: str, seed: int | None) -> None:
+        cfg, kind = by_name[name]
+        out = root / "teacher" if kind == "teacher" else root / name / f"seed{seed}"
+        runs.append({"name": name, "config": cfg, "kind": kind, "seed": seed, "output_dir": out})
+
+    if "teacher" in args.only:
+        add("teacher", None)
+    for seed in args.seeds:
+        for name, _, kind in GROUPS:
+            if kind == "main" and name in args.only:
+                add(name, seed)
+    for name, _, kind in GROUPS:
+        if kind == "ablation" and name in args.only:
+            for seed in args.ablation_seeds:
+                add(name, seed)
+    return runs
+
+
+def distills(run: dict) -> bool:
+    """Whether the run learns from the teacher (reads OUTPUT_ROOT/teacher)."""
+    return run["kind"] != "teacher" and run["name"] not in ALONE
+
+
+def teacher_dir(args: argparse.Namespace) -> Path:
+    """Where every distillation run reads its teacher: OUTPUT_ROOT/teacher."""
+    return Path(args.output_root) / "teacher"
+
+
+def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
+    """The run's config overrides: ``--opts``, the epochs, its seed, the teacher's own run
+    (distillation runs) and its output directory.
+
+    ``args``: ``opts``, ``epochs``, ``teacher_epochs`` and ``output_root``."""
+    opts = list(args.opts)
+    epochs = args.teacher_epochs if run["kind"] == "teacher" and args.teacher_epochs else args.epochs
+    if epochs is not None:
+        opts.append(f"train.epochs={epochs}")
+    if run["seed"] is not None:
+        opts.append(f"train.seed={run['seed']}")
+    if distills(run):
+        teacher = teacher_dir(args).resolve()
+        opts += [f"teacher.config={teacher / 'config.yaml'}",
+                 f"teacher.checkpoint={teacher / 'model_final.pth'}"]
+    opts.append(f"output_dir={run['output_dir']}")
+    return opts
