@@ -7,10 +7,11 @@ dataclasses are plain data: nothing is built while a config is parsed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from detkd.data.transforms import AugmentConfig
+from detkd.errors import DetkdError
 
 STOCK_ARCHS = (
     "fasterrcnn_resnet50_fpn",
@@ -77,6 +78,36 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation settings (all off except flipping by default)."""
+
+    hflip: float = 0.5  # horizontal flip probability
+    scale_jitter: tuple[float, float] | None = None  # random rescale range, e.g. (0.75, 1.25)
+    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
+    min_box_size: float = 1.0  # boxes narrower/shorter than this (px) after augmentation are dropped
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hflip <= 1.0:
+            raise DetkdError(f"augment.hflip must be in [0, 1], got {self.hflip}")
+        if self.scale_jitter is not None:
+            if not (isinstance(self.scale_jitter, Sequence) and len(self.scale_jitter) == 2):
+                raise DetkdError(
+                    f"augment.scale_jitter must be a [min, max] pair, got {self.scale_jitter!r}"
+                )
+            lo, hi = (float(v) for v in self.scale_jitter)
+            if not 0.0 < lo <= hi:
+                raise DetkdError(
+                    f"augment.scale_jitter must satisfy 0 < min <= max, got {self.scale_jitter!r}"
+                )
+            self.scale_jitter = (lo, hi)  # YAML gives lists; normalise to a tuple
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise DetkdError(f"augment.color_jitter must be in [0, 1), got {self.color_jitter}")
+        if self.min_box_size < 0:
+            raise DetkdError(f"augment.min_box_size must be >= 0, got {self.min_box_size}")
+
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Datasets (COCO, VOC, synthetic demo), augmentations and batching for detection."""
 
+from detkd.config.schema import AugmentConfig
 from detkd.data.coco import CocoDetection
 from detkd.data.demo import generate_demo_dataset, save_preview
-from detkd.data.transforms import AugmentConfig, build_transforms
+from detkd.data.transforms import build_transforms
 from detkd.data.utils import collate_fn
 from detkd.data.voc import VOC_CLASSES, VOCDetection
 
