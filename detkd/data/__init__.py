@@ -1,6 +1,7 @@
 """Datasets (COCO, VOC, synthetic demo), augmentations and batching for detection."""
 
 from detkd.config.schema import AugmentConfig
+from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.demo import generate_demo_dataset, save_preview
 from detkd.data.transforms import build_transforms
@@ -10,6 +11,7 @@ from detkd.data.voc import VOC_CLASSES, VOCDetection
 __all__ = [
     "AugmentConfig",
     "CocoDetection",
+    "DetectionDataset",
     "VOCDetection",
     "VOC_CLASSES",
     "build_transforms",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detkd.config.schema import DataConfig, DatasetConfig
+from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.sampler import ResumableSampler
 from detkd.data.transforms import build_transforms
@@ -20,7 +22,7 @@ from detkd.data.voc import VOCDetection
 from detkd.engine import dist
 from detkd.errors import DetkdError
 
-__all__ = ["build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]
+__all__ = ["EpochSeeded", "build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]
 
 
 def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
@@ -39,15 +41,15 @@ def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
     return out / split, out / "annotations" / f"instances_{split}.json"
 
 
-class EpochSeeded(Dataset):
+class EpochSeeded(DetectionDataset):
     """Makes augmentation a pure function of (seed, epoch, index).
 
     Each item re-seeds the transform's random generators, so a resumed run, a run with
     another worker count, or another rank layout augments every image exactly as an
-    uninterrupted run would.
+    uninterrupted run would. Everything else is the wrapped dataset's.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: DetectionDataset, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
@@ -69,11 +71,28 @@ class EpochSeeded(Dataset):
             torch.manual_seed(item_seed)
             return self.dataset[idx]
 
-    def __getattr__(self, name: str) -> Any:
-        # Delegate dataset attributes (coco, label_to_cat_id, summary, ...).
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    @property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return self.dataset.class_names
+
+    @property
+    def stats(self) -> dict[str, int]:  # type: ignore[override]
+        return self.dataset.stats
+
+    def get_image_ids(self) -> list[int]:
+        return self.dataset.get_image_ids()
+
+    def coco_ground_truth(self) -> Any:
+        return self.dataset.coco_ground_truth()
+
+    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return self.dataset.voc_ground_truth(image_ids)
+
+    def summary(self) -> str:
+        return self.dataset.summary()
+
+    def limit(self, n: int) -> None:
+        self.dataset.limit(n)
 
 
 def build_dataset(ds: DatasetConfig, data: DataConfig, train: bool, seed: int | None = None) -> Dataset:
