@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from detkd.errors import DetkdError
 
@@ -122,25 +122,85 @@ class DemoDataConfig:
 
 
 @dataclass
-class DatasetConfig:
-    """One split. ``coco``: ``image_dir`` + ``ann_file``; ``voc``: ``root`` (the VOC2007
-    directory) + ``split``; ``demo``: the embedded demo data (``split`` is train or val)."""
+class BaseDatasetConfig:
+    """What every ``data.train`` / ``data.val`` section has, whatever its format.
 
-    type: Literal["coco", "voc", "demo"] = "demo"
+    The YAML is flat: ``data.train: {type: coco, image_dir: ..., ann_file: ...}``; the
+    loader picks the dataclass of ``type`` from :data:`DATASET_TYPES` and rejects options
+    of another format. ``split`` defaults to ``train`` in every section given in YAML
+    (``data.val`` too): give it explicitly where the format uses it (voc, demo).
+    """
+
+    type: str = "demo"  # a key of DATASET_TYPES
+    split: str = "train"
+    skip_empty: bool = False  # drop images without boxes (training only)
+    max_images: Optional[int] = None  # use only the first N images (quick checks)
+
+    def __post_init__(self) -> None:
+        own = next((name for name, cls in DATASET_TYPES.items() if cls is type(self)), None)
+        if self.type != own:
+            raise DetkdError(f"{type(self).__name__} holds the options of type '{own}', not '{self.type}'")
+
+    def location(self) -> str:
+        """The file or directory the split is read from, for messages ('' if none)."""
+        return ""
+
+
+@dataclass
+class CocoDatasetConfig(BaseDatasetConfig):
+    """A COCO ``instances_*.json`` (``ann_file``) over the images in ``image_dir``;
+    ``split`` is not used."""
+
+    type: str = "coco"
     image_dir: str = ""
     ann_file: str = ""
+
+    def location(self) -> str:
+        return self.ann_file
+
+
+@dataclass
+class VOCDatasetConfig(BaseDatasetConfig):
+    """Pascal VOC: ``root`` is the ``VOCdevkit/VOC2007`` directory, ``split`` an
+    ``ImageSets/Main/<split>.txt`` file (``trainval``, ``test`` ...)."""
+
+    type: str = "voc"
     root: str = ""
-    split: str = "train"
-    classes: Optional[list[str]] = None  # VOC class names (default: the 20 VOC classes)
-    skip_empty: bool = False  # drop images without boxes
-    use_difficult: bool = False  # VOC: train on difficult boxes too
-    max_images: Optional[int] = None  # use only the first N images (quick checks)
+    classes: Optional[list[str]] = None  # class names (default: the 20 VOC classes)
+    use_difficult: bool = False  # train on difficult boxes too
+
+    def location(self) -> str:
+        return self.root
+
+
+@dataclass
+class DemoDatasetConfig(BaseDatasetConfig):
+    """The embedded demo data (a COCO copy generated as ``data.demo`` says); ``split`` is
+    ``train`` or ``val``."""
+
+    type: str = "demo"
+
+
+# data.<split>.type -> its options; the builder of each type is detkd.data.build.DATASETS.
+DATASET_TYPES: dict[str, type[BaseDatasetConfig]] = {
+    "coco": CocoDatasetConfig,
+    "voc": VOCDatasetConfig,
+    "demo": DemoDatasetConfig,
+}
+
+
+def DatasetConfig(type: str = "demo", **options: Any) -> BaseDatasetConfig:  # noqa: N802 (the former class)
+    """The options of one split from their flat form: ``DatasetConfig(type="coco",
+    image_dir=..., ann_file=...)`` is a :class:`CocoDatasetConfig`."""
+    if type not in DATASET_TYPES:
+        raise DetkdError(f"unknown dataset type '{type}' (types: {', '.join(DATASET_TYPES)})")
+    return DATASET_TYPES[type](**options)
 
 
 @dataclass
 class DataConfig:
-    train: DatasetConfig = field(default_factory=DatasetConfig)
-    val: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="val"))
+    train: BaseDatasetConfig = field(default_factory=DemoDatasetConfig)
+    val: BaseDatasetConfig = field(default_factory=lambda: DemoDatasetConfig(split="val"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
 

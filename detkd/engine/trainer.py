@@ -237,7 +237,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     # An empty validation set would only fail at the first evaluation, after training.
     for name, ds, ds_cfg in (("training", train_set, cfg.data.train), ("validation", val_set, cfg.data.val)):
         if len(ds) == 0:
-            source = ds_cfg.ann_file or ds_cfg.root or cfg.data.demo.out_dir
+            source = ds_cfg.location() or cfg.data.demo.out_dir
             raise DetkdError(f"the {name} set is empty ({ds_cfg.type}: {source}; {ds.summary()})")
     num_data_classes = len(train_set.class_names)
     if num_data_classes >= cfg.model.num_classes:  # labels 1..C would index past the classifier
