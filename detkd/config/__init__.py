@@ -14,10 +14,11 @@ from detkd.config.schema import (
     TeacherConfig,
     TrainConfig,
     VOCDatasetConfig,
+    YoloDatasetConfig,
 )
 
 __all__ = [
     "DATASET_TYPES", "BaseDatasetConfig", "CocoDatasetConfig", "Config", "DataConfig", "DatasetConfig",
     "DemoDatasetConfig", "DistillConfig", "ModelConfig", "TeacherConfig", "TrainConfig", "VOCDatasetConfig",
-    "config_hash", "dump_config", "load_config",
+    "YoloDatasetConfig", "config_hash", "dump_config", "load_config",
 ]

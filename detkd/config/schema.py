@@ -128,7 +128,7 @@ class BaseDatasetConfig:
     The YAML is flat: ``data.train: {type: coco, image_dir: ..., ann_file: ...}``; the
     loader picks the dataclass of ``type`` from :data:`DATASET_TYPES` and rejects options
     of another format. ``split`` defaults to ``train`` in every section given in YAML
-    (``data.val`` too): give it explicitly where the format uses it (voc, demo).
+    (``data.val`` too): give it explicitly where the format uses it (voc, demo, yolo).
     """
 
     type: str = "demo"  # a key of DATASET_TYPES
@@ -181,11 +181,25 @@ class DemoDatasetConfig(BaseDatasetConfig):
     type: str = "demo"
 
 
+@dataclass
+class YoloDatasetConfig(BaseDatasetConfig):
+    """An ultralytics-layout YOLO dataset: ``root`` is the directory of its ``data.yaml``,
+    ``split`` the ``data.yaml`` key naming the image folder(s) (``train``, ``val``, ``test``).
+    See docs/datasets.md."""
+
+    type: str = "yolo"
+    root: str = ""
+
+    def location(self) -> str:
+        return self.root
+
+
 # data.<split>.type -> its options; the builder of each type is detkd.data.build.DATASETS.
 DATASET_TYPES: dict[str, type[BaseDatasetConfig]] = {
     "coco": CocoDatasetConfig,
     "voc": VOCDatasetConfig,
     "demo": DemoDatasetConfig,
+    "yolo": YoloDatasetConfig,
 }
 
 

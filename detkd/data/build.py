@@ -18,6 +18,7 @@ from detkd.config.schema import (
     DataConfig,
     DemoDatasetConfig,
     VOCDatasetConfig,
+    YoloDatasetConfig,
 )
 from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
@@ -25,6 +26,7 @@ from detkd.data.sampler import ResumableSampler
 from detkd.data.transforms import build_transforms
 from detkd.data.utils import DetectionTransform, collate_fn
 from detkd.data.voc import VOCDetection
+from detkd.data.yolo import YoloDetection
 from detkd.engine import dist
 from detkd.errors import DetkdError
 
@@ -136,11 +138,20 @@ def build_voc(ds: VOCDatasetConfig, data: DataConfig, train: bool,
                         check_files=True, **kwargs)
 
 
+def build_yolo(ds: YoloDatasetConfig, data: DataConfig, train: bool,
+               transforms: DetectionTransform | None) -> DetectionDataset:
+    if not ds.root:
+        raise DetkdError("a yolo dataset needs 'root' (the directory of its data.yaml) in its data section")
+    return YoloDetection(ds.root, split=ds.split, transforms=transforms, skip_empty=ds.skip_empty and train,
+                         min_box_size=data.augment.min_box_size)
+
+
 # data.<split>.type -> builder; the options of each type are detkd.config.schema.DATASET_TYPES.
 DATASETS: dict[str, Callable[[Any, DataConfig, bool, DetectionTransform | None], DetectionDataset]] = {
     "coco": build_coco,
     "voc": build_voc,
     "demo": build_demo,
+    "yolo": build_yolo,
 }
 
 
