@@ -120,3 +120,45 @@ def test_dump_roundtrip_and_hash(tmp_path):
                                         if "_base_" not in p.parts and "cls" not in p.parts))
 def test_every_shipped_config_validates(path):
     load_config(REPO / path)
+
+
+def test_dataset_sections_are_typed_by_their_type(tmp_path):
+    from detkd.config.schema import CocoDatasetConfig, DemoDatasetConfig, VOCDatasetConfig
+
+    cfg = load_config(write(tmp_path / "c.yaml", {"data": {"train": {"type": "coco", "image_dir": "i", "ann_file": "a"},
+                                                           "val": {"type": "voc", "root": "r", "split": "test"}}}))
+    assert cfg.data.train == CocoDatasetConfig(image_dir="i", ann_file="a")
+    assert cfg.data.val == VOCDatasetConfig(root="r", split="test")
+    assert load_config(write(tmp_path / "d.yaml", {})).data.val == DemoDatasetConfig(split="val")
+    bad = write(tmp_path / "e.yaml", {"data": {"train": {"type": "coco", "image_dir": "i", "root": "r"}}})
+    with pytest.raises(DetkdError) as err:
+        load_config(bad)
+    assert str(err.value) == (f"{bad}: 'data.train.root' is not an option of type 'coco' "
+                              "(options: image_dir, ann_file, split, skip_empty, max_images)")
+    with pytest.raises(DetkdError, match=r"unknown config key 'data\.train\.image_dri' \(did you mean 'image_dir'\?\)"):
+        load_config(bad, ["data.train={type: coco, image_dri: x}"])
+
+
+def test_a_later_type_drops_the_earlier_formats_options(tmp_path):
+    coco = write(tmp_path / "coco.yaml", {"data": {"train": {"type": "coco", "image_dir": "i", "ann_file": "a",
+                                                             "skip_empty": True}}})
+    cfg = load_config(coco, ["data.train.type=voc", "data.train.root=r"])
+    assert (cfg.data.train.type, cfg.data.train.root, cfg.data.train.skip_empty) == ("voc", "r", True)
+    assert load_config(coco, ["data.train.root=r", "data.train.type=voc"]).data.train.root == "r"  # any order
+    child = write(tmp_path / "child.yaml", {"_base_": "coco.yaml", "data": {"train": {"type": "voc", "root": "r"}}})
+    assert load_config(child).data.train == load_config(coco, ["data.train.type=voc", "data.train.root=r"]).data.train
+    with pytest.raises(DetkdError, match=r"--opts: 'data\.train\.image_dir' is not an option of type 'voc'"):
+        load_config(coco, ["data.train.image_dir=j", "data.train.type=voc"])  # set with the new type: an error
+
+
+def test_a_flat_config_yaml_of_earlier_versions_loads_and_hashes_the_same(tmp_path):
+    cfg = load_config(REPO / "configs/demo/faster_rcnn_demo.yaml", ["data.val.type=voc", "data.val.root=r"])
+    tree = yaml.safe_load(dump_config(cfg))
+    flat = {"image_dir": "", "ann_file": "", "root": "", "classes": None, "use_difficult": False}
+    for split in ("train", "val"):  # the one dataset dataclass of earlier versions wrote every key
+        tree["data"][split] = {**flat, **tree["data"][split]}
+    old = load_config(write(tmp_path / "old.yaml", tree))
+    assert old == cfg and config_hash(old) == config_hash(cfg)
+    tree["data"]["train"]["root"] = "set"
+    with pytest.raises(DetkdError, match="'data.train.root' is not an option of type 'demo'"):
+        load_config(write(tmp_path / "older.yaml", tree))

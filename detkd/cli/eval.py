@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from detkd.utils.runtime import resolve_device
     from detkd.utils.atomic import atomic_write_text
     from detkd.evaluation.coco_eval import detections_to_coco, per_class_table
-    from detkd.evaluation.inference import build_eval_data, evaluate_detector, ground_truth, load_detector
+    from detkd.evaluation.inference import build_eval_data, evaluate_detector, load_detector
     from detkd.utils.logger import format_terms
 
     cfg = load_config(args.cfg, args.opts)
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         if per_class:
             print(per_class_table(per_class))
         if args.save_detections:
-            _, label_to_cat, _ = ground_truth(dataset)
+            _, label_to_cat = dataset.coco_ground_truth()
             ids = sorted(preds)
             results = detections_to_coco([preds[i] for i in ids], ids, label_to_cat)
             atomic_write_text(json.dumps(results), args.save_detections)

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -41,43 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _title(path: str) -> str:
-    """A column title: the run folder's name for .../NAME/model_final.pth, else the file's stem."""
-    p = Path(path)
-    return p.parent.name if p.stem == "model_final" and p.parent.name else p.stem
-
-
 def main(args: argparse.Namespace) -> int:
-    from detkd.deploy.predict import draw_record, find_images, picture_names, predict_files, save_picture, \
-        set_score_thresh, side_by_side
-    from detkd.utils.atomic import atomic_write_text
-    from detkd.utils.runtime import resolve_device, show_progress
+    from detkd.deploy.predict import find_images, predict_and_draw
     from detkd.errors import DetkdError
-    from detkd.modeling.checkpoint_io import load_model
+    from detkd.utils.runtime import resolve_device, show_progress
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, key="--device")
     files = find_images(args.input)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DetkdError(f"--out {out} exists and is not a folder")
-    progress = show_progress(False if args.no_progress else None)
-    ckpts = [args.ckpt] + list(args.compare or [])
-    runs = []
-    for i, ckpt in enumerate(ckpts):
-        model, names = load_model(ckpt, config=args.cfg if i == 0 else None, device=device)
-        set_score_thresh(model, args.score_thresh)
-        runs.append(predict_files(model, names, files, device, args.batch_size, progress))
-    records = runs[0]
-    atomic_write_text(json.dumps(records, indent=1), out / "detections.json")
-    names = picture_names(files)
-    if args.draw:
-        for path, record, name in zip(files, records, names):
-            save_picture(draw_record(path, record), out / "pictures" / name)
-    if args.compare:
-        titles = [_title(c) for c in ckpts]
-        for k, (path, name) in enumerate(zip(files, names)):
-            pictures = [draw_record(path, run[k]) for run in runs]
-            save_picture(side_by_side(pictures, titles), out / "compare" / name)
+    records = predict_and_draw([args.ckpt, *(args.compare or [])], files, out, device, config=args.cfg,
+                               score_thresh=args.score_thresh, batch_size=args.batch_size, draw=args.draw,
+                               progress=show_progress(False if args.no_progress else None))
     n_dets = sum(len(r["detections"]) for r in records)
     print(f"{len(files)} images, {n_dets} detections -> {out / 'detections.json'}"
           + (f"; pictures in {out / 'pictures'}" if args.draw else "")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from detkd.config.load import _where, apply_overrides, build_dataclass, load_yaml_tree, parse_overrides
+from detkd.config.load import apply_overrides, build_dataclass, key_source, load_yaml_tree, parse_overrides
 from detkd.config.schema import OptimizerConfig, SchedulerConfig
 from detkd.errors import DetkdError
 
@@ -278,7 +278,7 @@ def _check_moved_keys(tree: dict, origins: dict, source: str) -> None:
         return
     for key in method:
         if key in MOVED_METHOD_KEYS:
-            where = _where(f"method.{key}", origins, source)
+            where = key_source(f"method.{key}", origins, source)
             raise DetkdError(f"{where}: {moved_key_message(key, method.get('name', 'baseline'))}")
 
 
@@ -289,7 +289,7 @@ def _check_method_sections(m: MethodConfig, origins: dict, source: str) -> None:
             path = f"method.{key}"
             # the file that set the section, or one of its keys (--opts method.fitnet.weight=3)
             inner = [origins[k] for k in origins if k.startswith(path + ".") and origins[k]]
-            where = origins.get(path) or (inner[-1] if inner else _where(path, origins, source))
+            where = origins.get(path) or (inner[-1] if inner else key_source(path, origins, source))
             own = f"its section is 'method.{m.name}'" if m.name in METHOD_OPTIONS else "it has no section"
             raise DetkdError(f"{where}: 'method.{key}' is set but method.name is '{m.name}' ({own}); "
                              f"remove it (or --opts method.{key}=null), or set method.name: {key}")
@@ -303,7 +303,7 @@ class ClsTrainConfig:
     seed: int = 0
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.05, weight_decay=5e-4))
     scheduler: SchedulerConfig = field(
-        default_factory=lambda: SchedulerConfig(warmup_iters=0, milestones=[150, 180, 210]))
+        default_factory=lambda: SchedulerConfig(warmup_iters=0, milestones=[150.0, 180.0, 210.0]))
     clip_grad_norm: Optional[float] = None
     log_interval: int = 20  # iterations
     eval_interval: int = 1  # epochs; 0 = only at the end

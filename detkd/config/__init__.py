@@ -2,16 +2,23 @@
 
 from detkd.config.load import config_hash, dump_config, load_config
 from detkd.config.schema import (
+    DATASET_TYPES,
+    BaseDatasetConfig,
+    CocoDatasetConfig,
     Config,
     DataConfig,
     DatasetConfig,
+    DemoDatasetConfig,
     DistillConfig,
     ModelConfig,
     TeacherConfig,
     TrainConfig,
+    VOCDatasetConfig,
+    YoloDatasetConfig,
 )
 
 __all__ = [
-    "Config", "DataConfig", "DatasetConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
-    "TrainConfig", "config_hash", "dump_config", "load_config",
+    "DATASET_TYPES", "BaseDatasetConfig", "CocoDatasetConfig", "Config", "DataConfig", "DatasetConfig",
+    "DemoDatasetConfig", "DistillConfig", "ModelConfig", "TeacherConfig", "TrainConfig", "VOCDatasetConfig",
+    "YoloDatasetConfig", "config_hash", "dump_config", "load_config",
 ]

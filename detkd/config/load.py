@@ -8,6 +8,11 @@
 * The merged mapping is converted into :class:`detkd.config.schema.Config`; an unknown
   key or a wrong type is a :class:`DetkdError` naming the dotted key and the file (or
   ``--opts``) where it was set.
+* Dataset sections (``data.train``, ``data.val``) are flat: their ``type`` picks the
+  dataclass (:data:`detkd.config.schema.DATASET_TYPES`) and an option of another format is
+  an error. When a later source (a file including the one that set them, or ``--opts``)
+  changes a section's ``type``, the earlier options that the new type lacks are dropped,
+  so ``--opts data.train.type=voc data.train.root=DIR`` works over a coco config.
 """
 
 from __future__ import annotations
@@ -24,11 +29,21 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from detkd.config.schema import Config
+from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, Config, DataConfig
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# Dotted paths of the dataset sections ("data.train", "data.val").
+DATASET_SECTIONS = tuple(f"data.{f.name}" for f in dataclasses.fields(DataConfig)
+                         if get_type_hints(DataConfig)[f.name] is BaseDatasetConfig)
+# The one dataset dataclass of earlier versions had every format's options; these are its
+# values for "not set". config.yaml files written then carry them in every section: such a
+# value under a type that lacks the key is ignored, and config_hash hashes every section
+# in that flat form (so checkpoints made then still resume).
+LEGACY_DATASET_DEFAULTS: dict[str, Any] = {
+    "image_dir": "", "ann_file": "", "root": "", "classes": None, "use_difficult": False,
+}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -47,12 +62,29 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _dataset_options(kind: Any) -> set[str] | None:
+    """Option names of dataset type ``kind`` (None for an unknown type)."""
+    cls = DATASET_TYPES.get(kind) if isinstance(kind, str) else None
+    return None if cls is None else {f.name for f in dataclasses.fields(cls)}
+
+
+def _retyped(section: dict, kind: Any, keep: typing.Callable[[str], bool] = lambda key: False) -> dict:
+    """``section`` with its ``type`` changed to ``kind``: the options ``kind`` lacks are
+    dropped (but those ``keep`` names, which validation then reports)."""
+    options = _dataset_options(kind)
+    if options is None or kind == section.get("type", BaseDatasetConfig.type):
+        return section
+    return {k: v for k, v in section.items() if k in options or keep(k)}
+
+
 def _merge(base: dict, new: dict, origins: dict, source: str, prefix: str = "") -> dict:
     """Merge ``new`` into ``base`` recursively, recording which file set each key."""
     out = dict(base)
     for key, value in new.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if path in DATASET_SECTIONS and "type" in value:
+                out[key] = _retyped(out[key], value["type"])
             out[key] = _merge(out[key], value, origins, source, path + ".")
         else:
             out[key] = value
@@ -127,6 +159,11 @@ def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict) -> 
             elif not isinstance(child, dict):
                 raise DetkdError(f"--opts: '{key}': '{part}' is not a section")
             node = child
+        section = ".".join(parts[:-1])
+        if parts[-1] == "type" and section in DATASET_SECTIONS:
+            retyped = _retyped(node, value, lambda k: origins.get(f"{section}.{k}") == OVERRIDE_SOURCE)
+            node.clear()
+            node.update(retyped)
         node[parts[-1]] = value
         _record(origins, key, value, OVERRIDE_SOURCE)
     return tree
@@ -135,7 +172,8 @@ def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict) -> 
 # ----------------------------------------------------------------------------- validation
 
 
-def _where(path: str, origins: dict, default_source: str) -> str:
+def key_source(path: str, origins: dict, default_source: str) -> str:
+    """The file (or ``--opts``) that set config key ``path`` or its closest parent; error messages start with it."""
     probe = path
     while probe:
         if probe in origins and origins[probe]:
@@ -166,6 +204,8 @@ def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Invalid(f"expected a mapping for section, got {type(value).__name__}")
+        if tp is BaseDatasetConfig:
+            return _build_dataset(value, path, ctx)
         return _build(tp, value, path + ".", ctx)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -235,17 +275,43 @@ def _build(cls: type, data: dict, prefix: str, ctx: tuple[dict, str]) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DetkdError(f"{_where(path, origins, source)}: unknown config key '{path}'{hint}")
+            raise DetkdError(f"{key_source(path, origins, source)}: unknown config key '{path}'{hint}")
         try:
             kwargs[key] = _convert(value, hints[key], path, ctx)
         except _Invalid as exc:
-            raise DetkdError(f"{_where(path, origins, source)}: '{path}': {exc}") from None
+            raise DetkdError(f"{key_source(path, origins, source)}: '{path}': {exc}") from None
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise DetkdError(f"{source}: section '{prefix.rstrip('.') or '<root>'}': {exc}") from None
     # Sections default to their dataclass defaults; explicit sub-dicts were built above.
     return obj
+
+
+def _build_dataset(data: dict, path: str, ctx: tuple[dict, str]) -> BaseDatasetConfig:
+    """A dataset section: the dataclass of its ``type``, which must have every key given."""
+    origins, source = ctx
+    kind = data.get("type", BaseDatasetConfig.type)
+    try:
+        _convert(kind, Literal[tuple(DATASET_TYPES)], f"{path}.type", ctx)
+    except _Invalid as exc:
+        raise DetkdError(f"{key_source(path + '.type', origins, source)}: '{path}.type': {exc}") from None
+    cls = DATASET_TYPES[kind]
+    own = [f.name for f in dataclasses.fields(cls)]
+    common = [f.name for f in dataclasses.fields(BaseDatasetConfig)]
+    of_any_type = {f.name for c in DATASET_TYPES.values() for f in dataclasses.fields(c)}
+    kept = {}
+    for key, value in data.items():
+        if key not in own and key in LEGACY_DATASET_DEFAULTS:
+            default = LEGACY_DATASET_DEFAULTS[key]
+            if (value, type(value)) == (default, type(default)):
+                continue  # an earlier version's "not set" (its config.yaml)
+        if key not in own and key in of_any_type:
+            options = [n for n in own if n not in common] + [n for n in common if n != "type"]
+            raise DetkdError(f"{key_source(f'{path}.{key}', origins, source)}: '{path}.{key}' is not an option of "
+                             f"type '{kind}' (options: {', '.join(options)})")
+        kept[key] = value  # an unknown key: _build names it
+    return _build(cls, kept, path + ".", ctx)
 
 
 def build_dataclass(cls: type, tree: dict, source: str, origins: dict | None = None) -> Any:
@@ -262,7 +328,7 @@ def resolve_teacher_config(tree: dict, origins: dict, source: str) -> dict:
     if not isinstance(teacher, dict) or not teacher.get("config"):
         return tree
     ref = teacher["config"]
-    named_in = _where("teacher.config", origins, source)
+    named_in = key_source("teacher.config", origins, source)
     if not isinstance(ref, str):
         raise DetkdError(f"{named_in}: 'teacher.config' must be a path")
     base_dir = Path(named_in).parent if named_in not in ("", OVERRIDE_SOURCE) else Path.cwd()
@@ -402,6 +468,9 @@ def config_hash(cfg: Any, sections: typing.Iterable[str] = ("model", "data", "te
     checks): the ``sections`` of the config tree; of a section in ``only`` just those keys,
     of one in ``drop`` all but those (e.g. classification's schedule keys of ``train``)."""
     tree = config_to_dict(cfg)
+    for section in DATASET_SECTIONS:  # the flat form of earlier versions (LEGACY_DATASET_DEFAULTS)
+        _, name = section.split(".")
+        tree["data"][name] = {**LEGACY_DATASET_DEFAULTS, **tree["data"][name]}
     if isinstance(tree.get("teacher"), dict):
         # The teacher's model section is already merged in; where its YAML lives (an absolute
         # path) must not make a moved checkout's checkpoints unresumable.

@@ -7,10 +7,11 @@ dataclasses are plain data: nothing is built while a config is parsed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from detkd.data.transforms import AugmentConfig
+from detkd.errors import DetkdError
 
 STOCK_ARCHS = (
     "fasterrcnn_resnet50_fpn",
@@ -80,6 +81,36 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation settings (all off except flipping by default)."""
+
+    hflip: float = 0.5  # horizontal flip probability
+    scale_jitter: tuple[float, float] | None = None  # random rescale range, e.g. (0.75, 1.25)
+    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
+    min_box_size: float = 1.0  # boxes narrower/shorter than this (px) after augmentation are dropped
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hflip <= 1.0:
+            raise DetkdError(f"augment.hflip must be in [0, 1], got {self.hflip}")
+        if self.scale_jitter is not None:
+            if not (isinstance(self.scale_jitter, Sequence) and len(self.scale_jitter) == 2):
+                raise DetkdError(
+                    f"augment.scale_jitter must be a [min, max] pair, got {self.scale_jitter!r}"
+                )
+            lo, hi = (float(v) for v in self.scale_jitter)
+            if not 0.0 < lo <= hi:
+                raise DetkdError(
+                    f"augment.scale_jitter must satisfy 0 < min <= max, got {self.scale_jitter!r}"
+                )
+            self.scale_jitter = (lo, hi)  # YAML gives lists; normalise to a tuple
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise DetkdError(f"augment.color_jitter must be in [0, 1), got {self.color_jitter}")
+        if self.min_box_size < 0:
+            raise DetkdError(f"augment.min_box_size must be >= 0, got {self.min_box_size}")
+
+
+
+@dataclass
 class DemoDataConfig:
     """The embedded demo dataset, generated (and cached) from the committed sources."""
 
@@ -91,25 +122,99 @@ class DemoDataConfig:
 
 
 @dataclass
-class DatasetConfig:
-    """One split. ``coco``: ``image_dir`` + ``ann_file``; ``voc``: ``root`` (the VOC2007
-    directory) + ``split``; ``demo``: the embedded demo data (``split`` is train or val)."""
+class BaseDatasetConfig:
+    """What every ``data.train`` / ``data.val`` section has, whatever its format.
 
-    type: Literal["coco", "voc", "demo"] = "demo"
+    The YAML is flat: ``data.train: {type: coco, image_dir: ..., ann_file: ...}``; the
+    loader picks the dataclass of ``type`` from :data:`DATASET_TYPES` and rejects options
+    of another format. ``split`` defaults to ``train`` in every section given in YAML
+    (``data.val`` too): give it explicitly where the format uses it (voc, demo, yolo).
+    """
+
+    type: str = "demo"  # a key of DATASET_TYPES
+    split: str = "train"
+    skip_empty: bool = False  # drop images without boxes (training only)
+    max_images: Optional[int] = None  # use only the first N images (quick checks)
+
+    def __post_init__(self) -> None:
+        own = next((name for name, cls in DATASET_TYPES.items() if cls is type(self)), None)
+        if self.type != own:
+            raise DetkdError(f"{type(self).__name__} holds the options of type '{own}', not '{self.type}'")
+
+    def location(self) -> str:
+        """The file or directory the split is read from, for messages ('' if none)."""
+        return ""
+
+
+@dataclass
+class CocoDatasetConfig(BaseDatasetConfig):
+    """A COCO ``instances_*.json`` (``ann_file``) over the images in ``image_dir``;
+    ``split`` is not used."""
+
+    type: str = "coco"
     image_dir: str = ""
     ann_file: str = ""
+
+    def location(self) -> str:
+        return self.ann_file
+
+
+@dataclass
+class VOCDatasetConfig(BaseDatasetConfig):
+    """Pascal VOC: ``root`` is the ``VOCdevkit/VOC2007`` directory, ``split`` an
+    ``ImageSets/Main/<split>.txt`` file (``trainval``, ``test`` ...)."""
+
+    type: str = "voc"
     root: str = ""
-    split: str = "train"
-    classes: Optional[list[str]] = None  # VOC class names (default: the 20 VOC classes)
-    skip_empty: bool = False  # drop images without boxes
-    use_difficult: bool = False  # VOC: train on difficult boxes too
-    max_images: Optional[int] = None  # use only the first N images (quick checks)
+    classes: Optional[list[str]] = None  # class names (default: the 20 VOC classes)
+    use_difficult: bool = False  # train on difficult boxes too
+
+    def location(self) -> str:
+        return self.root
+
+
+@dataclass
+class DemoDatasetConfig(BaseDatasetConfig):
+    """The embedded demo data (a COCO copy generated as ``data.demo`` says); ``split`` is
+    ``train`` or ``val``."""
+
+    type: str = "demo"
+
+
+@dataclass
+class YoloDatasetConfig(BaseDatasetConfig):
+    """An ultralytics-layout YOLO dataset: ``root`` is the directory of its ``data.yaml``,
+    ``split`` the ``data.yaml`` key naming the image folder(s) (``train``, ``val``, ``test``).
+    See docs/datasets.md."""
+
+    type: str = "yolo"
+    root: str = ""
+
+    def location(self) -> str:
+        return self.root
+
+
+# data.<split>.type -> its options; the builder of each type is detkd.data.build.DATASETS.
+DATASET_TYPES: dict[str, type[BaseDatasetConfig]] = {
+    "coco": CocoDatasetConfig,
+    "voc": VOCDatasetConfig,
+    "demo": DemoDatasetConfig,
+    "yolo": YoloDatasetConfig,
+}
+
+
+def DatasetConfig(type: str = "demo", **options: Any) -> BaseDatasetConfig:  # noqa: N802 (the former class)
+    """The options of one split from their flat form: ``DatasetConfig(type="coco",
+    image_dir=..., ann_file=...)`` is a :class:`CocoDatasetConfig`."""
+    if type not in DATASET_TYPES:
+        raise DetkdError(f"unknown dataset type '{type}' (types: {', '.join(DATASET_TYPES)})")
+    return DATASET_TYPES[type](**options)
 
 
 @dataclass
 class DataConfig:
-    train: DatasetConfig = field(default_factory=DatasetConfig)
-    val: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="val"))
+    train: BaseDatasetConfig = field(default_factory=DemoDatasetConfig)
+    val: BaseDatasetConfig = field(default_factory=lambda: DemoDatasetConfig(split="val"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
 
@@ -137,7 +242,7 @@ class SchedulerConfig:
     name: Literal["step", "cosine", "constant"] = "step"
     warmup_iters: int = 500
     warmup_factor: float = 0.001
-    milestones: list[float] = field(default_factory=lambda: [8, 11])
+    milestones: list[float] = field(default_factory=lambda: [8.0, 11.0])  # floats: as config.yaml reads back
     gamma: float = 0.1
     min_lr_factor: float = 0.0  # cosine floor, as a fraction of the base lr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detkd.config.schema import DataConfig, DatasetConfig
+from detkd.config.schema import (
+    BaseDatasetConfig,
+    CocoDatasetConfig,
+    DataConfig,
+    DemoDatasetConfig,
+    VOCDatasetConfig,
+    YoloDatasetConfig,
+)
+from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.sampler import ResumableSampler
 from detkd.data.transforms import build_transforms
-from detkd.data.utils import collate_fn
+from detkd.data.utils import DetectionTransform, collate_fn
 from detkd.data.voc import VOCDetection
+from detkd.data.yolo import YoloDetection
 from detkd.utils import dist
 from detkd.errors import DetkdError
 
-__all__ = ["build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]
+__all__ = ["DATASETS", "EpochSeeded", "build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]
 
 
 def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
@@ -39,15 +49,15 @@ def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
     return out / split, out / "annotations" / f"instances_{split}.json"
 
 
-class EpochSeeded(Dataset):
+class EpochSeeded(DetectionDataset):
     """Makes augmentation a pure function of (seed, epoch, index).
 
     Each item re-seeds the transform's random generators, so a resumed run, a run with
     another worker count, or another rank layout augments every image exactly as an
-    uninterrupted run would.
+    uninterrupted run would. Everything else is the wrapped dataset's.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: DetectionDataset, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
@@ -69,34 +79,88 @@ class EpochSeeded(Dataset):
             torch.manual_seed(item_seed)
             return self.dataset[idx]
 
-    def __getattr__(self, name: str) -> Any:
-        # Delegate dataset attributes (coco, label_to_cat_id, summary, ...).
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    @property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return self.dataset.class_names
+
+    @property
+    def stats(self) -> dict[str, int]:  # type: ignore[override]
+        return self.dataset.stats
+
+    def get_image_ids(self) -> list[int]:
+        return self.dataset.get_image_ids()
+
+    def coco_ground_truth(self) -> Any:
+        return self.dataset.coco_ground_truth()
+
+    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return self.dataset.voc_ground_truth(image_ids)
+
+    def summary(self) -> str:
+        return self.dataset.summary()
+
+    def limit(self, n: int) -> None:
+        self.dataset.limit(n)
 
 
-def build_dataset(ds: DatasetConfig, data: DataConfig, train: bool, seed: int | None = None) -> Dataset:
+# ----------------------------------------------------------------------------- builders
+# One per data.<split>.type: (options, data section, train?, transforms) -> dataset. A split
+# is trained on with ``train`` (skip_empty applies then) and augmented by ``transforms``.
+
+
+def _coco_files(image_dir: Path, ann_file: Path, ds: BaseDatasetConfig, data: DataConfig, train: bool,
+                transforms: DetectionTransform | None) -> CocoDetection:
+    # Missing image files are found here (one stat each), not an epoch into training.
+    return CocoDetection(image_dir, ann_file, transforms=transforms, skip_empty=ds.skip_empty and train,
+                         min_box_size=data.augment.min_box_size, check_files=True)
+
+
+def build_coco(ds: CocoDatasetConfig, data: DataConfig, train: bool,
+               transforms: DetectionTransform | None) -> DetectionDataset:
+    if not ds.ann_file or not ds.image_dir:
+        raise DetkdError("a coco dataset needs both 'image_dir' and 'ann_file' in its data section")
+    return _coco_files(Path(ds.image_dir), Path(ds.ann_file), ds, data, train, transforms)
+
+
+def build_demo(ds: DemoDatasetConfig, data: DataConfig, train: bool,
+               transforms: DetectionTransform | None) -> DetectionDataset:
+    image_dir, ann_file = demo_paths(data, ds.split)
+    return _coco_files(image_dir, ann_file, ds, data, train, transforms)
+
+
+def build_voc(ds: VOCDatasetConfig, data: DataConfig, train: bool,
+              transforms: DetectionTransform | None) -> DetectionDataset:
+    if not ds.root:
+        raise DetkdError("a voc dataset needs 'root' (the VOCdevkit/VOC2007 directory) in its data section")
+    kwargs = {"classes": ds.classes} if ds.classes else {}
+    return VOCDetection(ds.root, split=ds.split, transforms=transforms, use_difficult=ds.use_difficult,
+                        skip_empty=ds.skip_empty and train, min_box_size=data.augment.min_box_size,
+                        check_files=True, **kwargs)
+
+
+def build_yolo(ds: YoloDatasetConfig, data: DataConfig, train: bool,
+               transforms: DetectionTransform | None) -> DetectionDataset:
+    if not ds.root:
+        raise DetkdError("a yolo dataset needs 'root' (the directory of its data.yaml) in its data section")
+    return YoloDetection(ds.root, split=ds.split, transforms=transforms, skip_empty=ds.skip_empty and train,
+                         min_box_size=data.augment.min_box_size)
+
+
+# data.<split>.type -> builder; the options of each type are detkd.config.schema.DATASET_TYPES.
+DATASETS: dict[str, Callable[[Any, DataConfig, bool, DetectionTransform | None], DetectionDataset]] = {
+    "coco": build_coco,
+    "voc": build_voc,
+    "demo": build_demo,
+    "yolo": build_yolo,
+}
+
+
+def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: int | None = None) -> DetectionDataset:
     """One split as a dataset; training splits get augmentation (seeded per item)."""
+    if ds.type not in DATASETS:
+        raise DetkdError(f"no dataset builder for type '{ds.type}' (types: {', '.join(DATASETS)})")
     transforms = build_transforms(data.augment, train=train) if train else None
-    min_box = data.augment.min_box_size
-    if ds.type in ("coco", "demo"):
-        if ds.type == "demo":
-            image_dir, ann_file = demo_paths(data, ds.split)
-        else:
-            if not ds.ann_file or not ds.image_dir:
-                raise DetkdError("a coco dataset needs both 'image_dir' and 'ann_file' in its data section")
-            image_dir, ann_file = Path(ds.image_dir), Path(ds.ann_file)
-        # Missing image files are found here (one stat each), not an epoch into training.
-        dataset: Any = CocoDetection(image_dir, ann_file, transforms=transforms,
-                                     skip_empty=ds.skip_empty and train, min_box_size=min_box, check_files=True)
-    else:
-        if not ds.root:
-            raise DetkdError("a voc dataset needs 'root' (the VOCdevkit/VOC2007 directory) in its data section")
-        kwargs = {"classes": ds.classes} if ds.classes else {}
-        dataset = VOCDetection(ds.root, split=ds.split, transforms=transforms, use_difficult=ds.use_difficult,
-                               skip_empty=ds.skip_empty and train, min_box_size=min_box, check_files=True,
-                               **kwargs)
+    dataset = DATASETS[ds.type](ds, data, train, transforms)
     if ds.max_images is not None:
         dataset.limit(ds.max_images)
     if train and seed is not None:

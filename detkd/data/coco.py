@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from detkd.data.base import DetectionDataset
 from detkd.data.utils import (
     DetectionTransform,
     apply_transforms,
@@ -87,7 +89,7 @@ def build_coco_api(data: dict[str, Any]) -> COCO:
     return coco
 
 
-class CocoDetection(torch.utils.data.Dataset):
+class CocoDetection(DetectionDataset):
     """Detection dataset over COCO-format annotations.
 
     Category ids (sorted) are mapped to contiguous labels ``1..C`` (0 is background in
@@ -204,6 +206,24 @@ class CocoDetection(torch.utils.data.Dataset):
     def summary(self) -> str:
         """One line with the annotation cleaning counts."""
         return format_stats(f"COCO {self.ann_file.name}", self.stats)
+
+    def coco_ground_truth(self) -> tuple[COCO, dict[int, int]]:
+        """The annotation file as loaded (:attr:`coco`, not cleaned) and the label map."""
+        return self.coco, dict(self.label_to_cat_id)
+
+    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """The annotation file's boxes of each image (not cleaned); crowd boxes are
+        ``difficult`` (ignored by VOC evaluation)."""
+        gts = []
+        for image_id in image_ids:
+            anns = self.coco.imgToAnns.get(image_id, [])
+            xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+            gts.append({
+                "boxes": np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+                "labels": np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64),
+                "difficult": np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            })
+        return gts
 
     def __len__(self) -> int:
         return len(self.ids)

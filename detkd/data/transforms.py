@@ -1,4 +1,5 @@
-"""Training augmentations for detection (albumentations), configured by :class:`AugmentConfig`.
+"""Training augmentations for detection (albumentations), configured by
+:class:`detkd.config.schema.AugmentConfig`.
 
 Transforms work on numpy data, before tensor conversion: they are called as
 ``transform(image, boxes, labels) -> (image, boxes, labels)`` with ``image`` HxWx3 uint8,
@@ -12,47 +13,17 @@ import contextlib
 import inspect
 import os
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from detkd.config.schema import AugmentConfig
 from detkd.data.utils import DetectionTransform, clip_boxes
-from detkd.errors import DetkdError
 
 # Padding colour for zoom-out: the ImageNet mean, i.e. ~0 after the model's normalisation.
 PAD_FILL = (124, 116, 104)
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentation settings (all off except flipping by default)."""
-
-    hflip: float = 0.5  # horizontal flip probability
-    scale_jitter: tuple[float, float] | None = None  # random rescale range, e.g. (0.75, 1.25)
-    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
-    min_box_size: float = 1.0  # boxes narrower/shorter than this (px) after augmentation are dropped
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.hflip <= 1.0:
-            raise DetkdError(f"augment.hflip must be in [0, 1], got {self.hflip}")
-        if self.scale_jitter is not None:
-            if not (isinstance(self.scale_jitter, Sequence) and len(self.scale_jitter) == 2):
-                raise DetkdError(
-                    f"augment.scale_jitter must be a [min, max] pair, got {self.scale_jitter!r}"
-                )
-            lo, hi = (float(v) for v in self.scale_jitter)
-            if not 0.0 < lo <= hi:
-                raise DetkdError(
-                    f"augment.scale_jitter must satisfy 0 < min <= max, got {self.scale_jitter!r}"
-                )
-            self.scale_jitter = (lo, hi)  # YAML gives lists; normalise to a tuple
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise DetkdError(f"augment.color_jitter must be in [0, 1), got {self.color_jitter}")
-        if self.min_box_size < 0:
-            raise DetkdError(f"augment.min_box_size must be >= 0, got {self.min_box_size}")
 
 
 def _kwargs_for(cls: Any, preferred: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:

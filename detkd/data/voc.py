@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from detkd.data.base import DetectionDataset
 from detkd.data.coco import build_coco_api
 from detkd.data.utils import (
     DetectionTransform,
@@ -128,7 +129,7 @@ def read_split(split_file: Path) -> list[str]:
     return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
 
-class VOCDetection(torch.utils.data.Dataset):
+class VOCDetection(DetectionDataset):
     """Pascal VOC detection dataset.
 
     ``root`` is the year directory (e.g. ``VOCdevkit/VOC2007``) with ``Annotations/*.xml``,
@@ -277,6 +278,15 @@ class VOCDetection(torch.utils.data.Dataset):
     def summary(self) -> str:
         """One line with the annotation cleaning counts."""
         return format_stats(f"VOC {self.root.name}/{self.split}", self.stats)
+
+    def coco_ground_truth(self) -> tuple[COCO, dict[int, int]]:
+        """:meth:`to_coco` (category ids are the labels) and the identity label map."""
+        return self.to_coco(), {i + 1: i + 1 for i in range(len(self.class_names))}
+
+    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """:meth:`get_annotation` of the items with these image ids, in that order."""
+        by_id = {a["image_id"]: a for a in (self.get_annotation(i) for i in range(len(self)))}
+        return [by_id[i] for i in image_ids]
 
     def __len__(self) -> int:
         return len(self._annotations)

@@ -13,6 +13,7 @@ detections equal those of ``eval_det --save-detections`` on the same files.
 from __future__ import annotations
 
 import glob
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -150,3 +151,36 @@ def picture_names(files: Sequence[Path]) -> list[str]:
         seen[path.stem] = count
         names.append(f"{path.stem}.png" if count == 1 else f"{path.stem}-{count}.png")
     return names
+
+
+def run_title(path: str | Path) -> str:
+    """A column title: the run folder's name for .../NAME/model_final.pth, else the file's stem."""
+    p = Path(path)
+    return p.parent.name if p.stem == "model_final" and p.parent.name else p.stem
+
+
+def predict_and_draw(ckpts: Sequence[str | Path], files: Sequence[Path], out: Path, device: torch.device | str,
+                     config: str | None = None, score_thresh: float | None = None, batch_size: int = 1,
+                     draw: bool = False, progress: bool = False) -> list[dict[str, Any]]:
+    """``detkd predict``: the first model's detections on ``files`` into ``out/detections.json``
+    (returned), with ``draw`` its pictures in ``out/pictures/``, and with more than one model
+    file every image's detections of all of them side by side in ``out/compare/``."""
+    from detkd.modeling.checkpoint_io import load_model
+    from detkd.utils.atomic import atomic_write_text
+
+    runs = []
+    for i, ckpt in enumerate(ckpts):
+        model, names = load_model(ckpt, config=config if i == 0 else None, device=device)
+        set_score_thresh(model, score_thresh)
+        runs.append(predict_files(model, names, files, device, batch_size, progress))
+    records = runs[0]
+    atomic_write_text(json.dumps(records, indent=1), out / "detections.json")
+    names = picture_names(files)
+    if draw:
+        for path, record, name in zip(files, records, names):
+            save_picture(draw_record(path, record), out / "pictures" / name)
+    if len(ckpts) > 1:
+        titles = [run_title(c) for c in ckpts]
+        for k, (path, name) in enumerate(zip(files, names)):
+            save_picture(side_by_side([draw_record(path, run[k]) for run in runs], titles), out / "compare" / name)
+    return records

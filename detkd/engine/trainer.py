@@ -175,9 +175,9 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     # An empty validation set would only fail at the first evaluation, after training.
     for name, ds, ds_cfg in (("training", train_set, cfg.data.train), ("validation", val_set, cfg.data.val)):
         if len(ds) == 0:
-            source = ds_cfg.ann_file or ds_cfg.root or cfg.data.demo.out_dir
+            source = ds_cfg.location() or cfg.data.demo.out_dir
             raise DetkdError(f"the {name} set is empty ({ds_cfg.type}: {source}; {ds.summary()})")
-    num_data_classes = len(getattr(train_set, "class_names", []))
+    num_data_classes = len(train_set.class_names)
     if num_data_classes >= cfg.model.num_classes:  # labels 1..C would index past the classifier
         raise DetkdError(f"the training data has {num_data_classes} classes but model.num_classes is "
                          f"{cfg.model.num_classes}; it counts the background too: set it to {num_data_classes + 1}")
@@ -192,7 +192,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
 
     # --- model, optimizer, schedule
     model = build_model(cfg).to(device)
-    class_names = list(getattr(train_set, "class_names", []))
+    class_names = list(train_set.class_names)
     if cfg.distill is not None and not check_label_map(cfg.teacher.checkpoint, class_names):
         logger.warning("the teacher's run recorded no classes.json: its label map cannot be checked")
     if cfg.train.sync_bn and distributed:
@@ -283,8 +283,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
 
         for epoch in range(start_epoch, epochs):
             sampler.set_epoch(epoch, start=iter_in_epoch * bs)
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
+            train_set.set_epoch(epoch)
             if hasattr(unwrap(model), "set_epoch"):  # distillation terms may be scheduled by epoch
                 unwrap(model).set_epoch(epoch)
             ddp_model.train()

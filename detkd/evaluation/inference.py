@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from detkd.data.base import DetectionDataset
 from detkd.utils import dist
 from detkd.errors import DetkdError
 from detkd.evaluation.coco_eval import detections_to_coco, evaluate_coco
@@ -39,52 +40,27 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
     return preds
 
 
-def ground_truth(dataset: Dataset) -> tuple[Any, dict[int, int], list[str]]:
-    """(pycocotools COCO, label -> category id, class names) of an evaluation dataset."""
-    core = getattr(dataset, "dataset", dataset)
-    if hasattr(core, "coco"):
-        return core.coco, core.label_to_cat_id, list(core.class_names)
-    coco = core.to_coco()  # VOC: category ids are the labels
-    return coco, {i + 1: i + 1 for i in range(len(core.class_names))}, list(core.class_names)
-
-
-def _voc_ground_truth(dataset: Dataset, image_ids: list[int], label_of_cat: dict[int, int]) -> list[dict]:
-    core = getattr(dataset, "dataset", dataset)
-    if hasattr(core, "get_annotation"):
-        by_id = {a["image_id"]: a for a in (core.get_annotation(i) for i in range(len(core)))}
-        return [by_id[i] for i in image_ids]
-    gts = []
-    for image_id in image_ids:
-        anns = core.coco.imgToAnns.get(image_id, [])
-        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        gts.append({
-            "boxes": np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
-            "labels": np.array([label_of_cat[a["category_id"]] for a in anns], dtype=np.int64),
-            "difficult": np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
-        })
-    return gts
-
-
-def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: Dataset, metric: str,
+def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: DetectionDataset, metric: str,
                       per_class: list | None = None) -> dict[str, float]:
-    """COCO metrics (AP, AP50, ...) and/or VOC mAP@0.5 (``VOC_mAP``, ``VOC_mAP_07``); with
-    ``per_class`` (a list), also the COCO AP of each class (see ``evaluate_coco``)."""
-    coco, label_to_cat, names = ground_truth(dataset)
+    """COCO metrics (AP, AP50, ...) and/or VOC mAP@0.5 (``VOC_mAP``, ``VOC_mAP_07``) of
+    ``{image_id: detections}`` against the dataset's ground truth; with ``per_class`` (a
+    list), also the COCO AP of each class (see ``evaluate_coco``)."""
+    names = list(dataset.class_names)
     image_ids = sorted(preds)
     metrics: dict[str, float] = {}
     if metric in ("coco", "both"):
+        coco, label_to_cat = dataset.coco_ground_truth()
         results = detections_to_coco([preds[i] for i in image_ids], image_ids, label_to_cat)
         metrics.update(evaluate_coco(coco, results, img_ids=image_ids, per_class=per_class))
     if metric in ("voc", "both"):
-        cat_to_label = {c: lbl for lbl, c in label_to_cat.items()}
-        gts = _voc_ground_truth(dataset, image_ids, cat_to_label)
+        gts = dataset.voc_ground_truth(image_ids)
         voc = evaluate_voc(gts, [preds[i] for i in image_ids], num_classes=len(names) + 1, class_names=names)
         metrics["VOC_mAP"] = voc["mAP"]
         metrics["VOC_mAP_07"] = voc["mAP_07"]
     return metrics
 
 
-def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: Dataset, metric: str,
+def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: DetectionDataset, metric: str,
                       device: torch.device, progress: bool | None = None, predictions: dict | None = None,
                       per_class: list | None = None) -> dict[str, float]:
     """Predict (sharded over ranks), gather on rank 0, score, broadcast the metrics. On rank 0,
@@ -116,7 +92,7 @@ def load_detector(model_cfg: Any, checkpoint: str) -> nn.Module:
     return model
 
 
-def build_eval_data(cfg: Any, split: str = "val") -> tuple[Dataset, DataLoader]:
+def build_eval_data(cfg: Any, split: str = "val") -> tuple[DetectionDataset, DataLoader]:
     """The evaluation dataset (no augmentation) and in-order loader of ``cfg.data.<split>``
     with ``eval.batch_size`` and ``train.workers``, as tools/eval_det.py evaluates."""
     from detkd.data.build import build_dataset, build_eval_loader

@@ -3,8 +3,7 @@
 Above engine and evaluation (it calls the trainers and the report; nothing below imports
 it); tools/run_experiment.py, tools/run_cls_experiment.py and tools/run_demo.py (and
 ``detkd demo``) are thin wrappers of it. Heavy modules (torch, training) are imported inside
-functions, so ``--help`` stays fast. Its one call upwards: ``demo.compare_pictures`` runs
-``detkd predict --compare`` (detkd.cli.predict, imported inside it). Modules:
+functions, so ``--help`` stays fast. Modules:
 
 * ``stats``: mean ± std (the one convention: sample std, n - 1; None for one seed), paired gains, spread, gap closed.
 * ``runs``: ``train_or_reuse``: reuse a finished run of the same config (else a one-line error), else train with resume.

@@ -80,17 +80,20 @@ def main(args: argparse.Namespace, repo: Path = REPO) -> int:
 def compare_pictures(root: Path, demo_dir: str, count: int = 4) -> None:
     """Teacher, baseline and distilled detections side by side on a few held-out images
     (detkd predict --compare) in ROOT/predictions/compare/."""
-    from detkd.cli import predict as predict_cli
+    from detkd.deploy.predict import predict_and_draw
     from detkd.errors import DetkdError
+    from detkd.utils.runtime import resolve_device
 
     images = sorted((Path(demo_dir) / "val").glob("*.jpg"))[:count]
     if not images:  # e.g. reused runs after the demo data were deleted
         print(f"[demo] no comparison pictures: no held-out images in {Path(demo_dir) / 'val'}")
         return
     ckpts = [str(root / folder / "model_final.pth") for _, _, folder in RUNS]
-    argv = ["--ckpt", ckpts[0], "--compare", *ckpts[1:], "--input", *map(str, images),
-            "--out", str(root / "predictions"), "--score-thresh", "0.5", "--no-progress"]
+    out = root / "predictions"
     try:
-        predict_cli.main(predict_cli.build_parser().parse_args(argv))
+        records = predict_and_draw(ckpts, images, out, resolve_device("auto"), score_thresh=0.5)
+        n_dets = sum(len(r["detections"]) for r in records)
+        print(f"{len(images)} images, {n_dets} detections -> {out / 'detections.json'}; comparisons in "
+              f"{out / 'compare'}")
     except DetkdError as exc:  # e.g. runs reused from before self-describing model files
         print(f"[demo] no comparison pictures: {exc}")

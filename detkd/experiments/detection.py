@@ -203,7 +203,7 @@ def main(args: argparse.Namespace, repo: Path = REPO) -> int:
         "wall_seconds": round(time.time() - t_start, 1),
         "command": command_line(),
     }
-    from detkd.engine.checkpoint import atomic_write_text
+    from detkd.utils.atomic import atomic_write_text
 
     Path(args.output_root).mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(summary, indent=2), Path(args.output_root) / "summary.json")

@@ -1,0 +1,79 @@
+"""What the trainer, the evaluator and the report need from a detection dataset.
+
+Every format (``coco.py``, ``voc.py``, ``yolo.py``; the demo is a COCO copy) subclasses
+:class:`DetectionDataset`, and nothing outside ``detkd/data`` uses more than it declares.
+Adding a format is one file here with such a class, one builder in
+:data:`detkd.data.build.DATASETS` and one options dataclass in
+:data:`detkd.config.schema.DATASET_TYPES` (see docs/datasets.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
+__all__ = ["DetectionDataset"]
+
+
+class DetectionDataset(Dataset, ABC):
+    """A detection dataset as detkd uses it.
+
+    * ``class_names``: ``class_names[i]`` is the name of label ``i + 1`` (0 is background).
+    * ``len(ds)`` and ``ds[i]`` -> ``(image, target)``: a float tensor ``[3,H,W]`` in
+      ``[0,1]`` and a dict with ``boxes`` (float32 ``[N,4]`` xyxy pixels), ``labels``
+      (int64 ``1..C``), ``image_id`` (int64, unique in the dataset), ``area``, ``iscrowd``
+      and ``orig_size`` (``[H, W]`` before transforms); see :func:`detkd.data.utils.make_target`.
+    * :meth:`coco_ground_truth` and :meth:`voc_ground_truth`: what COCO and VOC
+      evaluation score predictions against, keyed by those ``image_id``.
+    * :meth:`get_image_ids`: the items' ``image_id`` in item order.
+    * ``stats`` (name -> count: ``images``, ``boxes``, ``clipped``, ...) and :meth:`summary`,
+      one line of them: what was read, clipped and dropped (the log's ``train set:`` line);
+      :meth:`limit`: keep the first N images (``max_images``).
+    * :meth:`set_epoch`: called before every training epoch (a no-op unless items depend
+      on the epoch, as with :class:`detkd.data.build.EpochSeeded`).
+    """
+
+    class_names: list[str]
+    stats: dict[str, int]
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of images."""
+
+    @abstractmethod
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(image, target)`` of item ``idx``."""
+
+    @abstractmethod
+    def get_image_ids(self) -> list[int]:
+        """The items' ``image_id``, in item order."""
+
+    @abstractmethod
+    def coco_ground_truth(self) -> tuple[COCO, dict[int, int]]:
+        """``(pycocotools COCO, label -> category id)``: the ground truth COCO evaluation
+        scores against (image ids are the items' ``image_id``; it may hold more images
+        than the items, which are then left out of the evaluation by id)."""
+
+    @abstractmethod
+    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """One ``{"boxes" [N,4] xyxy, "labels" [N], "difficult" [N] bool}`` per image id
+        (in that order): the ground truth of VOC evaluation."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """One line: the images and boxes read and what was clipped, dropped or skipped."""
+
+    @abstractmethod
+    def limit(self, n: int) -> None:
+        """Keep only the first ``n`` items (``max_images``); the counts follow."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called with the epoch number before every training epoch."""
