@@ -299,3 +299,12 @@ def test_demo_reuses_its_finished_runs_without_training(tmp_path, capsys):
     # teacher 0.6 / baseline 0.2 / distilled 0.4 AP50: half of the gap.
     assert "50% of the teacher-student AP50 gap" in out and "[demo] no comparison pictures" in out
     assert sorted(p.name for p in (root / "student").iterdir()) == ["config.yaml", "results.json"]
+
+
+def test_method_section_overrides_go_only_to_that_methods_runs():
+    from detkd.experiments.cls_plan import method_opts
+
+    opts = ["method.kd.temperature=2", "method.ce_weight=0.5", "train.epochs=3", "method.dml.update=simultaneous"]
+    assert method_opts("kd", opts) == ["method.kd.temperature=2", "method.ce_weight=0.5", "train.epochs=3"]
+    assert method_opts("baseline", opts) == ["method.ce_weight=0.5", "train.epochs=3"]
+    assert method_opts("dml_semi", opts) == ["method.ce_weight=0.5", "train.epochs=3", "method.dml.update=simultaneous"]

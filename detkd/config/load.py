@@ -470,7 +470,8 @@ def config_hash(cfg: Any, sections: typing.Iterable[str] = ("model", "data", "te
     tree = config_to_dict(cfg)
     for section in DATASET_SECTIONS:  # the flat form of earlier versions (LEGACY_DATASET_DEFAULTS)
         _, name = section.split(".")
-        tree["data"][name] = {**LEGACY_DATASET_DEFAULTS, **tree["data"][name]}
+        if isinstance(cfg, Config):  # detection's dataset sections (classification has none)
+            tree["data"][name] = {**LEGACY_DATASET_DEFAULTS, **tree["data"][name]}
     if isinstance(tree.get("teacher"), dict):
         # The teacher's model section is already merged in; where its YAML lives (an absolute
         # path) must not make a moved checkout's checkpoints unresumable.

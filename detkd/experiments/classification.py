@@ -18,6 +18,7 @@ Examples:
   python tools/run_cls_experiment.py                        # outputs/cls_exp, seeds 0 1 2
   python tools/run_cls_experiment.py --seeds 0 --methods baseline kd --out outputs/cls_exp/try
   python tools/run_cls_experiment.py --opts method.ce_weight=0.5 --out outputs/cls_exp/ce05
+  python tools/run_cls_experiment.py --methods kd --opts method.kd.temperature=2 --out outputs/cls_exp/t2
   python tools/run_cls_experiment.py --semi --out outputs/cls_exp/semi   # baseline_semi vs dml_semi
 
 --semi: the semi-supervised setting (all 4000 images, 25% labelled): runs baseline_semi and
@@ -32,7 +33,8 @@ import math
 import time
 from pathlib import Path
 
-from detkd.experiments.cls_plan import CFG, REPO, TEACHERS, all_runs, choose_methods, student_run, teacher_override
+from detkd.experiments.cls_plan import (CFG, REPO, TEACHERS, all_runs, choose_methods, method_opts, student_run,
+                                         teacher_override)
 from detkd.experiments.cls_runs import reevaluate, train, training_seconds
 from detkd.experiments.cls_tables import tabulate
 
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semi", action="store_true",
                    help="semi-supervised setting: baseline_semi (the baseline) and dml_semi")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides for every student run (not the teachers)")
+                   help="overrides for every student run (not the teachers); a method section's key "
+                        "(method.kd.temperature=2) goes only to that method's runs")
     p.add_argument("--teacher-opts", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for the teachers")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     p.add_argument("--table-only", action="store_true", help="train nothing; tabulate what exists")
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {s}:", flush=True)
             for m in methods:
                 run = student_run(m, s)
-                w = train(CFG / f"{m}.yaml", out / run, [*teacher_override(m, out), f"train.seed={s}", *args.opts],
+                w = train(CFG / f"{m}.yaml", out / run, [*teacher_override(m, out), f"train.seed={s}", *method_opts(m, args.opts)],
                           args.threads, out / "logs" / f"{run}.txt")
                 if not math.isnan(w):
                     walls[run] = round(w, 1)

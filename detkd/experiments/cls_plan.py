@@ -48,3 +48,19 @@ def teacher_override(method: str, out: Path) -> list[str]:
         width = "null" if t.width is None else t.width
         items.append(f"{{arch: {t.arch}, width: {width}, stem: {t.stem}, checkpoint: '{ckpt}'}}")
     return ["teachers=[" + ", ".join(items) + "]"]
+
+
+def method_opts(recipe: str, opts: list[str]) -> list[str]:
+    """The ``--opts`` for the runs of one recipe: an override of a method's own section
+    (``method.kd.temperature=2``) goes only to that method's runs, so one command can tune
+    one method beside the baseline; every other override goes to every run."""
+    from detkd.cls.config import METHOD_OPTIONS, load_cls_config
+
+    name = load_cls_config(CFG / f"{recipe}.yaml").method.name
+    kept = []
+    for opt in opts:
+        parts = opt.split("=", 1)[0].split(".")
+        if len(parts) >= 2 and parts[0] == "method" and parts[1] in METHOD_OPTIONS and parts[1] != name:
+            continue
+        kept.append(opt)
+    return kept
