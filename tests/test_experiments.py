@@ -308,3 +308,21 @@ def test_method_section_overrides_go_only_to_that_methods_runs():
     assert method_opts("kd", opts) == ["method.kd.temperature=2", "method.ce_weight=0.5", "train.epochs=3"]
     assert method_opts("baseline", opts) == ["method.ce_weight=0.5", "train.epochs=3"]
     assert method_opts("dml_semi", opts) == ["method.ce_weight=0.5", "train.epochs=3", "method.dml.update=simultaneous"]
+
+
+def test_cls_experiment_reuses_only_a_finished_run_of_the_same_config(tmp_path):
+    """The classification experiment's reuse check: a finished run is reused only with the
+    config it was made with (the resume hash of its saved config.yaml)."""
+    from detkd.cls.config import load_cls_config
+    from detkd.config.load import dump_config
+    from detkd.experiments.cls_plan import CFG
+    from detkd.experiments.cls_runs import train
+
+    out = tmp_path / "kd_s0"
+    out.mkdir()
+    (out / "config.yaml").write_text(dump_config(load_cls_config(CFG / "kd.yaml", ["train.seed=0",
+                                                                                     f"output_dir={out}"])))
+    (out / "results.json").write_text("{}")
+    assert math.isnan(train(CFG / "kd.yaml", out, ["train.seed=0"], 1, tmp_path / "log.txt"))
+    with pytest.raises(SystemExit, match="holds a finished run of another config than .*kd.yaml"):
+        train(CFG / "kd.yaml", out, ["train.seed=1"], 1, tmp_path / "log.txt")

@@ -9,8 +9,10 @@
    one seed).
 
 Every run is one subprocess of tools/train_cls.py (one CPU thread unless --threads); a run
-whose results.json already exists is not repeated, so an interrupted experiment resumes
-where it stopped (delete OUT/<run> to redo one; --table-only only tabulates; --reevaluate
+whose results.json already exists is not repeated (when its config.yaml is the requested
+config; another config is a one-line error), an interrupted run continues from its
+last.pth (--resume auto), so an interrupted experiment resumes where it stopped (delete
+OUT/<run> to redo one; --table-only only tabulates; --reevaluate
 scores the finished runs again on the current test set, e.g. runs made before the default
 test set became the whole 10,000-image Fashion-MNIST test split).
 

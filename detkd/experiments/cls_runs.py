@@ -1,8 +1,10 @@
 """The classification experiment's runs: each one a subprocess of tools/train_cls.py (its
 output in a log file), skipped when finished; ``--reevaluate`` scores a finished run again.
 
-A run directory is finished when it holds ``results.json``; one with files but no
-``results.json`` (an interrupted run) is refused: delete it and run again.
+As for detection (:mod:`detkd.experiments.runs`): a run directory is finished when it holds
+``results.json``, and is reused only when its saved ``config.yaml`` has the requested
+config's resume hash (:func:`detkd.cls.train.resume_hash`), else a one-line error; an
+interrupted run (no ``results.json``) is continued with ``--resume auto``.
 """
 
 from __future__ import annotations
@@ -40,14 +42,28 @@ def run_train_cls(args: list[str], threads: int, log: Path, opts: list[str] = ()
         return subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
+def check_same_config(cfg: Path, out: Path, opts: list[str]) -> None:
+    """A one-line error (exit 1) unless the finished run in ``out`` was made with ``cfg`` + ``opts``."""
+    from detkd.cls.config import load_cls_config
+    from detkd.cls.train import resume_hash
+
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        raise SystemExit(f"error: {out} holds a finished run (results.json) without its config.yaml, so it "
+                         f"cannot be checked against {cfg}; move it away or choose another --out")
+    if resume_hash(load_cls_config(saved)) != resume_hash(load_cls_config(cfg, [*opts, f"output_dir={out}"])):
+        raise SystemExit(f"error: {out} holds a finished run of another config than {cfg} with these --opts; "
+                         "move it away or choose another --out")
+
+
 def train(cfg: Path, out: Path, opts: list[str], threads: int, log: Path) -> float:
-    """One tools/train_cls.py run (skipped when out/results.json exists); its wall time in s."""
+    """One tools/train_cls.py run (reused when finished with the same config, resumed when
+    interrupted); its wall time in s (NaN when reused)."""
     if (out / "results.json").is_file():
+        check_same_config(cfg, out, opts)
         print(f"  {out.name}: done already ({out / 'results.json'})", flush=True)
         return float("nan")
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"error: {out} holds an unfinished run (no results.json); delete it and run again")
-    args = ["--cfg", str(cfg), "--output-dir", str(out)]
+    args = ["--cfg", str(cfg), "--output-dir", str(out), "--resume", "auto"]
     print(f"  tools/train_cls.py {' '.join(args)} --opts train.threads={threads} {' '.join(opts)}", flush=True)
     t0 = time.time()
     code = run_train_cls(args, threads, log, opts)
