@@ -46,15 +46,20 @@ LEGACY_DATASET_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise DetkdError(f"config file not found: {path}")
+def parse_yaml_file(path: Path) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error is one line naming the file and line."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise DetkdError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise DetkdError(f"config file not found: {path}")
+    data = parse_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

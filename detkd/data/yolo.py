@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from pycocotools.coco import COCO
 
+from detkd.config.load import parse_yaml_file
 from detkd.data.base import DetectionDataset
 from detkd.data.coco import build_coco_api
 from detkd.data.utils import (
@@ -58,12 +58,7 @@ def find_data_yaml(root: str | Path) -> Path:
 
 def read_data_yaml(path: Path) -> dict[str, Any]:
     """The mapping of a ``data.yaml`` (YAML errors name the file)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise DetkdError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = parse_yaml_file(path)
     if not isinstance(data, dict):
         raise DetkdError(f"{path}: the top level must be a mapping (path, train, val, names)")
     return data

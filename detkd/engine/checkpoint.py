@@ -1,7 +1,7 @@
 """Training checkpoints and run directories, for detection and classification alike.
 
 ``last.pth`` / ``best.pth`` are written with :func:`detkd.utils.atomic.atomic_save` (never
-torn). A detection checkpoint's ``model`` entry is a plain torchvision ``FasterRCNN`` state
+torn; the writes live in utils because deploy and evaluation write files too). A detection checkpoint's ``model`` entry is a plain torchvision ``FasterRCNN`` state
 dict: ``FasterRCNN(...).load_state_dict(ckpt["model"])`` works without detkd; a
 classification one holds ``networks`` and ``optimizers``. Here: reading one with a one-line
 error, finding the one ``--resume auto`` continues, checking it belongs to the config, and
@@ -16,8 +16,6 @@ from typing import Any, Sequence
 import torch
 
 from detkd.errors import DetkdError
-# The writes live in utils (deploy and evaluation write files too); re-exported for callers.
-from detkd.utils.atomic import atomic_save, atomic_write_bytes, atomic_write_text  # noqa: F401
 
 # What a detection training checkpoint holds (classification: ("networks", "optimizers")):
 # the first entry makes it a checkpoint, the others make it resumable.

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {s}:", flush=True)
             for m in methods:
                 run = student_run(m, s)
-                w = train(CFG / f"{m}.yaml", out / run, [*teacher_override(m, out), f"train.seed={s}", *method_opts(m, args.opts)],
+                opts = [*teacher_override(m, out), f"train.seed={s}", *method_opts(m, args.opts)]
+                w = train(CFG / f"{m}.yaml", out / run, opts,
                           args.threads, out / "logs" / f"{run}.txt")
                 if not math.isnan(w):
                     walls[run] = round(w, 1)

@@ -43,17 +43,19 @@ def run_train_cls(args: list[str], threads: int, log: Path, opts: list[str] = ()
 
 
 def check_same_config(cfg: Path, out: Path, opts: list[str]) -> None:
-    """A one-line error (exit 1) unless the finished run in ``out`` was made with ``cfg`` + ``opts``."""
+    """A one-line error (exit 1) unless the finished run in ``out`` was made with ``cfg`` + ``opts``
+    (:func:`detkd.experiments.runs.check_finished_run` with the classification resume hash)."""
     from detkd.cls.config import load_cls_config
     from detkd.cls.train import resume_hash
+    from detkd.errors import DetkdError
+    from detkd.experiments.runs import check_finished_run
 
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        raise SystemExit(f"error: {out} holds a finished run (results.json) without its config.yaml, so it "
-                         f"cannot be checked against {cfg}; move it away or choose another --out")
-    if resume_hash(load_cls_config(saved)) != resume_hash(load_cls_config(cfg, [*opts, f"output_dir={out}"])):
-        raise SystemExit(f"error: {out} holds a finished run of another config than {cfg} with these --opts; "
-                         "move it away or choose another --out")
+    want = resume_hash(load_cls_config(cfg, [*opts, f"output_dir={out}"]))
+    try:
+        check_finished_run(out, f"{cfg} with these --opts", lambda saved: resume_hash(load_cls_config(saved)) == want,
+                           elsewhere="--out")
+    except DetkdError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def train(cfg: Path, out: Path, opts: list[str], threads: int, log: Path) -> float:

@@ -19,7 +19,7 @@ import yaml
 from detkd.config.load import config_from_dict, config_hash, dump_config, load_config
 from detkd.errors import DetkdError
 
-__all__ = ["RUN_SECTIONS", "finished", "as_saved", "check_same_config", "train_or_reuse"]
+__all__ = ["RUN_SECTIONS", "finished", "as_saved", "check_finished_run", "check_same_config", "train_or_reuse"]
 
 #: What a reused run must have been trained with (``output_dir`` and ``eval`` are not part of it).
 RUN_SECTIONS = ("model", "data", "train", "teacher", "distill")
@@ -41,17 +41,25 @@ def as_saved(cfg: Any) -> Any:
     return config_from_dict(yaml.safe_load(dump_config(cfg)), source="<requested config>")
 
 
-def check_same_config(cfg: Any, out: str | Path, what: str, sections: tuple[str, ...] = RUN_SECTIONS) -> None:
-    """Raise a one-line DetkdError unless ``out/config.yaml`` hashes like ``cfg`` over ``sections``
-    (``what``: the requested config, as the message names it)."""
+def check_finished_run(out: str | Path, what: str, same: Callable[[Path], bool],
+                       elsewhere: str = "--output-root") -> None:
+    """Raise a one-line DetkdError unless ``same(out/config.yaml)``: the finished run in ``out``
+    was made with the requested config (``what`` names it; ``elsewhere`` the flag to move to)."""
     out = Path(out)
     saved = out / "config.yaml"
     if not saved.is_file():
         raise DetkdError(f"{out} holds a finished run (results.json) without its config.yaml, so it cannot be "
-                         f"checked against {what}; move it away or choose another --output-root")
-    if config_hash(load_config(saved), sections) != config_hash(as_saved(cfg), sections):
+                         f"checked against {what}; move it away or choose another {elsewhere}")
+    if not same(saved):
         raise DetkdError(f"{out} holds a finished run of another config than {what}; move it away "
-                         "or choose another --output-root")
+                         f"or choose another {elsewhere}")
+
+
+def check_same_config(cfg: Any, out: str | Path, what: str, sections: tuple[str, ...] = RUN_SECTIONS) -> None:
+    """:func:`check_finished_run` of a detection run: ``out/config.yaml`` hashes like ``cfg``
+    over ``sections``."""
+    want = config_hash(as_saved(cfg), sections)
+    check_finished_run(out, what, lambda saved: config_hash(load_config(saved), sections) == want)
 
 
 def train_or_reuse(cfg: Any, what: str, say: Say, progress: Optional[bool] = None,
