@@ -88,7 +88,8 @@ def resume_checkpoint(resume: str | None, output_dir: str | Path, config_hash: s
         return None, None
     ckpt = load_checkpoint(path, entries[:1])
     if not all(k in ckpt for k in entries):
-        raise DetkdError(f"{path} holds weights only (no optimizer state); use model.weights to start from it")
+        raise DetkdError(f"{path} holds weights only (no optimizer state); start a new run from it instead "
+                         "(model.weights; classification: model.checkpoint)")
     if ckpt.get("config_hash") != config_hash and not force:
         raise DetkdError(f"{path} was made with a different config (hash {ckpt.get('config_hash')} vs "
                          f"{config_hash}); pass --force-resume to resume anyway")
