@@ -27,3 +27,29 @@ def test_distill_overhead_benchmark_reports_every_mode(tiny_demo_dir, tmp_path):
         assert result["peak_memory_mb"][mode] is not None
     assert "overhead (c) / ((a) + (b))" in done.stdout
     assert not (tmp_path / "unused").exists()  # a benchmark writes no run directory
+
+
+def test_gpu_check_skips_in_one_line_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("a GPU is visible: the check would run for minutes")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: skipped: CUDA is not available"), done.stdout
+
+
+def test_gpu_check_counts_nonfinite_losses_and_skipped_steps(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check import loss_health
+
+    rows = [{"iter": 10, "loss": 1.5, "loss_pkd": 0.25, "lr": 0.02},
+            {"iter": 20, "loss": float("nan"), "loss_pkd": float("inf"), "lr": 0.02},
+            {"type": "nonfinite", "iter": 21, "terms": ["loss_pkd"]},
+            {"type": "eval", "AP50": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert loss_health(tmp_path / "metrics.jsonl") == {"loss_values": 4, "nonfinite_values": 2, "skipped_steps": 1}
