@@ -33,12 +33,13 @@ from detkd.distill.compat import check_label_map
 from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint
 from detkd.engine.loop import IterationPlan, NonFiniteGuard, epoch_due, log_train_step
 from detkd.engine.lock import RunLock
+from detkd.engine.model import TrainModel, build_model
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from detkd.engine.resume import remap_schedule, resume_position
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import model_state
-from detkd.modeling.detector import build_detector, count_parameters
+from detkd.modeling.detector import count_parameters
 from detkd.modeling.sampling import sample_key, set_sampling_keys
 from detkd.utils import dist
 from detkd.utils.atomic import atomic_save, atomic_write_text
@@ -52,44 +53,8 @@ log = logging.getLogger("detkd")
 # ----------------------------------------------------------------------------- helpers
 
 
-def build_model(cfg: Config) -> nn.Module:
-    """The student detector, wrapped in a Distiller when the config distills."""
-    student = build_detector(cfg.model)
-    if cfg.distill is None:
-        return student
-    from detkd.distill.distiller import build_distiller
-
-    return build_distiller(cfg, student)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> TrainModel:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def student_of(model: nn.Module) -> nn.Module:
-    core = unwrap(model)
-    return getattr(core, "student", core)
-
-
-def load_method_state(core: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
-    """Restore the distillation methods' learnable parts (adapters, generators, GcBlocks...)
-    from ``ckpt["distill"]`` (checkpoints before the method interface: ``ckpt["adapters"]``,
-    Chen et al.'s hint adapters); a mismatch is a one-line error naming the file."""
-    methods = getattr(core, "methods", None)
-    if methods is None:
-        return
-    state = ckpt.get("distill")
-    if state is None and "adapters" in ckpt:
-        state = {f"chen.adapters.{k}": v for k, v in ckpt["adapters"].items()}
-    if state is None:
-        state = {}
-    try:
-        methods.load_state_dict(state)
-    except RuntimeError as exc:
-        missing = sorted(set(methods.state_dict()) ^ set(state))
-        raise DetkdError(f"{path}: the distillation methods' weights do not match this config "
-                         f"({', '.join(missing[:4]) or str(exc).splitlines()[0]}); resume with the config it was made "
-                         "with") from None
 
 
 def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
@@ -206,15 +171,15 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     logger.info("model: %s (%.2fM parameters, %.2fM trainable); device %s x%d; lr %.4g; %d iterations (%d/epoch)",
                 cfg.model.arch if cfg.model.arch != "custom" else f"custom {cfg.model.backbone}-FPN",
-                count_parameters(student_of(model)) / 1e6, sum(p.numel() for p in params) / 1e6,
+                count_parameters(unwrap(model).student) / 1e6, sum(p.numel() for p in params) / 1e6,
                 device, world, lr, total_iters, iters_per_epoch)
 
     # --- resume
     start_epoch, global_iter, iter_in_epoch = 0, 0, 0
     best: float | None = None
     if ckpt is not None:
-        student_of(model).load_state_dict(ckpt["model"])
-        load_method_state(unwrap(model), ckpt, ckpt_path)
+        unwrap(model).student.load_state_dict(ckpt["model"])
+        unwrap(model).load_extra_state(ckpt, ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -249,9 +214,8 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     def checkpoint(name: str, epoch: int, in_epoch: int) -> None:
         if not dist.is_main():
             return
-        core = unwrap(model)
         state = {
-            "model": student_of(model).state_dict(),
+            "model": unwrap(model).student.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -261,12 +225,13 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
             "rng": rng_state(), "config": dump_config(cfg), "config_hash": chash,
             "version": detkd.__version__,
         }
-        if getattr(core, "methods", None) is not None:  # learnable parts of the distillation methods
-            state["distill"] = core.methods.state_dict()
+        extra = unwrap(model).extra_state()
+        if extra is not None:  # e.g. the learnable parts of the distillation methods
+            state["distill"] = extra
         atomic_save(state, out / name)
 
     def evaluate(epoch: int) -> dict[str, float]:
-        metrics = evaluate_detector(student_of(model), val_loader, val_set, cfg.eval.metric, device,
+        metrics = evaluate_detector(unwrap(model).student, val_loader, val_set, cfg.eval.metric, device,
                                     progress=progress)
         if dist.is_main():
             logger.info("eval epoch %d iter %d: %s", epoch, global_iter, format_terms(metrics, 4))
@@ -284,8 +249,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
         for epoch in range(start_epoch, epochs):
             sampler.set_epoch(epoch, start=iter_in_epoch * bs)
             train_set.set_epoch(epoch)
-            if hasattr(unwrap(model), "set_epoch"):  # distillation terms may be scheduled by epoch
-                unwrap(model).set_epoch(epoch)
+            unwrap(model).set_epoch(epoch)  # distillation terms may be scheduled by epoch
             ddp_model.train()
             bar = tqdm(total=iters_per_epoch, initial=iter_in_epoch, desc=f"epoch {epoch}", leave=False,
                        disable=not show_progress(progress), dynamic_ncols=True)
@@ -295,7 +259,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
                     break
                 speed.batch_ready()
                 # Per-image RPN/RoI sampling keys: the same rows whatever the batch split or rank.
-                set_sampling_keys(student_of(model), [sample_key(cfg.train.seed, epoch, int(t["image_id"]))
+                set_sampling_keys(unwrap(model).student, [sample_key(cfg.train.seed, epoch, int(t["image_id"]))
                                                       for t in targets])
                 images, targets = to_device(images, targets, device)
                 with torch.autocast("cuda", enabled=True) if amp else nullcontext():
@@ -321,7 +285,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
                 if plan.log_due(global_iter, cfg.train.log_interval):
                     values = {k: v.item() for k, v in losses.items()}
                     values["loss"] = total.item()
-                    values.update(getattr(unwrap(model), "last_stats", {}))
+                    values.update(unwrap(model).log_stats())
                     log_train_step(logger, metrics_file, epoch, global_iter, total_iters,
                                    optimizer.param_groups[0]["lr"], dist.reduce_mean(values),
                                    speed.interval(global_iter))
@@ -353,13 +317,13 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
                 break
 
     teacher_metrics = None
-    if cfg.distill is not None and cfg.eval.evaluate_teacher:
+    if unwrap(model).teacher is not None and cfg.eval.evaluate_teacher:
         teacher_metrics = evaluate_detector(unwrap(model).teacher, val_loader, val_set, cfg.eval.metric, device,
                                             progress=progress)
         logger.info("teacher: %s", format_terms(teacher_metrics, 4))
     if dist.is_main():
         # Self-describing: the state dict carries the model config and class names (detkd.load_model).
-        atomic_save(model_state(student_of(model), cfg.model, class_names), out / "model_final.pth")
+        atomic_save(model_state(unwrap(model).student, cfg.model, class_names), out / "model_final.pth")
         summary = {"final": metrics, "best": best, "teacher": teacher_metrics, "iterations": global_iter,
                    "train_seconds": round(time.time() - t_start, 1)}
         atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
