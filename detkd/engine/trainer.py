@@ -173,13 +173,13 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     logger = setup_logging(out, dist.is_main(), defer_file=True)
     if resume == "auto" and ckpt is None:
         logger.info("--resume auto: no checkpoint in %s, starting from scratch", out)
-    if ckpt is not None:
-        where = resume_position(ckpt, world, cfg.train.batch_size, ckpt_path, resume_from_epoch_boundary)
+    where = None if ckpt is None else resume_position(ckpt, world, cfg.train.batch_size, ckpt_path,
+                                                      resume_from_epoch_boundary)
     amp = set_up_runtime(cfg, device, logger)
 
     data = build_data(cfg, device, logger)
     state = build_state(cfg, data, device, distributed, amp, logger)
-    if ckpt is not None:
+    if where is not None:  # resuming ckpt
         resume_state(state, ckpt, ckpt_path, where, cfg.train.batch_size * world, logger)
     if dist.is_main():
         write_run_files(cfg, out, data.class_names, logger)
