@@ -288,15 +288,13 @@ def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tin
 
 
 def test_resuming_with_other_methods_is_one_line_and_old_adapter_checkpoints_load():
-    from detkd.engine.trainer import load_method_state
-
     student, teacher = build(mcfg(), 0), build(mcfg(out_channels=48), 1)
     d = Distiller(student, teacher, DistillConfig(**NO_CHEN, mgd=MGDConfig()))
     with pytest.raises(DetkdError, match=r"^last.pth: the distillation methods' weights do not match this config "
                                          r"\(mgd\.per_level\.l_0\.align\.bias"):
-        load_method_state(d, {"distill": {}}, Path("last.pth"))
+        d.load_extra_state({"distill": {}}, Path("last.pth"))
     # A checkpoint written before the method interface kept Chen et al.'s adapters under "adapters".
     chen = Distiller(student, teacher, DistillConfig(hint_levels=["0"]))
     old = {"adapters": {k: torch.full_like(v, 0.5) for k, v in chen.adapters.state_dict().items()}}
-    load_method_state(chen, old, Path("last.pth"))
+    chen.load_extra_state(old, Path("last.pth"))
     assert all((v == 0.5).all() for v in chen.adapters.state_dict().values())

@@ -13,8 +13,9 @@ Three shapes of training step:
 
 Every method exposes ``step(x, y, epoch) -> {term: float}`` (None when a
 non-finite loss made :class:`~detkd.engine.loop.NonFiniteGuard` skip the whole step), ``eval_logits(x) ->
-{name: logits}``, ``networks`` (name -> trainable network, saved as weights files) and the
-optimizers/schedulers (stepped once per iteration by :meth:`step`).
+{name: logits}``, ``train()`` / ``eval()`` (the modes of every trained module), ``networks`` (name ->
+trainable network, saved as weights files) and the optimizers/schedulers (stepped once per
+iteration by :meth:`step`).
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ class _Optimized:
         for s in self.schedulers:
             s.step()
         self.iteration += 1
+
+    def eval(self) -> None:
+        """Evaluation mode for every trained module (before :meth:`eval_logits`)."""
+        for net in self.networks.values():
+            net.eval()
 
     @property
     def lr(self) -> float:
@@ -178,6 +184,10 @@ class StudentMethod(_Optimized):
         self.aux.train()
         for t in self.teachers:
             t.eval()
+
+    def eval(self) -> None:
+        super().eval()
+        self.aux.eval()
 
     def loss_terms(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
         m, o, name = self.m, self.o, self.name

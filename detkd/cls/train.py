@@ -15,6 +15,13 @@ writes into ``output_dir``:
 * ``results.json``: top-1/top-5 (%) of every network (and for FFL the fused classifier
   and the ensemble; for DML the ensemble), of the teachers, the best top-1 seen, timings.
 
+It has the detection loop's shape (:mod:`detkd.engine.trainer`) and shares its pieces
+(:mod:`detkd.engine.loop`: iteration plan, :class:`~detkd.engine.loop.Position`, an epoch's
+batches, log line, evaluate/checkpoint gating, non-finite policy;
+:func:`~detkd.engine.checkpoint.run_record`): a :class:`ClsRun` holds what stays fixed, a
+:class:`ClsState` what the steps change, and :func:`train_loop` calls the method's ``step``,
+:func:`run_eval` and :func:`save_checkpoint`.
+
 ``resume`` (``tools/train_cls.py --resume auto|PATH``) continues from a ``last.pth``: the
 networks, auxiliary modules, optimizers, schedulers, epoch, the best top-1 so far and the
 RNG states (global and the training loader's augmentation generator) are restored, so a
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +46,14 @@ from detkd.cls.data import BatchLoader, ClsData, load_cls_data
 from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
 from detkd.config.load import config_hash, dump_config
-from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint
+from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint, run_record
 from detkd.engine.lock import RunLock
-from detkd.engine.loop import IterationPlan, NonFiniteGuard, epoch_due, log_train_step
+from detkd.engine.loop import IterationPlan, NonFiniteGuard, Position, epoch_batches, epoch_due, log_train_step
 from detkd.errors import DetkdError
 from detkd.modeling.weights import read_weights, state_mismatch
 from detkd.utils.atomic import atomic_save, atomic_write_text
 from detkd.utils.logger import MetricsWriter, require_tensorboard, setup_logging
-from detkd.utils.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from detkd.utils.runtime import resolve_device, seed_everything, set_rng_state
 from detkd.utils.speed import SpeedMeter
 
 log = logging.getLogger("detkd")
@@ -133,12 +141,40 @@ def evaluate(logits_fn, loader: BatchLoader, num_classes: int) -> dict[str, dict
             for name, c in correct.items()}
 
 
-def _set_eval(modules: list[nn.Module]) -> None:
-    for m in modules:
-        m.eval()
+# ----------------------------------------------------------------------------- run and state
 
 
-# ----------------------------------------------------------------------------- the loop
+@dataclass
+class ClsRun:
+    """What stays fixed for one classification run."""
+
+    cfg: ClsConfig
+    out: Path
+    config_hash: str
+    logger: logging.Logger
+    data: ClsData
+    train_loader: BatchLoader
+    test_loader: BatchLoader
+    metrics: MetricsWriter
+    specs: dict[str, dict[str, Any]]  # the layout of each trained network (:func:`net_spec`), fusion aside
+
+
+@dataclass
+class ClsState:
+    """What the steps change: the method (networks, optimizers, schedulers) and the position."""
+
+    method: Any  # StudentMethod | DMLMethod | FFLMethod
+    pos: Position
+    best: dict[str, float] = field(default_factory=dict)  # the best top-1 of each network so far
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # of the last evaluation
+    seconds_before: float = 0.0  # training time of the run(s) this one resumes
+    t_start: float = 0.0
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.t_start
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 def train_cls(cfg: ClsConfig, resume: str | None = None, force_resume: bool = False) -> dict[str, Any]:
@@ -167,28 +203,49 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
     if resume == "auto" and ckpt is None:
         logger.info("--resume auto: no last.pth in %s, starting from scratch", out)
     seed_everything(cfg.train.seed)
-    name = cfg.method.name
 
     data = load_cls_data(cfg.data)
     if len(data.train_labels) == 0 or len(data.test_labels) == 0:
         raise DetkdError(f"{data.name}: empty train or test split")
     logger.info("data: %s", data.summary())
+    train_loader, test_loader = build_loaders(cfg, data, device)
+    plan = IterationPlan.of(len(train_loader), cfg.train.epochs, cfg.train.max_iters)
+    teachers = [build_teacher(tc, i, data, device) for i, tc in enumerate(cfg.teachers)]
+    # Building the teachers draws from the RNG (their random init, then overwritten): re-seed
+    # so that the trained networks start from the same weights whatever the number of
+    # teachers — the student of kd/camkd, peer 0 of dml and sub-network 0 of ffl start like
+    # the baseline's student of the same train.seed (paired comparisons).
+    torch.manual_seed(cfg.train.seed)
+    method, specs = build_method(cfg, data, teachers, plan, device)
+    log_networks(cfg, data, method, specs, teachers, plan, device, logger)
+
+    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    metrics = MetricsWriter(out / "metrics.jsonl", cfg.train.tensorboard)
+    method.nonfinite = NonFiniteGuard(cfg.train.nonfinite_policy, cfg.train.max_nonfinite_skips, out, logger,
+                                      metrics)
+    run = ClsRun(cfg, out, chash, logger, data, train_loader, test_loader, metrics, specs)
+    teacher_results = evaluate_teachers(run, teachers) if teachers and cfg.eval.evaluate_teachers else {}
+    state = ClsState(method, Position(plan))
+    if ckpt is not None:
+        resume_state(run, state, ckpt, ckpt_path)
+    train_loop(run, state)
+    return finish(run, state, teacher_results)
+
+
+def build_loaders(cfg: ClsConfig, data: ClsData, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
     t = cfg.train
     train_loader = BatchLoader(data.train_images, data.train_labels, t.batch_size, data.mean, data.std, device,
                                train=True, augment=cfg.data.augment, crop_padding=cfg.data.crop_padding,
                                hflip=cfg.data.hflip, seed=t.seed)
     test_loader = BatchLoader(data.test_images, data.test_labels, cfg.eval.batch_size, data.mean, data.std, device,
                               train=False)
-    plan = IterationPlan.of(len(train_loader), t.epochs, t.max_iters)
-    iters_per_epoch, total_iters, epochs = plan.iters_per_epoch, plan.total_iters, plan.epochs
+    return train_loader, test_loader
 
-    # --- networks and method
-    teachers = [build_teacher(tc, i, data, device) for i, tc in enumerate(cfg.teachers)]
-    # Building the teachers draws from the RNG (their random init, then overwritten): re-seed
-    # so that the trained networks start from the same weights whatever the number of
-    # teachers — the student of kd/camkd, peer 0 of dml and sub-network 0 of ffl start like
-    # the baseline's student of the same train.seed (paired comparisons).
-    torch.manual_seed(t.seed)
+
+def build_method(cfg: ClsConfig, data: ClsData, teachers: list[nn.Module], plan: IterationPlan,
+                 device: torch.device) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The trained networks (student, or peers / sub-networks) inside their method, and their specs."""
+    name = cfg.method.name
     specs: dict[str, dict[str, Any]] = {}
     if name in ONLINE:
         peer_cfgs = list(cfg.peers) or [cfg.model] * cfg.num_peers
@@ -201,120 +258,128 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
             nets.append(net)
             specs[f"{prefix}{k}"] = net_spec(pc, data)
         if name == "ffl":
-            method: Any = FFLMethod(cfg, nets, data, iters_per_epoch, total_iters)
-        else:
-            method = DMLMethod(cfg, nets, iters_per_epoch, total_iters)
-    else:
-        student = build_cls_net(cfg.model, data, device)
-        if cfg.model.checkpoint:
-            load_weights(student, cfg.model, data, "model")
-        specs["student"] = net_spec(cfg.model, data)
-        method = StudentMethod(cfg, student, teachers, data, iters_per_epoch, total_iters)
+            return FFLMethod(cfg, nets, data, plan.iters_per_epoch, plan.total_iters), specs
+        return DMLMethod(cfg, nets, plan.iters_per_epoch, plan.total_iters), specs
+    student = build_cls_net(cfg.model, data, device)
+    if cfg.model.checkpoint:
+        load_weights(student, cfg.model, data, "model")
+    specs["student"] = net_spec(cfg.model, data)
+    return StudentMethod(cfg, student, teachers, data, plan.iters_per_epoch, plan.total_iters), specs
+
+
+def log_networks(cfg: ClsConfig, data: ClsData, method: Any, specs: dict[str, dict[str, Any]],
+                 teachers: list[nn.Module], plan: IterationPlan, device: torch.device, logger: logging.Logger) -> None:
     for key, net in method.networks.items():
         desc = describe(specs[key]) if key in specs else "fusion module"
         logger.info("%s: %s, %.3fM parameters", key, desc, count_parameters(net) / 1e6)
     for i, (tc, tnet) in enumerate(zip(cfg.teachers, teachers)):
         logger.info("teacher %d: %s from %s, %.3fM parameters (frozen)", i, describe(net_spec(tc, data)),
                     tc.checkpoint, count_parameters(tnet) / 1e6)
-    logger.info("method %s; device %s; lr %.4g; %d iterations (%d/epoch, batch %d)", name, device, method.lr,
-                total_iters, iters_per_epoch, t.batch_size)
+    logger.info("method %s; device %s; lr %.4g; %d iterations (%d/epoch, batch %d)", cfg.method.name, device,
+                method.lr, plan.total_iters, plan.iters_per_epoch, cfg.train.batch_size)
 
-    atomic_write_text(dump_config(cfg), out / "config.yaml")
-    metrics_file = MetricsWriter(out / "metrics.jsonl", cfg.train.tensorboard)
-    method.nonfinite = NonFiniteGuard(t.nonfinite_policy, t.max_nonfinite_skips, out, logger, metrics_file)
 
-    teacher_results: dict[str, dict[str, float]] = {}
-    if teachers and cfg.eval.evaluate_teachers:
-        for i, tnet in enumerate(teachers):
-            teacher_results[f"teacher{i}"] = evaluate(lambda x, n=tnet: {"t": n(x)}, test_loader,
-                                                      data.num_classes)["t"]
-        logger.info("teachers: %s", ", ".join(f"{k} top1 {v['top1']:.2f}" for k, v in teacher_results.items()))
-        metrics_file.write({"type": "eval_teachers", **{f"{k}/{m}": v for k, r in teacher_results.items()
-                                                         for m, v in r.items()}})
+def evaluate_teachers(run: ClsRun, teachers: list[nn.Module]) -> dict[str, dict[str, float]]:
+    results = {f"teacher{i}": evaluate(lambda x, n=tnet: {"t": n(x)}, run.test_loader, run.data.num_classes)["t"]
+               for i, tnet in enumerate(teachers)}
+    run.logger.info("teachers: %s", ", ".join(f"{k} top1 {v['top1']:.2f}" for k, v in results.items()))
+    run.metrics.write({"type": "eval_teachers", **{f"{k}/{m}": v for k, r in results.items() for m, v in r.items()}})
+    return results
 
-    trainables = list(method.networks.values()) + ([method.aux] if hasattr(method, "aux") else [])
 
-    def run_eval(epoch: int, it: int) -> dict[str, dict[str, float]]:
-        """Evaluate every network, log it, and keep the best top-1 of each (``best``)."""
-        _set_eval(trainables)
-        res = evaluate(method.eval_logits, test_loader, data.num_classes)
-        logger.info("eval epoch %d iter %d: %s", epoch, it,
-                    " ".join(f"{k} top1={v['top1']:.2f} top5={v['top5']:.2f}" for k, v in res.items()))
-        metrics_file.write({"type": "eval", "epoch": epoch, "iter": it,
-                            **{f"{k}/{m}": v for k, r in res.items() for m, v in r.items()}})
-        for k, r in res.items():
-            best[k] = max(best.get(k, -1.0), r["top1"])
-        return res
+def resume_state(run: ClsRun, state: ClsState, ckpt: dict[str, Any], path: Path) -> None:
+    """Continue from a ``last.pth``: the method's states, the position, the best top-1 so far, RNG states."""
+    state.method.load_state(ckpt)
+    pos = state.pos
+    pos.epoch, pos.iteration = int(ckpt["epoch"]), int(ckpt["iter"])
+    state.best = dict(ckpt.get("best", {}))
+    state.seconds_before = float(ckpt.get("train_seconds", 0.0))
+    if not pos.done:  # a finished run is only evaluated again: no RNG needed
+        if "rng" not in ckpt:
+            raise DetkdError(f"--resume: {path} was written by an older detkd without RNG states; it "
+                             f"cannot be resumed exactly")
+        set_rng_state(ckpt["rng"])
+        run.train_loader.generator.set_state(ckpt["loader_rng"])
+    run.logger.info("resumed from %s at epoch %d, iteration %d", path, pos.epoch, pos.iteration)
 
-    results: dict[str, dict[str, float]] = {}
-    best: dict[str, float] = {}
-    global_iter, start_epoch, seconds_before = 0, 0, 0.0
-    if ckpt is not None:
-        method.load_state(ckpt)
-        start_epoch, global_iter = int(ckpt["epoch"]), int(ckpt["iter"])
-        best = dict(ckpt.get("best", {}))
-        seconds_before = float(ckpt.get("train_seconds", 0.0))
-        if global_iter < total_iters:  # a finished run is only evaluated again: no RNG needed
-            if "rng" not in ckpt:
-                raise DetkdError(f"--resume: {ckpt_path} was written by an older detkd without RNG states; it "
-                                 f"cannot be resumed exactly")
-            set_rng_state(ckpt["rng"])
-            train_loader.generator.set_state(ckpt["loader_rng"])
-        logger.info("resumed from %s at epoch %d, iteration %d", ckpt_path, start_epoch, global_iter)
 
-    t_start = time.time()
-    speed = SpeedMeter(global_iter, total_iters)
+# ----------------------------------------------------------------------------- the loop
 
-    def checkpoint(epoch: int, it: int) -> None:
-        state = {"networks": {k: n.state_dict() for k, n in method.networks.items()}, **method.aux_state(),
-                 **method.optimizer_state(), "epoch": epoch, "iter": it, "best": best,
-                 "rng": rng_state(), "loader_rng": train_loader.generator.get_state(),
-                 "train_seconds": seconds_before + time.time() - t_start, "config_hash": chash,
-                 "config": dump_config(cfg), "version": detkd.__version__}
-        atomic_save(state, out / "last.pth")
 
-    for epoch in range(start_epoch, epochs):
-        train_loader.set_epoch(epoch)
+def train_loop(run: ClsRun, state: ClsState) -> None:
+    """The epochs from ``state.pos`` on: steps and log lines, then evaluation and ``last.pth`` when due."""
+    pos, t, method = state.pos, run.cfg.train, state.method
+    state.t_start = time.time()
+    speed = SpeedMeter(pos.iteration, pos.plan.total_iters)
+    for epoch in range(pos.epoch, pos.plan.epochs):
+        pos.epoch = epoch
+        run.train_loader.set_epoch(epoch)
         method.train()
-        speed.epoch_start()
-        for x, y in train_loader:
-            if global_iter >= total_iters:
-                break
-            speed.batch_ready()
+        for x, y in epoch_batches(run.train_loader, pos, speed):
             values = method.step(x, y, epoch)
             if values is None:  # a non-finite loss: the step was skipped (train.nonfinite_policy)
                 continue
-            global_iter += 1
+            pos.step_done()
             speed.step_done()
-            if plan.log_due(global_iter, t.log_interval):
-                log_train_step(logger, metrics_file, epoch, global_iter, total_iters, method.lr, values,
-                               speed.interval(global_iter))
-        done = global_iter >= total_iters
+            if pos.plan.log_due(pos.iteration, t.log_interval):
+                log_train_step(run.logger, run.metrics, epoch, pos.iteration, pos.plan.total_iters, method.lr,
+                               values, speed.interval(pos.iteration))
+        done = pos.done
+        pos.epoch, pos.iter_in_epoch = epoch + 1, 0  # checkpoints resume at the next epoch
         if epoch_due(epoch, t.eval_interval, done):
-            results = run_eval(epoch, global_iter)
+            run_eval(run, state, epoch)
         if epoch_due(epoch, t.checkpoint_interval, done):
-            checkpoint(epoch + 1, global_iter)
+            save_checkpoint(run, state)
         if done:
             break
 
-    if not results:  # resumed from the last checkpoint of a finished run
-        results = run_eval(epochs - 1, global_iter)
-    train_seconds = seconds_before + time.time() - t_start
-    for key, net in method.networks.items():
+
+def run_eval(run: ClsRun, state: ClsState, epoch: int) -> None:
+    """Evaluate every network, log it, and keep the best top-1 of each (``state.best``)."""
+    state.method.eval()
+    res = evaluate(state.method.eval_logits, run.test_loader, run.data.num_classes)
+    it = state.pos.iteration
+    run.logger.info("eval epoch %d iter %d: %s", epoch, it,
+                    " ".join(f"{k} top1={v['top1']:.2f} top5={v['top5']:.2f}" for k, v in res.items()))
+    run.metrics.write({"type": "eval", "epoch": epoch, "iter": it,
+                       **{f"{k}/{m}": v for k, r in res.items() for m, v in r.items()}})
+    for k, r in res.items():
+        state.best[k] = max(state.best.get(k, -1.0), r["top1"])
+    state.results = res
+
+
+def save_checkpoint(run: ClsRun, state: ClsState) -> None:
+    """``last.pth``: everything an exact resume needs (all networks, auxiliary modules,
+    optimizers and schedulers, the training loader's augmentation RNG), at ``state.pos``."""
+    m = state.method
+    ckpt = {"networks": {k: n.state_dict() for k, n in m.networks.items()}, **m.aux_state(), **m.optimizer_state(),
+            "epoch": state.pos.epoch, "iter": state.pos.iteration, "best": state.best,
+            "loader_rng": run.train_loader.generator.get_state(), "train_seconds": state.train_seconds(),
+            **run_record(run.cfg, run.config_hash)}
+    atomic_save(ckpt, run.out / "last.pth")
+
+
+def finish(run: ClsRun, state: ClsState, teacher_results: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The weights file of every trained network and ``results.json``; returns its summary."""
+    cfg, data, pos = run.cfg, run.data, state.pos
+    if not state.results:  # resumed from the last checkpoint of a finished run
+        run_eval(run, state, pos.plan.epochs - 1)
+    results, train_seconds = state.results, state.train_seconds()
+    for key, net in state.method.networks.items():
         fname = "model_final.pth" if key == "student" else f"{key}_final.pth"
-        entry = {"model": net.state_dict(), "version": detkd.__version__, "method": name, "dataset": data.name,
-                 "class_names": data.class_names, "image_size": data.image_size}
-        if key in specs:
-            entry.update(net=specs[key], **results.get(key, {}))
-        atomic_save(entry, out / fname)
+        entry = {"model": net.state_dict(), "version": detkd.__version__, "method": cfg.method.name,
+                 "dataset": data.name, "class_names": data.class_names, "image_size": data.image_size}
+        if key in run.specs:
+            entry.update(net=run.specs[key], **results.get(key, {}))
+        atomic_save(entry, run.out / fname)
     summary = {
-        "method": name, "dataset": data.name, "train_images": len(data.train_labels),
+        "method": cfg.method.name, "dataset": data.name, "train_images": len(data.train_labels),
         "labelled_images": data.num_labelled, "test_images": len(data.test_labels),
-        "networks": results, "best_top1": best, "teachers": teacher_results,
-        "iterations": global_iter, "epochs": epochs, "train_seconds": round(train_seconds, 1),
+        "networks": results, "best_top1": state.best, "teachers": teacher_results,
+        "iterations": pos.iteration, "epochs": pos.plan.epochs, "train_seconds": round(train_seconds, 1),
     }
-    atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
-    logger.info("done in %.1fs: %s; results %s", train_seconds,
-                " ".join(f"{k} top1={v['top1']:.2f}" for k, v in results.items()), out / "results.json")
-    metrics_file.close()
+    atomic_write_text(json.dumps(summary, indent=2), run.out / "results.json")
+    run.logger.info("done in %.1fs: %s; results %s", train_seconds,
+                    " ".join(f"{k} top1={v['top1']:.2f}" for k, v in results.items()), run.out / "results.json")
+    run.metrics.close()
     return summary

@@ -27,7 +27,8 @@ Conventions:
   outputs the methods use are cloned out of inference mode (inference tensors cannot be
   saved for the student's backward).
 * Every learnable part of every method lives in ``self.methods`` (trained with the student,
-  saved by the trainer in ``last.pth`` under ``distill``, not in ``model_final.pth``).
+  saved by the trainer in ``last.pth`` under ``distill`` via :meth:`Distiller.extra_state`,
+  not in ``model_final.pth``).
 """
 
 from __future__ import annotations
@@ -250,6 +251,34 @@ class Distiller(nn.Module):
     @property
     def last_stats(self) -> dict[str, float]:
         return {k: float(v) for k, v in self._stats.items()}
+
+    # ------------------------------------------------------------------ what the training loop calls
+    # (detkd.engine.model.TrainModel, matched structurally: set_epoch above, forward, student)
+
+    def log_stats(self) -> dict[str, float]:
+        """The last training forward's statistics for the log line (:attr:`last_stats`)."""
+        return self.last_stats
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """The methods' learnable parts (adapters, generators, GcBlocks...): ``last.pth["distill"]``."""
+        return self.methods.state_dict()
+
+    def load_extra_state(self, ckpt: dict[str, Any], path: Any) -> None:
+        """Restore :meth:`extra_state` from ``ckpt["distill"]`` (checkpoints before the method
+        interface: ``ckpt["adapters"]``, Chen et al.'s hint adapters); a mismatch is a one-line
+        error naming the file ``path``."""
+        state = ckpt.get("distill")
+        if state is None and "adapters" in ckpt:
+            state = {f"chen.adapters.{k}": v for k, v in ckpt["adapters"].items()}
+        if state is None:
+            state = {}
+        try:
+            self.methods.load_state_dict(state)
+        except RuntimeError as exc:
+            missing = sorted(set(self.methods.state_dict()) ^ set(state))
+            raise DetkdError(f"{path}: the distillation methods' weights do not match this config "
+                             f"({', '.join(missing[:4]) or str(exc).splitlines()[0]}); resume with the config it "
+                             "was made with") from None
 
     # ------------------------------------------------------------------ forward
 

@@ -3,9 +3,9 @@
 ``last.pth`` / ``best.pth`` are written with :func:`detkd.utils.atomic.atomic_save` (never
 torn; the writes live in utils because deploy and evaluation write files too). A detection checkpoint's ``model`` entry is a plain torchvision ``FasterRCNN`` state
 dict: ``FasterRCNN(...).load_state_dict(ckpt["model"])`` works without detkd; a
-classification one holds ``networks`` and ``optimizers``. Here: reading one with a one-line
-error, finding the one ``--resume auto`` continues, checking it belongs to the config, and
-refusing to start a run in a directory that holds another.
+classification one holds ``networks`` and ``optimizers``; both end with :func:`run_record`.
+Here: reading one with a one-line error, finding the one ``--resume auto`` continues, checking
+it belongs to the config, and refusing to start a run in a directory that holds another.
 """
 
 from __future__ import annotations
@@ -15,11 +15,20 @@ from typing import Any, Sequence
 
 import torch
 
+import detkd
+from detkd.config.load import dump_config
 from detkd.errors import DetkdError
+from detkd.utils.runtime import rng_state
 
 # What a detection training checkpoint holds (classification: ("networks", "optimizers")):
 # the first entry makes it a checkpoint, the others make it resumable.
 DETECTION_ENTRIES = ("model", "optimizer")
+
+
+def run_record(cfg: Any, config_hash: str) -> dict[str, Any]:
+    """What every training checkpoint records of its run beside the training state: the RNG
+    states (exact resume), the merged config, the hash ``--resume`` checks, the detkd version."""
+    return {"rng": rng_state(), "config": dump_config(cfg), "config_hash": config_hash, "version": detkd.__version__}
 
 
 def load_checkpoint(path: str | Path, entries: Sequence[str] = DETECTION_ENTRIES[:1]) -> dict[str, Any]:

@@ -1,20 +1,23 @@
 """The pieces both training loops (detection: :mod:`detkd.engine.trainer`, classification:
-:mod:`detkd.cls.train`) share: iteration maths, when to log / evaluate / checkpoint, the log
-line, and the policy for a non-finite loss.
+:mod:`detkd.cls.train`) share: iteration maths, where a run stands, an epoch's batches, when to
+log / evaluate / checkpoint, the log line, and the policy for a non-finite loss.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import torch
 
 from detkd.errors import DetkdError
 from detkd.utils.logger import MetricsWriter, format_terms
-from detkd.utils.speed import format_speed
+from detkd.utils.speed import SpeedMeter, format_speed
+
+Batch = TypeVar("Batch")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,37 @@ class IterationPlan:
     def log_due(self, iteration: int, interval: int) -> bool:
         """A log line every ``interval`` iterations, and at the last one."""
         return iteration % interval == 0 or iteration == self.total_iters
+
+
+@dataclass
+class Position:
+    """Where a run stands in its :class:`IterationPlan`: ``iteration`` optimizer steps done,
+    ``iter_in_epoch`` of them in ``epoch`` (the epoch running, or the next one to run once an
+    epoch is finished)."""
+
+    plan: IterationPlan
+    epoch: int = 0
+    iteration: int = 0
+    iter_in_epoch: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.plan.total_iters
+
+    def step_done(self) -> None:
+        self.iteration += 1
+        self.iter_in_epoch += 1
+
+
+def epoch_batches(loader: Iterable[Batch], position: Position, speed: SpeedMeter) -> Iterator[Batch]:
+    """One epoch of ``loader`` up to the plan's last iteration, each batch's wait timed by
+    ``speed`` (the caller marks ``speed.step_done()`` after each step it takes)."""
+    speed.epoch_start()
+    for batch in loader:
+        if position.done:
+            return
+        speed.batch_ready()
+        yield batch
 
 
 def epoch_due(epoch: int, interval: int, done: bool) -> bool:
