@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.data.records import ImageRecord, RecordDataset
 from detkd.data.utils import DetectionTransform, build_coco_api
 from detkd.errors import DetkdError
@@ -67,6 +69,19 @@ def validate_coco(data: dict[str, Any], ann_file: Path) -> None:
             raise DetkdError(f"{ann_file}: annotation id {ann_id} has invalid bbox {bbox!r}")
 
 
+@dataclass
+class CocoDatasetConfig(BaseDatasetConfig):
+    """A COCO ``instances_*.json`` (``ann_file``) over the images in ``image_dir``;
+    ``split`` is not used."""
+
+    type: str = "coco"
+    image_dir: str = ""
+    ann_file: str = ""
+
+    def location(self) -> str:
+        return self.ann_file
+
+
 class CocoDetection(RecordDataset):
     """Detection dataset over COCO-format annotations.
 
@@ -83,6 +98,7 @@ class CocoDetection(RecordDataset):
     ``width``/``height`` is an error, since the boxes were cleaned against the recorded size.
     """
 
+    options = CocoDatasetConfig
     ignored_stat = "crowd_ignored"
     ids_are_the_files = True
 
@@ -117,3 +133,10 @@ class CocoDetection(RecordDataset):
                          f"COCO {self.ann_file.name}", transforms=transforms, skip_empty=skip_empty,
                          min_box_size=min_box_size, check_files=check_files,
                          label_to_cat_id={i + 1: c for i, c in enumerate(self.cat_ids)}, coco_gt=self.coco)
+
+    @classmethod
+    def build(cls, ds: CocoDatasetConfig, data: DataConfig, **common: Any) -> CocoDetection:
+        if not ds.ann_file or not ds.image_dir:
+            raise DetkdError("a coco dataset needs both 'image_dir' and 'ann_file' in its data section")
+        # Missing image files are found here (one stat each), not an epoch into training.
+        return cls(ds.image_dir, ds.ann_file, check_files=True, **common)

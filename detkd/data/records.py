@@ -24,12 +24,13 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.data.base import DetectionDataset
 from detkd.data.utils import (
     DetectionTransform,
@@ -76,14 +77,16 @@ class ImageRecord:
 class RecordDataset(DetectionDataset):
     """A :class:`DetectionDataset` over cleaned :class:`ImageRecord`s (see the module docs).
 
-    A format subclasses it, parses its files into records in ``__init__`` and calls
-    ``super().__init__``. ``name`` starts the :meth:`summary` line; ``counts`` are the
+    A format subclasses it, names its options dataclass (``options``: its ``data.<split>``
+    section), parses its files into records in ``__init__`` and calls ``super().__init__``;
+    :meth:`build` makes it from a config section. ``name`` starts the :meth:`summary` line; ``counts`` are the
     format's own counts (e.g. YOLO's ``missing_label_files``), listed after the cleaning
     counts. ``label_to_cat_id`` maps labels to the category ids of COCO evaluation (default:
     the labels); ``coco_gt`` is a COCO ground truth to score against instead of the one built
     from the records (its category ids those of ``label_to_cat_id``).
     """
 
+    options: ClassVar[type[BaseDatasetConfig]]
     ignored_stat: ClassVar[str | None] = None  # stats key of the flagged boxes left out of training
     flag_key: ClassVar[str | None] = None  # items also carry target[flag_key]: the flags of their boxes
     ids_are_the_files: ClassVar[bool] = False  # image ids come from the files: messages name them
@@ -127,6 +130,13 @@ class RecordDataset(DetectionDataset):
         self._count()
         if check_files:
             self.check_files()
+
+    @classmethod
+    def build(cls, ds: Any, data: DataConfig, **common: Any) -> RecordDataset:
+        """The dataset of the config section ``ds`` (an instance of :attr:`options`); ``common``
+        are ``__init__``'s ``transforms``, ``skip_empty`` and ``min_box_size``, as the split
+        is trained on or evaluated (:func:`detkd.data.build.build_dataset`)."""
+        raise NotImplementedError(f"{cls.__name__} has no build()")
 
     def _clean(self, record: ImageRecord) -> ImageRecord:
         """The record with its boxes clipped and the degenerate ones dropped, counted."""

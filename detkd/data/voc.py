@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from pycocotools.coco import COCO
 
+from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.data.records import ImageRecord, RecordDataset
 from detkd.data.utils import DetectionTransform, read_image_size
 from detkd.errors import DetkdError
@@ -105,6 +107,20 @@ def read_split(split_file: Path) -> list[str]:
     return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
 
+@dataclass
+class VOCDatasetConfig(BaseDatasetConfig):
+    """Pascal VOC: ``root`` is the ``VOCdevkit/VOC2007`` directory, ``split`` an
+    ``ImageSets/Main/<split>.txt`` file (``trainval``, ``test`` ...)."""
+
+    type: str = "voc"
+    root: str = ""
+    classes: Optional[list[str]] = None  # class names (default: the 20 VOC classes)
+    use_difficult: bool = False  # train on difficult boxes too
+
+    def location(self) -> str:
+        return self.root
+
+
 class VOCDetection(RecordDataset):
     """Pascal VOC detection dataset.
 
@@ -120,6 +136,7 @@ class VOCDetection(RecordDataset):
     the record base's. ``image_id`` is the 1-based position of the image in the split file.
     """
 
+    options = VOCDatasetConfig
     ignored_stat = "difficult_ignored"
     flag_key = "difficult"
 
@@ -152,6 +169,13 @@ class VOCDetection(RecordDataset):
         super().__init__(records, classes, f"VOC {self.root.name}/{split}", transforms=transforms,
                          skip_empty=skip_empty, min_box_size=min_box_size, train_flagged=use_difficult,
                          check_files=check_files)
+
+    @classmethod
+    def build(cls, ds: VOCDatasetConfig, data: DataConfig, **common: Any) -> VOCDetection:
+        if not ds.root:
+            raise DetkdError("a voc dataset needs 'root' (the VOCdevkit/VOC2007 directory) in its data section")
+        return cls(ds.root, ds.split, ds.classes or VOC_CLASSES, use_difficult=ds.use_difficult, check_files=True,
+                   **common)
 
     def get_annotation(self, idx: int) -> dict[str, Any]:
         """All (cleaned) boxes of item ``idx``, difficult ones included, for evaluation."""

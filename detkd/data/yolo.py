@@ -17,12 +17,14 @@ its path has its label file beside it), as ultralytics reads them. See docs/data
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from detkd.config.load import parse_yaml_file
+from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.data.records import ImageRecord, RecordDataset
 from detkd.data.utils import DetectionTransform, read_image_size
 from detkd.errors import DetkdError
@@ -142,6 +144,19 @@ def read_boxes(label_file: Path, num_classes: int, width: int, height: int) -> t
     return edges * np.array([width, height, width, height], dtype=np.float64), classes + 1
 
 
+@dataclass
+class YoloDatasetConfig(BaseDatasetConfig):
+    """An ultralytics-layout YOLO dataset: ``root`` is the directory of its ``data.yaml``,
+    ``split`` the ``data.yaml`` key naming the image folder(s) (``train``, ``val``, ``test``).
+    See docs/datasets.md."""
+
+    type: str = "yolo"
+    root: str = ""
+
+    def location(self) -> str:
+        return self.root
+
+
 class YoloDetection(RecordDataset):
     """Detection dataset over YOLO txt labels (ultralytics layout, see the module docs).
 
@@ -157,6 +172,8 @@ class YoloDetection(RecordDataset):
     ``image_id`` is the 1-based position of the image among the split's sorted image paths
     (stable under ``skip_empty`` and ``max_images``).
     """
+
+    options = YoloDatasetConfig
 
     def __init__(
         self,
@@ -182,3 +199,9 @@ class YoloDetection(RecordDataset):
             records.append(ImageRecord(image, width, height, position + 1, boxes, labels))
         super().__init__(records, class_names, f"YOLO {self.data_yaml.name}/{split}", transforms=transforms,
                          skip_empty=skip_empty, min_box_size=min_box_size, counts={"missing_label_files": missing})
+
+    @classmethod
+    def build(cls, ds: YoloDatasetConfig, data: DataConfig, **common: Any) -> YoloDetection:
+        if not ds.root:
+            raise DetkdError("a yolo dataset needs 'root' (the directory of its data.yaml) in its data section")
+        return cls(ds.root, ds.split, **common)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 import detkd
 from detkd.config.load import config_hash, dump_config
 from detkd.config.schema import Config
-from detkd.data.build import build_dataset, build_eval_loader, collate_fn
+from detkd.data.build import build_dataset, build_eval_loader, check_label_maps, collate_fn
 from detkd.data.sampler import ResumableSampler
 from detkd.distill.compat import check_label_map
 from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint
@@ -177,6 +177,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
         if len(ds) == 0:
             source = ds_cfg.location() or cfg.data.demo.out_dir
             raise DetkdError(f"the {name} set is empty ({ds_cfg.type}: {source}; {ds.summary()})")
+    check_label_maps(train_set, val_set)
     num_data_classes = len(train_set.class_names)
     if num_data_classes >= cfg.model.num_classes:  # labels 1..C would index past the classifier
         raise DetkdError(f"the training data has {num_data_classes} classes but model.num_classes is "
