@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, DataConfig
 from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
+from detkd.data.csv import CsvDetection
 from detkd.data.demo import DemoDetection
 from detkd.data.records import RecordDataset
 from detkd.data.sampler import ResumableSampler
@@ -39,6 +40,7 @@ DATASETS: dict[str, type[RecordDataset]] = {
     "voc": VOCDetection,
     "demo": DemoDetection,
     "yolo": YoloDetection,
+    "csv": CsvDetection,
 }
 
 
