@@ -10,8 +10,9 @@
   ``--opts``) where it was set.
 * Dataset sections (``data.train``, ``data.val``) are flat: their ``type`` picks the
   dataclass (:data:`detkd.config.schema.DATASET_TYPES`, filled by ``detkd.data`` from its
-  ``DATASETS`` registry) and an option of another format is an error. When a later source (a file including the one that set them, or ``--opts``)
-  changes a section's ``type``, the earlier options that the new type lacks are dropped,
+  ``DATASETS`` registry) and an option of another format is an error. When a later source
+  (a file including the one that set them, or ``--opts``) changes a section's ``type``, the
+  earlier options that the new type lacks are dropped,
   so ``--opts data.train.type=voc data.train.root=DIR`` works over a coco config.
 """
 
