@@ -252,3 +252,42 @@ def test_the_docs_worked_example_is_the_real_file():
     lines = len(blocks[0].splitlines())
     assert re.search(rf" detkd/data/build\.py \|   2 \+\n detkd/data/csv\.py   \| {lines} \+* *\n"
                      rf" 2 files changed, {lines + 2} insertions\(\+\)", doc)
+
+
+def test_a_format_is_one_class_and_one_dict_entry(tmp_path, demo_cfg_path, monkeypatch):
+    """A throwaway format registered in the test alone gets the config type, option errors and
+    build_dataset; a format whose options name another type is refused on registration."""
+    from dataclasses import dataclass
+
+    import detkd.data.build as build
+    from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig
+    from detkd.data.records import ImageRecord, RecordDataset
+
+    @dataclass
+    class SquaresConfig(BaseDatasetConfig):
+        type: str = "squares"
+        count: int = 1
+
+    class Squares(RecordDataset):
+        options = SquaresConfig
+
+        @classmethod
+        def build(cls, ds, data, **common):
+            Image.new("RGB", (32, 32)).save(tmp_path / "s.png")
+            records = [ImageRecord(tmp_path / "s.png", 32, 32, i + 1, [[4, 4, 20, 20]], [1]) for i in range(ds.count)]
+            return cls(records, ["square"], "squares", **common)
+
+    monkeypatch.setitem(DATASETS, "squares", Squares)
+    monkeypatch.setitem(DATASET_TYPES, "squares", SquaresConfig)  # what registration does (interim slot)
+    cfg = load_config(demo_cfg_path, ["data.train.type=squares", "data.train.count=3"])
+    assert cfg.data.train == SquaresConfig(count=3)
+    dataset = build_dataset(cfg.data.train, cfg.data, train=False)
+    assert len(dataset) == 3 and dataset[2][1]["boxes"].tolist() == [[4, 4, 20, 20]]
+    assert dataset.summary() == ("squares: images=3, boxes=3, clipped=0, dropped_degenerate=0, empty_images=0, "
+                                 "empty_images_skipped=0")
+    with pytest.raises(DetkdError, match=r"'data\.train\.file' is not an option of type 'squares' \(options: count,"):
+        load_config(demo_cfg_path, ["data.train.type=squares", "data.train.file=x"])
+    monkeypatch.setitem(DATASETS, "circles", Squares)
+    with pytest.raises(TypeError, match=r"DATASETS\['circles'\] is Squares, whose options SquaresConfig default to "
+                                        r"type 'squares'"):
+        build._register()
