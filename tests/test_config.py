@@ -123,7 +123,9 @@ def test_every_shipped_config_validates(path):
 
 
 def test_dataset_sections_are_typed_by_their_type(tmp_path):
-    from detkd.config.schema import CocoDatasetConfig, DemoDatasetConfig, VOCDatasetConfig
+    from detkd.data.coco import CocoDatasetConfig
+    from detkd.data.demo import DemoDatasetConfig
+    from detkd.data.voc import VOCDatasetConfig
 
     cfg = load_config(write(tmp_path / "c.yaml", {"data": {"train": {"type": "coco", "image_dir": "i", "ann_file": "a"},
                                                            "val": {"type": "voc", "root": "r", "split": "test"}}}))

@@ -386,8 +386,8 @@ def test_demo_rejects_bad_params(tmp_path: Path) -> None:
 
 
 def test_max_images_keeps_the_first_items_and_updates_the_counts(voc_root: Path, coco_files: tuple[Path, Path]) -> None:
-    from detkd.config.schema import DataConfig, DatasetConfig
-    from detkd.data.build import build_dataset
+    from detkd.config.schema import DataConfig
+    from detkd.data.build import DatasetConfig, build_dataset
 
     image_dir, ann_file = coco_files
     coco = build_dataset(DatasetConfig(type="coco", image_dir=str(image_dir), ann_file=str(ann_file), max_images=2),

@@ -4,21 +4,15 @@ from detkd.config.load import config_hash, dump_config, load_config
 from detkd.config.schema import (
     DATASET_TYPES,
     BaseDatasetConfig,
-    CocoDatasetConfig,
     Config,
     DataConfig,
-    DatasetConfig,
-    DemoDatasetConfig,
     DistillConfig,
     ModelConfig,
     TeacherConfig,
     TrainConfig,
-    VOCDatasetConfig,
-    YoloDatasetConfig,
 )
 
 __all__ = [
-    "DATASET_TYPES", "BaseDatasetConfig", "CocoDatasetConfig", "Config", "DataConfig", "DatasetConfig",
-    "DemoDatasetConfig", "DistillConfig", "ModelConfig", "TeacherConfig", "TrainConfig", "VOCDatasetConfig",
-    "YoloDatasetConfig", "config_hash", "dump_config", "load_config",
+    "DATASET_TYPES", "BaseDatasetConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
+    "TrainConfig", "config_hash", "dump_config", "load_config",
 ]

@@ -9,9 +9,10 @@
   key or a wrong type is a :class:`DetkdError` naming the dotted key and the file (or
   ``--opts``) where it was set.
 * Dataset sections (``data.train``, ``data.val``) are flat: their ``type`` picks the
-  dataclass (:data:`detkd.config.schema.DATASET_TYPES`) and an option of another format is
-  an error. When a later source (a file including the one that set them, or ``--opts``)
-  changes a section's ``type``, the earlier options that the new type lacks are dropped,
+  dataclass (:data:`detkd.config.schema.DATASET_TYPES`, filled by ``detkd.data`` from its
+  ``DATASETS`` registry) and an option of another format is an error. When a later source
+  (a file including the one that set them, or ``--opts``) changes a section's ``type``, the
+  earlier options that the new type lacks are dropped,
   so ``--opts data.train.type=voc data.train.root=DIR`` works over a coco config.
 """
 
@@ -297,6 +298,8 @@ def _build_dataset(data: dict, path: str, ctx: tuple[dict, str]) -> BaseDatasetC
     """A dataset section: the dataclass of its ``type``, which must have every key given."""
     origins, source = ctx
     kind = data.get("type", BaseDatasetConfig.type)
+    if not DATASET_TYPES:
+        raise DetkdError("no dataset formats are registered with the config loader: import detkd.data first")
     try:
         _convert(kind, Literal[tuple(DATASET_TYPES)], f"{path}.type", ctx)
     except _Invalid as exc:

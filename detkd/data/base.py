@@ -1,10 +1,10 @@
 """What the trainer, the evaluator and the report need from a detection dataset.
 
-Every format (``coco.py``, ``voc.py``, ``yolo.py``; the demo is a COCO copy) subclasses
-:class:`DetectionDataset`, and nothing outside ``detkd/data`` uses more than it declares.
-Adding a format is one file here with such a class, one builder in
-:data:`detkd.data.build.DATASETS` and one options dataclass in
-:data:`detkd.config.schema.DATASET_TYPES` (see docs/datasets.md).
+Every format (``coco.py``, ``voc.py``, ``yolo.py``, ``csv.py``; the demo is a COCO copy) is a
+:class:`DetectionDataset` through :class:`detkd.data.records.RecordDataset`, its one
+implementation, and nothing outside ``detkd/data`` uses more than this interface declares.
+Adding a format is one file here (its options dataclass and its parser) and one entry in
+:data:`detkd.data.build.DATASETS` (see docs/datasets.md).
 """
 
 from __future__ import annotations

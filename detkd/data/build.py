@@ -1,52 +1,74 @@
-"""Datasets and loaders from the config."""
+"""Datasets and loaders from the config.
+
+:data:`DATASETS` is the one registry of dataset formats: ``data.<split>.type`` -> the format's
+dataset class (one file in detkd/data), which names its options dataclass (``options``) and
+makes itself from its section (``build``). The config loader, ``--opts``, the option errors and
+:func:`build_dataset` all derive from it (docs/datasets.md, "Adding a format").
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detkd.config.schema import (
-    BaseDatasetConfig,
-    CocoDatasetConfig,
-    DataConfig,
-    DemoDatasetConfig,
-    VOCDatasetConfig,
-    YoloDatasetConfig,
-)
+from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, DataConfig
 from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
+from detkd.data.csv import CsvDetection
+from detkd.data.demo import DemoDetection
+from detkd.data.records import RecordDataset
 from detkd.data.sampler import ResumableSampler
 from detkd.data.transforms import build_transforms
-from detkd.data.utils import DetectionTransform, collate_fn
+from detkd.data.utils import collate_fn
 from detkd.data.voc import VOCDetection
 from detkd.data.yolo import YoloDetection
 from detkd.utils import dist
 from detkd.errors import DetkdError
 
-__all__ = ["DATASETS", "EpochSeeded", "build_dataset", "build_eval_loader", "collate_fn", "demo_paths"]
+__all__ = ["DATASETS", "DatasetConfig", "EpochSeeded", "build_dataset", "build_eval_loader", "check_label_maps",
+           "collate_fn", "dataset_types"]
+
+# data.<split>.type -> its format; the options of each are DATASETS[type].options.
+DATASETS: dict[str, type[RecordDataset]] = {
+    "coco": CocoDetection,
+    "voc": VOCDetection,
+    "demo": DemoDetection,
+    "yolo": YoloDetection,
+    "csv": CsvDetection,
+}
 
 
-def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
-    """Generate (or reuse the cached) embedded demo data; return (image_dir, ann_file)."""
-    from detkd.data.demo import generate_demo_dataset
+def dataset_types() -> dict[str, type[BaseDatasetConfig]]:
+    """``type`` -> options dataclass of every format (what the config loader validates against)."""
+    return {name: fmt.options for name, fmt in DATASETS.items()}
 
-    if split not in ("train", "val"):
-        raise DetkdError(f"data split for type 'demo' must be 'train' or 'val', got '{split}'")
-    demo = data.demo
-    out = Path(demo.out_dir)
-    # One process generates; the others wait and reuse the cache.
-    if dist.is_main():
-        generate_demo_dataset(out, seed=demo.seed, num_train=demo.num_train, num_val=demo.num_val,
-                              image_size=demo.image_size)
-    dist.barrier()
-    return out / split, out / "annotations" / f"instances_{split}.json"
+
+def _register() -> None:
+    """Check that each format's options default to its name (a new format's slip is caught on
+    import, not in a user's run) and hand the options to the config loader."""
+    for name, fmt in DATASETS.items():
+        if fmt.options.type != name:
+            raise TypeError(f"DATASETS['{name}'] is {fmt.__name__}, whose options {fmt.options.__name__} "
+                            f"default to type '{fmt.options.type}'")
+    DATASET_TYPES.clear()
+    DATASET_TYPES.update(dataset_types())
+
+
+_register()
+
+
+def DatasetConfig(type: str = "demo", **options: Any) -> BaseDatasetConfig:  # noqa: N802 (the former class)
+    """The options of one split from their flat form: ``DatasetConfig(type="coco",
+    image_dir=..., ann_file=...)`` is a :class:`~detkd.data.coco.CocoDatasetConfig`."""
+    if type not in DATASETS:
+        raise DetkdError(f"unknown dataset type '{type}' (types: {', '.join(DATASETS)})")
+    return DATASETS[type].options(type=type, **options)
 
 
 class EpochSeeded(DetectionDataset):
@@ -103,69 +125,34 @@ class EpochSeeded(DetectionDataset):
         self.dataset.limit(n)
 
 
-# ----------------------------------------------------------------------------- builders
-# One per data.<split>.type: (options, data section, train?, transforms) -> dataset. A split
-# is trained on with ``train`` (skip_empty applies then) and augmented by ``transforms``.
-
-
-def _coco_files(image_dir: Path, ann_file: Path, ds: BaseDatasetConfig, data: DataConfig, train: bool,
-                transforms: DetectionTransform | None) -> CocoDetection:
-    # Missing image files are found here (one stat each), not an epoch into training.
-    return CocoDetection(image_dir, ann_file, transforms=transforms, skip_empty=ds.skip_empty and train,
-                         min_box_size=data.augment.min_box_size, check_files=True)
-
-
-def build_coco(ds: CocoDatasetConfig, data: DataConfig, train: bool,
-               transforms: DetectionTransform | None) -> DetectionDataset:
-    if not ds.ann_file or not ds.image_dir:
-        raise DetkdError("a coco dataset needs both 'image_dir' and 'ann_file' in its data section")
-    return _coco_files(Path(ds.image_dir), Path(ds.ann_file), ds, data, train, transforms)
-
-
-def build_demo(ds: DemoDatasetConfig, data: DataConfig, train: bool,
-               transforms: DetectionTransform | None) -> DetectionDataset:
-    image_dir, ann_file = demo_paths(data, ds.split)
-    return _coco_files(image_dir, ann_file, ds, data, train, transforms)
-
-
-def build_voc(ds: VOCDatasetConfig, data: DataConfig, train: bool,
-              transforms: DetectionTransform | None) -> DetectionDataset:
-    if not ds.root:
-        raise DetkdError("a voc dataset needs 'root' (the VOCdevkit/VOC2007 directory) in its data section")
-    kwargs = {"classes": ds.classes} if ds.classes else {}
-    return VOCDetection(ds.root, split=ds.split, transforms=transforms, use_difficult=ds.use_difficult,
-                        skip_empty=ds.skip_empty and train, min_box_size=data.augment.min_box_size,
-                        check_files=True, **kwargs)
-
-
-def build_yolo(ds: YoloDatasetConfig, data: DataConfig, train: bool,
-               transforms: DetectionTransform | None) -> DetectionDataset:
-    if not ds.root:
-        raise DetkdError("a yolo dataset needs 'root' (the directory of its data.yaml) in its data section")
-    return YoloDetection(ds.root, split=ds.split, transforms=transforms, skip_empty=ds.skip_empty and train,
-                         min_box_size=data.augment.min_box_size)
-
-
-# data.<split>.type -> builder; the options of each type are detkd.config.schema.DATASET_TYPES.
-DATASETS: dict[str, Callable[[Any, DataConfig, bool, DetectionTransform | None], DetectionDataset]] = {
-    "coco": build_coco,
-    "voc": build_voc,
-    "demo": build_demo,
-    "yolo": build_yolo,
-}
-
-
 def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: int | None = None) -> DetectionDataset:
     """One split as a dataset; training splits get augmentation (seeded per item)."""
-    if ds.type not in DATASETS:
-        raise DetkdError(f"no dataset builder for type '{ds.type}' (types: {', '.join(DATASETS)})")
+    fmt = DATASETS.get(ds.type)
+    if fmt is None or type(ds) is not fmt.options:
+        raise DetkdError(f"the options of type '{ds.type}' are {fmt.options.__name__ if fmt else 'unknown'} "
+                         f"(types: {', '.join(DATASETS)}), got {type(ds).__name__}")
     transforms = build_transforms(data.augment, train=train) if train else None
-    dataset = DATASETS[ds.type](ds, data, train, transforms)
+    dataset = fmt.build(ds, data, transforms=transforms, skip_empty=ds.skip_empty and train,
+                        min_box_size=data.augment.min_box_size)
     if ds.max_images is not None:
         dataset.limit(ds.max_images)
     if train and seed is not None:
         return EpochSeeded(dataset, seed)
     return dataset
+
+
+def check_label_maps(train_set: DetectionDataset, val_set: DetectionDataset) -> None:
+    """Label ``i`` must be the same class in training and validation: a model trained on one
+    label map and scored on another is scored against the wrong classes. One line naming the
+    first label that differs."""
+    a, b = list(train_set.class_names), list(val_set.class_names)
+    if a == b:
+        return
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    first = f"train {a[i]!r} vs val {b[i]!r}" if i < min(len(a), len(b)) else \
+        f"only the {'training' if len(a) > len(b) else 'validation'} set has it"
+    raise DetkdError(f"the training and validation sets have different label maps (label {i + 1}: {first}; "
+                     f"{len(a)} vs {len(b)} classes): give data.train and data.val the same classes")
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:

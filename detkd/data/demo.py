@@ -23,6 +23,9 @@ Output layout (COCO)::
     out_dir/train/000000.jpg ...        out_dir/annotations/instances_train.json
     out_dir/val/000000.jpg ...          out_dir/annotations/instances_val.json
     out_dir/meta.json                   (parameters + hash; enables caching)
+
+As a dataset format (``type: demo``, the default of ``data.train``/``data.val``),
+:class:`DemoDetection` generates the data as ``data.demo`` says and reads it as COCO.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detkd.config.schema import BaseDatasetConfig, DataConfig
+from detkd.data.coco import CocoDetection
 from detkd.errors import DetkdError
+from detkd.utils import dist
 
 logger = logging.getLogger(__name__)
 
@@ -387,3 +393,35 @@ def save_preview(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out_file)
     return out_file
+
+
+# ----------------------------------------------------------------------------- the demo format
+
+# The demo has no options of its own: its data.<split> section is the common one (type, split,
+# skip_empty, max_images), whose default type is "demo"; the generation parameters are data.demo.
+DemoDatasetConfig = BaseDatasetConfig
+
+
+def demo_paths(data: DataConfig, split: str) -> tuple[Path, Path]:
+    """Generate (or reuse the cached) embedded demo data; return (image_dir, ann_file)."""
+    if split not in SPLITS:
+        raise DetkdError(f"data split for type 'demo' must be 'train' or 'val', got '{split}'")
+    demo = data.demo
+    out = Path(demo.out_dir)
+    # One process generates; the others wait and reuse the cache.
+    if dist.is_main():
+        generate_demo_dataset(out, seed=demo.seed, num_train=demo.num_train, num_val=demo.num_val,
+                              image_size=demo.image_size)
+    dist.barrier()
+    return out / split, out / "annotations" / f"instances_{split}.json"
+
+
+class DemoDetection(CocoDetection):
+    """The embedded demo data of ``data.demo``'s parameters, generated once, read as COCO."""
+
+    options = DemoDatasetConfig
+
+    @classmethod
+    def build(cls, ds: BaseDatasetConfig, data: DataConfig, **common: Any) -> DemoDetection:
+        image_dir, ann_file = demo_paths(data, ds.split)
+        return cls(image_dir, ann_file, check_files=True, **common)

@@ -1,7 +1,9 @@
-"""Helpers shared by the detection datasets: box cleaning, image loading, targets, collate."""
+"""Helpers shared by the detection datasets: box cleaning, image loading, targets, COCO objects, collate."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
 
 from detkd.errors import DetkdError
 
@@ -125,3 +128,12 @@ def make_target(
 def format_stats(name: str, stats: dict[str, int]) -> str:
     """One-line ``name: key=value, ...`` summary of dataset cleaning counts."""
     return f"{name}: " + ", ".join(f"{k}={v}" for k, v in stats.items())
+
+
+def build_coco_api(data: dict[str, Any]) -> COCO:
+    """Build a pycocotools ``COCO`` object from an already-loaded dataset dict."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco

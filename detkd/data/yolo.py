@@ -17,27 +17,16 @@ its path has its label file beside it), as ultralytics reads them. See docs/data
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from pycocotools.coco import COCO
 
 from detkd.config.load import parse_yaml_file
-from detkd.data.base import DetectionDataset
-from detkd.data.coco import build_coco_api
-from detkd.data.utils import (
-    DetectionTransform,
-    apply_transforms,
-    clip_boxes,
-    format_stats,
-    image_to_tensor,
-    load_rgb_image,
-    make_target,
-    read_image_size,
-)
+from detkd.config.schema import BaseDatasetConfig, DataConfig
+from detkd.data.records import ImageRecord, RecordDataset
+from detkd.data.utils import DetectionTransform, read_image_size
 from detkd.errors import DetkdError
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -144,23 +133,47 @@ def parse_label_file(label_file: Path, num_classes: int) -> tuple[np.ndarray, np
     return np.array(classes, dtype=np.int64), np.array(values, dtype=np.float64).reshape(-1, 4)
 
 
-class YoloDetection(DetectionDataset):
+def read_boxes(label_file: Path, num_classes: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(xyxy pixel boxes [N,4], labels [N] 1..C)`` of one label file; edges within
+    :data:`EDGE_TOLERANCE` outside 0..1 are set to the border."""
+    classes, cxcywh = parse_label_file(label_file, num_classes)
+    cx, cy, w, h = (cxcywh[:, i] for i in range(4))
+    edges = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    edges[(edges < 0) & (edges >= -EDGE_TOLERANCE)] = 0.0
+    edges[(edges > 1) & (edges <= 1 + EDGE_TOLERANCE)] = 1.0
+    return edges * np.array([width, height, width, height], dtype=np.float64), classes + 1
+
+
+@dataclass
+class YoloDatasetConfig(BaseDatasetConfig):
+    """An ultralytics-layout YOLO dataset: ``root`` is the directory of its ``data.yaml``,
+    ``split`` the ``data.yaml`` key naming the image folder(s) (``train``, ``val``, ``test``).
+    See docs/datasets.md."""
+
+    type: str = "yolo"
+    root: str = ""
+
+    def location(self) -> str:
+        return self.root
+
+
+class YoloDetection(RecordDataset):
     """Detection dataset over YOLO txt labels (ultralytics layout, see the module docs).
 
     ``root`` is the folder of ``data.yaml`` (or the YAML file itself) and ``split`` its key
     naming the image folder(s). Labels are ``class index + 1`` in the order of ``names``.
     Each image's size is read once from its file header; boxes (``cx cy w h`` normalized)
-    become xyxy pixels, are clipped to the image and cleaned as in
-    :class:`~detkd.data.coco.CocoDetection`, and counted in :attr:`stats`: ``clipped``
-    (partly outside the image: an edge outside 0..1 by more than :data:`EDGE_TOLERANCE`;
-    within it, the edge is set to the border uncounted), ``dropped_degenerate`` (not
-    positive or below ``min_box_size`` after clipping), ``missing_label_files`` (images
-    without a label file: no boxes, as ultralytics reads them), ``empty_images`` and
-    ``empty_images_skipped`` (``skip_empty``). An empty label file is an image without boxes.
+    become xyxy pixels and are cleaned by :class:`~detkd.data.records.RecordDataset`:
+    ``clipped`` counts an edge outside 0..1 by more than :data:`EDGE_TOLERANCE` (within it,
+    the edge is set to the border uncounted). ``missing_label_files`` counts images without
+    a label file: no boxes, as ultralytics reads them. An empty label file is an image
+    without boxes.
 
     ``image_id`` is the 1-based position of the image among the split's sorted image paths
     (stable under ``skip_empty`` and ``max_images``).
     """
+
+    options = YoloDatasetConfig
 
     def __init__(
         self,
@@ -172,108 +185,23 @@ class YoloDetection(DetectionDataset):
     ) -> None:
         self.data_yaml = find_data_yaml(root)
         self.split = split
-        self.transforms = transforms
-        self.min_box_size = float(min_box_size)
         data = read_data_yaml(self.data_yaml)
-        self.class_names: list[str] = class_names_of(data, self.data_yaml)
-        files = split_image_files(data, split, self.data_yaml)
-        self.stats: dict[str, int] = {
-            "images": 0,
-            "boxes": 0,
-            "clipped": 0,
-            "dropped_degenerate": 0,
-            "missing_label_files": 0,
-            "empty_images": 0,
-            "empty_images_skipped": 0,
-        }
-        self._files: list[Path] = []
-        self._image_ids: list[int] = []
-        self._sizes: list[tuple[int, int]] = []  # (width, height) read from the image files
-        self._targets: list[tuple[np.ndarray, np.ndarray]] = []  # (boxes [N,4] xyxy, labels [N])
-        for position, image in enumerate(files):
+        class_names = class_names_of(data, self.data_yaml)
+        records, missing = [], 0
+        for position, image in enumerate(split_image_files(data, split, self.data_yaml)):
             width, height = read_image_size(image)
-            boxes, labels = self._load_labels(label_file_of(image), width, height)
-            if len(boxes) == 0:
-                self.stats["empty_images"] += 1
-                if skip_empty:
-                    self.stats["empty_images_skipped"] += 1
-                    continue
-            self._files.append(image)
-            self._image_ids.append(position + 1)
-            self._sizes.append((width, height))
-            self._targets.append((boxes, labels))
-        self._count()
-        self._coco: COCO | None = None
+            label_file = label_file_of(image)
+            if label_file.is_file():
+                boxes, labels = read_boxes(label_file, len(class_names), width, height)
+            else:
+                missing += 1
+                boxes, labels = np.zeros((0, 4)), np.zeros(0)
+            records.append(ImageRecord(image, width, height, position + 1, boxes, labels))
+        super().__init__(records, class_names, f"YOLO {self.data_yaml.name}/{split}", transforms=transforms,
+                         skip_empty=skip_empty, min_box_size=min_box_size, counts={"missing_label_files": missing})
 
-    def _load_labels(self, label_file: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clean boxes and labels of one image, updating :attr:`stats`."""
-        if not label_file.is_file():
-            self.stats["missing_label_files"] += 1
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        classes, cxcywh = parse_label_file(label_file, len(self.class_names))
-        cx, cy, w, h = (cxcywh[:, i] for i in range(4))
-        edges = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-        edges[(edges < 0) & (edges >= -EDGE_TOLERANCE)] = 0.0
-        edges[(edges > 1) & (edges <= 1 + EDGE_TOLERANCE)] = 1.0
-        xyxy = edges * np.array([width, height, width, height], dtype=np.float64)
-        boxes, keep, was_clipped = clip_boxes(xyxy, float(width), float(height), self.min_box_size)
-        self.stats["clipped"] += int(was_clipped.sum())
-        self.stats["dropped_degenerate"] += int((~keep).sum())
-        return boxes[keep], classes[keep] + 1
-
-    def _count(self) -> None:
-        self.stats["images"] = len(self._files)
-        self.stats["boxes"] = sum(len(b) for b, _ in self._targets)
-
-    def limit(self, n: int) -> None:
-        """Keep only the first ``n`` items (``max_images``)."""
-        self._files, self._image_ids = self._files[:n], self._image_ids[:n]
-        self._sizes, self._targets = self._sizes[:n], self._targets[:n]
-        self._count()
-        self._coco = None
-
-    def image_path(self, idx: int) -> Path:
-        """Path of the image file of item ``idx``."""
-        return self._files[idx]
-
-    def get_image_ids(self) -> list[int]:
-        """Image ids (1-based positions among the sorted image paths) of the items, in order."""
-        return list(self._image_ids)
-
-    def summary(self) -> str:
-        """One line with the annotation cleaning counts."""
-        return format_stats(f"YOLO {self.data_yaml.name}/{self.split}", self.stats)
-
-    def coco_ground_truth(self) -> tuple[COCO, dict[int, int]]:
-        """The items' (clean) boxes as an in-memory pycocotools ``COCO`` whose category ids
-        are the labels ``1..C`` (built once), and the identity label map."""
-        if self._coco is None:
-            images, annotations = [], []
-            for image_id, path, (width, height), (boxes, labels) in zip(
-                self._image_ids, self._files, self._sizes, self._targets
-            ):
-                images.append({"id": image_id, "file_name": str(path), "width": width, "height": height})
-                for box, label in zip(boxes.tolist(), labels.tolist()):
-                    w, h = box[2] - box[0], box[3] - box[1]
-                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
-                                        "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
-            categories = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
-            self._coco = build_coco_api({"images": images, "annotations": annotations, "categories": categories})
-        return self._coco, {i + 1: i + 1 for i in range(len(self.class_names))}
-
-    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """The items' (clean) boxes; none is difficult."""
-        by_id = dict(zip(self._image_ids, self._targets))
-        return [{"boxes": by_id[i][0].astype(np.float64), "labels": by_id[i][1].copy(),
-                 "difficult": np.zeros(len(by_id[i][1]), dtype=bool)} for i in image_ids]
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = load_rgb_image(self._files[idx])
-        height, width = image.shape[:2]
-        boxes, labels = self._targets[idx]
-        image, boxes, keep = apply_transforms(self.transforms, image, boxes)
-        target = make_target(boxes, labels[keep], self._image_ids[idx], (height, width))
-        return image_to_tensor(image), target
+    @classmethod
+    def build(cls, ds: YoloDatasetConfig, data: DataConfig, **common: Any) -> YoloDetection:
+        if not ds.root:
+            raise DetkdError("a yolo dataset needs 'root' (the directory of its data.yaml) in its data section")
+        return cls(ds.root, ds.split, **common)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from detkd.config.load import config_hash, dump_config
 from detkd.config.schema import Config
-from detkd.data.build import build_dataset, build_eval_loader, collate_fn
+from detkd.data.build import build_dataset, build_eval_loader, check_label_maps, collate_fn
 from detkd.data.sampler import ResumableSampler
 from detkd.distill.compat import check_label_map
 from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint, run_record
@@ -215,6 +215,7 @@ def build_data(cfg: Config, device: torch.device, logger: logging.Logger) -> Det
         if len(ds) == 0:
             source = ds_cfg.location() or cfg.data.demo.out_dir
             raise DetkdError(f"the {name} set is empty ({ds_cfg.type}: {source}; {ds.summary()})")
+    check_label_maps(train_set, val_set)
     num_data_classes = len(train_set.class_names)
     if num_data_classes >= cfg.model.num_classes:  # labels 1..C would index past the classifier
         raise DetkdError(f"the training data has {num_data_classes} classes but model.num_classes is "

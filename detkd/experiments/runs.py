@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from detkd.config.load import config_from_dict, config_hash, dump_config, load_config
+import detkd.data  # noqa: F401  registers the dataset formats with the config loader
 from detkd.errors import DetkdError
 
 __all__ = ["RUN_SECTIONS", "finished", "as_saved", "check_finished_run", "check_same_config", "train_or_reuse"]
