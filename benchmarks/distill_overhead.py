@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup(args: argparse.Namespace):
     """Config, batches, student, teacher and distiller (student weights shared by (a) and (c))."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.data.build import build_dataset, collate_fn
     from detkd.distill.distiller import Distiller
     from detkd.utils.runtime import resolve_device

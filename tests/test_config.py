@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detkd.config.load import config_hash, dump_config, load_config, parse_overrides
+from detkd.config.load import config_hash, dump_config, parse_overrides
+from detkd.recipe import load_config
 from detkd.errors import DetkdError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,11 +99,11 @@ def test_missing_file_invalid_yaml_and_cycles(tmp_path):
 
 
 def test_distill_needs_teacher(tmp_path):
-    path = write(tmp_path / "c.yaml", {"distill": {"mu": 0.5}})
+    path = write(tmp_path / "c.yaml", {"distill": {"chen": {"mu": 0.5}}})
     with pytest.raises(DetkdError, match="both a 'teacher' and a 'distill'"):
         load_config(path)
-    path = write(tmp_path / "d.yaml", {"teacher": {"checkpoint": "t.pth"}, "distill": {"mu": 1.5}})
-    with pytest.raises(DetkdError, match="distill.mu"):
+    path = write(tmp_path / "d.yaml", {"teacher": {"checkpoint": "t.pth"}, "distill": {"chen": {"mu": 1.5}}})
+    with pytest.raises(DetkdError, match="distill.chen.mu"):
         load_config(path)
 
 

@@ -30,7 +30,7 @@ SIDE = 96  # the larger of the two nets' min_size after shrinking
 
 
 def _load(path, opts):
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
 
     return load_config(path, opts)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.engine.trainer import train
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "resume_v0"

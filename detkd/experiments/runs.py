@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from detkd.config.load import config_from_dict, config_hash, dump_config, load_config
+from detkd.config.load import config_hash, dump_config
+from detkd.recipe import config_from_dict, load_config
 from detkd.errors import DetkdError
 
 __all__ = ["RUN_SECTIONS", "finished", "as_saved", "check_finished_run", "check_same_config", "train_or_reuse"]

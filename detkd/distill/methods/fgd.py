@@ -5,21 +5,37 @@ ground-truth boxes in the teacher's frame."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
-from detkd.config.schema import FGDConfig
+from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.losses.feature import FGD, match_size
 from detkd.modeling.adapters import module_key
 
 
+@dataclass
+class FGDConfig:
+    """Focal and global distillation, ``distill.fgd``: foreground/background masked imitation
+    weighted by teacher attention, attention transfer and GcBlock global relation. Defaults:
+    the authors' faster_rcnn_r101 -> r50 config (yzd-v/FGD)."""
+
+    temperature: float = option(0.5, gt=0)
+    alpha: float = option(5e-5, ge=0, weight=True)  # foreground
+    beta: float = option(2.5e-5, ge=0, weight=True)  # background
+    gamma: float = option(5e-5, ge=0, weight=True)  # attention
+    lambda_global: float = option(5e-7, ge=0, weight=True)  # global (GcBlock) relation (the paper's lambda)
+    levels: Optional[list[str]] = option(None, nonempty=True)  # None: every level but "pool" (P2-P5)
+
+
 class FGDMethod(LevelMethod):
     """One :class:`detkd.losses.feature.FGD` (alignment conv + two GcBlocks) per level; the
     weights are inside the loss. Logs ``raw_fgd_{fg,bg,at,global}`` summed over levels."""
 
+    config = FGDConfig
     name = "fgd"
 
     @classmethod

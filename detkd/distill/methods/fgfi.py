@@ -5,18 +5,30 @@ overlap a ground-truth box by more than psi times that box's best anchor IoU."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkd.config.schema import FGFIConfig
+from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.errors import DetkdError
 from detkd.losses.feature import fgfi_masks, masked_imitation_loss, match_size
 from detkd.modeling.adapters import module_key
+
+
+@dataclass
+class FGFIConfig:
+    """Fine-grained feature imitation, ``distill.fgfi``: imitation on the locations whose
+    anchors overlap a ground-truth box (IoU > psi * the box's best anchor IoU). psi 0.5 and
+    weight 0.01: the paper (Sec. 3.1, 4)."""
+
+    weight: float = option(0.01, ge=0, weight=True)
+    psi: float = option(0.5, ge=0, le=1)
+    levels: Optional[list[str]] = option(None, nonempty=True)  # None: every level (each has anchors)
 
 
 class FGFIMethod(LevelMethod):
@@ -25,6 +37,7 @@ class FGFIMethod(LevelMethod):
     The imitation mask comes from the student's anchors and ground truth, on the student's
     grid (resized, nearest, to the teacher's when the teacher runs at a larger input size)."""
 
+    config = FGFIConfig
     name = "fgfi"
 
     def __init__(self, pairs, weight: float, psi: float, level_index: dict[str, int]) -> None:
