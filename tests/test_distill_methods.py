@@ -76,9 +76,14 @@ def zscore(x):
 
 @pytest.mark.parametrize("name", list(ZERO))
 def test_a_method_at_weight_zero_is_torchvision_exactly(name):
+    check_weight_zero_is_torchvision(name)
+
+
+def check_weight_zero_is_torchvision(name: str) -> None:
+    """METHODS[name] at its zero_config(): torchvision's losses and random draws, bit for bit."""
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(), 1)
-    d = Distiller(student, teacher, DistillConfig(methods={name: ZERO[name]}))
+    d = Distiller(student, teacher, DistillConfig(methods={name: METHODS[name].zero_config()}))
     calls = count_calls(teacher.backbone)
     ours, rng = run(d, images, targets, seed=7)
     ref = torchvision_reference(student, images, targets, seed=7)
@@ -91,9 +96,15 @@ def test_a_method_at_weight_zero_is_torchvision_exactly(name):
 
 @pytest.mark.parametrize("name", list(SECTIONS))
 def test_feature_method_alone_reads_only_the_teacher_fpn_and_trains_its_parts(name):
+    check_feature_method_alone(name)
+
+
+def check_feature_method_alone(name: str) -> None:
+    """METHODS[name] with its default section, alone: only the teacher's backbone + FPN runs,
+    the student's own terms and random draws are untouched, its parts get gradient."""
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(out_channels=48), 1)  # widths differ: 32 -> 48
-    d = Distiller(student, teacher, DistillConfig(methods={name: SECTIONS[name]}))
+    d = Distiller(student, teacher, DistillConfig(methods={name: METHODS[name].config()}))
     set_sampling_keys(student, [11, 12])  # as the trainer does: MGD's masks follow these keys
     heads = teacher_head_calls(teacher)
     t_calls = count_calls(teacher.backbone)
@@ -255,11 +266,20 @@ def _train(cfg, **kw):
 
 
 def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tiny_demo_dir, tmp_path):
+    stopped = check_sigterm_resume_is_exact(tiny_demo_dir, tmp_path, {"mgd": "{}", "fgd": "{alpha: 1e-3}"})
+    assert any(".generator." in k for k in stopped["distill"]) and any("gc_student" in k for k in stopped["distill"])
+
+
+def check_sigterm_resume_is_exact(tiny_demo_dir, tmp_path, sections: dict[str, str]) -> dict:
+    """The demo run with only ``sections`` (distill.<name>: YAML), stopped by SIGTERM in
+    iteration 3 and resumed with --resume auto, ends as the uninterrupted run: the methods'
+    parameters (``last.pth``'s ``distill``) and the student bit for bit, and model_final.pth
+    holds the student alone. Returns the stopped checkpoint."""
     from detkd.modeling.detector import build_detector
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo" / "distill_demo.yaml"
     teacher_ckpt = tmp_path / "teacher.pth"
-    extra = {"distill.chen": "null", "distill.mgd": "{}", "distill.fgd": "{alpha: 1e-3}",
+    extra = {"distill.chen": "null", **{f"distill.{name}": v for name, v in sections.items()},
              "teacher.model.out_channels": 48, "teacher.model.representation_size": 64,
              "teacher.model.min_size": 96, "teacher.model.max_size": 96,
              "teacher.checkpoint": str(teacher_ckpt), "train.epochs": 1, "train.checkpoint_period_iters": 1}
@@ -287,7 +307,7 @@ def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tin
         handle.remove()
     stopped = torch.load(tmp_path / "b" / "last.pth", map_location="cpu", weights_only=False)
     assert 0 < stopped["iter"] < 8
-    assert any(".generator." in k for k in stopped["distill"]) and any("gc_student" in k for k in stopped["distill"])
+    assert {k.split(".")[0] for k in stopped["distill"]} == set(sections)  # every method's parameters, by name
     _train(cfg_b, resume="auto")
     a = torch.load(tmp_path / "a" / "last.pth", map_location="cpu", weights_only=False)
     b = torch.load(tmp_path / "b" / "last.pth", map_location="cpu", weights_only=False)
@@ -301,6 +321,7 @@ def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tin
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert not [k for k in weights_a if "generator" in k or "gc_" in k or "methods" in k]
     assert set(weights_a) == set(build_detector(cfg_a.model).state_dict())
+    return stopped
 
 
 def test_resuming_with_other_methods_is_one_line_and_old_adapter_checkpoints_load():

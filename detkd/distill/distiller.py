@@ -201,8 +201,10 @@ class Distiller(nn.Module):
         ref = next(student.parameters())
         self.methods = nn.ModuleDict()
         for name, section in _sections(cfg):
+            ctx.name = name
             method = METHODS[name].build(section, ctx)
             if method is not None:
+                method.name = name
                 self.methods[name] = method.to(ref.device)
 
         if teacher_renorm is None:

@@ -77,6 +77,7 @@ class BuildContext:
         self.cfg, self.student, self.teacher = cfg, student, teacher
         self.student_cfg, self.teacher_cfg = student_cfg, teacher_cfg
         self.own_size = own_size  # the teacher runs at its own input size
+        self.name = ""  # the METHODS key of the method being built (its config section distill.<name>)
         self._probe: Optional[tuple[OrderedDict, OrderedDict]] = None
 
     @property
@@ -134,6 +135,7 @@ class DistillMethod(nn.Module):
     ``forward`` and, where needed, the rest."""
 
     config: type = type(None)  # the dataclass of its config section distill.<name>
+    name = ""  # its METHODS key: set by the Distiller (BuildContext.name while it is built)
     needs_teacher_rpn = False
     needs_teacher_rcn = False
     needs_keys = False  # per-image keys for random draws (DistillRecord.keys; else left empty)

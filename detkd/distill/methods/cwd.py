@@ -30,7 +30,6 @@ class CWDMethod(LevelMethod):
     """A 1x1 alignment conv where the widths differ (MMRazor's connector for CWD)."""
 
     config = CWDConfig
-    name = "cwd"
 
     def __init__(self, pairs, weight: float, temperature: float) -> None:
         super().__init__(pairs, weight)
@@ -40,7 +39,7 @@ class CWDMethod(LevelMethod):
     def build(cls, section: CWDConfig, ctx: BuildContext) -> Optional["CWDMethod"]:
         if section.weight == 0:
             return None
-        method = cls(resolve_levels("cwd", section.levels, ctx), section.weight, section.temperature)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx), section.weight, section.temperature)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = align_conv(p.student_channels, p.teacher_channels)
         return method

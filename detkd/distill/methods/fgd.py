@@ -36,13 +36,12 @@ class FGDMethod(LevelMethod):
     weights are inside the loss. Logs ``raw_fgd_{fg,bg,at,global}`` summed over levels."""
 
     config = FGDConfig
-    name = "fgd"
 
     @classmethod
     def build(cls, section: FGDConfig, ctx: BuildContext) -> Optional["FGDMethod"]:
         if section.alpha == section.beta == section.gamma == section.lambda_global == 0:
             return None
-        method = cls(resolve_levels("fgd", section.levels, ctx, include_pool=False), 1.0)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx, include_pool=False), 1.0)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = FGD(
                 p.student_channels, p.teacher_channels, temperature=section.temperature, alpha=section.alpha,
@@ -58,6 +57,6 @@ class FGDMethod(LevelMethod):
             total = value if total is None else total + value
             for k, v in level_parts.items():
                 parts[k] = parts.get(k, 0) + v.detach()
-        self.stats = {"raw_fgd": total.detach(), **{f"raw_fgd_{k}": v for k, v in parts.items()}}
-        return {"loss_fgd": total}
+        self.stats = {f"raw_{self.name}": total.detach(), **{f"raw_{self.name}_{k}": v for k, v in parts.items()}}
+        return {f"loss_{self.name}": total}
 

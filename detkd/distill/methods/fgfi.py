@@ -38,7 +38,6 @@ class FGFIMethod(LevelMethod):
     grid (resized, nearest, to the teacher's when the teacher runs at a larger input size)."""
 
     config = FGFIConfig
-    name = "fgfi"
 
     def __init__(self, pairs, weight: float, psi: float, level_index: dict[str, int]) -> None:
         super().__init__(pairs, weight)
@@ -51,9 +50,9 @@ class FGFIMethod(LevelMethod):
             return None
         per_location = set(ctx.student.rpn.anchor_generator.num_anchors_per_location())
         if len(per_location) != 1:
-            raise DetkdError(f"distill.fgfi needs the same number of anchors per location on every level, the "
+            raise DetkdError(f"distill.{ctx.name} needs the same number of anchors per location on every level, the "
                              f"student has {sorted(per_location)}: align model.anchor_sizes/aspect_ratios")
-        pairs = resolve_levels("fgfi", section.levels, ctx)
+        pairs = resolve_levels(ctx.name, section.levels, ctx)
         levels = list(ctx.shapes()[0])
         method = cls(pairs, section.weight, section.psi, {p.student: levels.index(p.student) for p in pairs})
         for p in pairs:
@@ -76,5 +75,5 @@ class FGFIMethod(LevelMethod):
                 mask = F.interpolate(mask[:, None], size=tuple(t.shape[-2:]), mode="nearest")[:, 0]
             value = masked_imitation_loss(s, t, mask)
             total = value if total is None else total + value
-        self.stats = {"raw_fgfi": total.detach()}
-        return {"loss_fgfi": total * self.weight}
+        self.stats = {f"raw_{self.name}": total.detach()}
+        return {f"loss_{self.name}": total * self.weight}

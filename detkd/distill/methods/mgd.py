@@ -36,14 +36,13 @@ class MGDMethod(LevelMethod):
     inside the loss, so the method's outer weight is 1."""
 
     config = MGDConfig
-    name = "mgd"
     needs_keys = True
 
     @classmethod
     def build(cls, section: MGDConfig, ctx: BuildContext) -> Optional["MGDMethod"]:
         if section.alpha == 0:
             return None
-        method = cls(resolve_levels("mgd", section.levels, ctx), 1.0)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx), 1.0)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = MGD(p.student_channels, p.teacher_channels,
                                                           alpha=section.alpha, lambda_mask=section.lambda_mask)

@@ -29,13 +29,12 @@ class PKDMethod(LevelMethod):
     """A 1x1 alignment conv only where the widths differ (the normalization removes scale)."""
 
     config = PKDConfig
-    name = "pkd"
 
     @classmethod
     def build(cls, section: PKDConfig, ctx: BuildContext) -> Optional["PKDMethod"]:
         if section.weight == 0:
             return None
-        method = cls(resolve_levels("pkd", section.levels, ctx, include_pool=False), section.weight)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx, include_pool=False), section.weight)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = align_conv(p.student_channels, p.teacher_channels)
         return method
