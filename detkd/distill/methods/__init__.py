@@ -15,6 +15,7 @@ from detkd.distill.methods.cwd import CWDMethod
 from detkd.distill.methods.fgd import FGDMethod
 from detkd.distill.methods.fgfi import FGFIMethod
 from detkd.distill.methods.mgd import MGDMethod
+from detkd.distill.methods.mimic import MimicMethod
 from detkd.distill.methods.pkd import PKDMethod
 
 METHODS: dict[str, type[DistillMethod]] = {
@@ -24,6 +25,7 @@ METHODS: dict[str, type[DistillMethod]] = {
     "mgd": MGDMethod,
     "fgd": FGDMethod,
     "fgfi": FGFIMethod,
+    "mimic": MimicMethod,
 }
 
 __all__ = ["METHODS", "BuildContext", "ChenConfig", "DistillMethod", "DistillRecord", "LevelPair"]
