@@ -107,3 +107,21 @@ def test_sigterm_and_resume_are_bit_exact_and_its_parameters_are_checkpointed(to
     stopped = check_sigterm_resume_is_exact(tiny_demo_dir, tmp_path, {toy: "{weight: 0.5}"})
     assert stopped["distill"] and all(k.startswith("toy.per_level.") for k in stopped["distill"])
     assert torch.is_tensor(next(iter(stopped["distill"].values())))
+
+
+def test_mimic_is_the_weighted_sum_of_per_level_mean_squared_errors():
+    """The shipped mimic method against the equation, from the maps both backbones return."""
+    from test_distiller import batch, run
+
+    images, targets = batch()
+    student, teacher = build(mcfg(), 0), build(mcfg(), 1)  # equal widths: no align conv
+    maps = {"student": [], "teacher": []}
+    student.backbone.register_forward_hook(lambda m, i, o: maps["student"].append(o))
+    teacher.backbone.register_forward_hook(lambda m, i, o: maps["teacher"].append(o))
+    d = Distiller(student, teacher, config_from_dict({"teacher": {"checkpoint": "t"},
+                                                      "distill": {"mimic": {"weight": 2.5}}}).distill)
+    losses, _ = run(d, images, targets, seed=0)
+    s, t = maps["student"][-1], maps["teacher"][-1]
+    expect = 2.5 * sum(((s[k].double() - t[k].double()) ** 2).mean() for k in s)
+    assert losses["loss_mimic"].item() == pytest.approx(expect.item(), rel=1e-5)
+    assert d.last_stats["raw_mimic"] == pytest.approx(expect.item() / 2.5, rel=1e-5)
