@@ -295,7 +295,8 @@ def teacher_label_map(ctx):
 
 
 def hint_level_missing(ctx):
-    return Case(ctx.distill("distill.chen.hint_levels=['7']"), "distill.chen.hint_levels: level '7' is not a student feature map")
+    return Case(ctx.distill("distill.chen.hint_levels=['7']"),
+                "distill.chen.hint_levels: level '7' is not a student feature map")
 
 
 def output_dir_holds_another_run(ctx):

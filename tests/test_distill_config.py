@@ -58,7 +58,8 @@ def test_old_flat_keys_are_one_line_saying_where_each_moved(tmp_path):
     assert "'distill.mu' -> 'distill.chen.mu'" in msg and "'distill.hint' -> 'distill.chen.hint'" in msg
     with pytest.raises(DetkdError, match=r"'distill.chen: false' -> leave 'distill.chen' out"):
         load_config(run(tmp_path, {"chen": False, "pkd": {}}))
-    with pytest.raises(DetkdError, match=r"^--opts: Chen et al. is a section now.*'distill.gamma' -> 'distill.chen.gamma'"):
+    with pytest.raises(DetkdError, match=r"^--opts: Chen et al. is a section now.*"
+                                         r"'distill.gamma' -> 'distill.chen.gamma'"):
         load_config(DEMO, ["distill.gamma=0.1"])
 
 
@@ -67,7 +68,8 @@ def test_bad_options_of_a_method_name_the_key():
                          ("distill.chen.temperature=0", r"'distill.chen.temperature' must be > 0, got 0.0"),
                          ("distill.chen.nu=-1", r"'distill.chen.nu' must be >= 0, got -1.0"),
                          ("distill.chen.hint_levels=[]", r"'distill.chen.hint_levels' is empty"),
-                         ("distill.chen.psi=1", r"'distill.chen.psi' is not an option of chen .*'psi' is an option of fgfi"),
+                         ("distill.chen.psi=1",
+                          r"'distill.chen.psi' is not an option of chen .*'psi' is an option of fgfi"),
                          ("distill.nope={}", r"unknown config key 'distill.nope'")):
         with pytest.raises(DetkdError, match=message):
             load_config(DEMO, [opt])
@@ -95,4 +97,5 @@ def test_every_shipped_distill_config_uses_sections_only():
     for path in sorted(REPO.glob("configs/**/*.yaml")):
         distill = (yaml.safe_load(path.read_text()) or {}).get("distill") or {}
         assert not (flat & set(distill)), path
-        assert all(k in METHODS or k in ("level_map", "teacher_input", "start_epoch", "stop_epoch") for k in distill), path
+        run_wide = ("level_map", "teacher_input", "start_epoch", "stop_epoch")
+        assert all(k in METHODS or k in run_wide for k in distill), path

@@ -69,7 +69,8 @@ def test_the_section_loads_dumps_and_takes_opts(toy):
     cfg = load_config(DEMO, ["distill.chen=null", "distill.toy={}", "distill.toy.weight=3"])
     assert cfg.distill.methods == {"toy": ToyConfig(weight=3.0)}
     saved = yaml.safe_load(dump_config(cfg))
-    assert saved["distill"]["toy"] == {"weight": 3.0, "temperature": 2.0, "levels": None} and "chen" not in saved["distill"]
+    assert saved["distill"]["toy"] == {"weight": 3.0, "temperature": 2.0, "levels": None}
+    assert "chen" not in saved["distill"]
     again = config_from_dict(saved)
     assert again == cfg and config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(DEMO, ["distill.chen=null", "distill.toy={}"])) != config_hash(cfg)

@@ -159,8 +159,9 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
         torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.output_dir)
     chash = resume_hash(cfg)
-    ckpt_path, ckpt = resume_checkpoint(resume, out, chash, force_resume, CHECKPOINT_ENTRIES,
-                                        saved_hash=lambda text, src: resume_hash(cls_config_from_dict(yaml.safe_load(text), src)))
+    ckpt_path, ckpt = resume_checkpoint(
+        resume, out, chash, force_resume, CHECKPOINT_ENTRIES,
+        saved_hash=lambda text, src: resume_hash(cls_config_from_dict(yaml.safe_load(text), src)))
     if ckpt is None:
         prepare_output_dir(out)
     if cfg.train.tensorboard:

@@ -297,9 +297,9 @@ def _unknown(path: str, key: str, names: list[str], ctx: _Ctx, entries: typing.M
     if keyed and not owners:
         owners = _owners(key, keyed)
         if owners:
-            moved = " or ".join(f"'{section}.{o}.{key}'" for o in owners)
+            moved = " or ".join(f"'{section + '.' if section else ''}{o}.{key}'" for o in owners)
             return DetkdError(f"{ctx.where(path)}: '{path}' is an option of {', '.join(owners)}, not of "
-                              f"'{section}': write it as {moved}")
+                              f"'{section or '<root>'}': write it as {moved}")
     if owners:
         return DetkdError(f"{ctx.where(path)}: '{path}' is not an option of {entry} (its options: "
                           f"{', '.join(names)}); '{key}' is an option of {', '.join(owners)}")
