@@ -195,7 +195,8 @@ def test_registry_fields_and_ranges_are_generic():
     for tree, message in (({"rate": -1}, r"^f.yaml: 'rate' must be >= 0, got -1.0$"),
                           ({"part": {"type": "b", "ratio": 2}}, r"^f.yaml: 'part.ratio' must be in \[0, 1\], got 2.0$"),
                           ({"part": {"type": "b", "size": 2}},
-                           r"^f.yaml: 'part.size' is not an option of b \(its options: type, ratio\); 'size' is an option of a$"),
+                           r"^f.yaml: 'part.size' is not an option of b \(its options: type, ratio\); "
+                           r"'size' is an option of a$"),
                           ({"part": {"type": "c"}}, r"^f.yaml: 'part.type': must be one of 'a' \| 'b', got 'c'$"),
                           ({"a": {"size": 0}}, r"^f.yaml: 'a.size' must be > 0, got 0$"),
                           ({"size": 2}, r"^f.yaml: 'size' is an option of a, not of '<root>': write it as 'a.size'$"),
