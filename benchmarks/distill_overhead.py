@@ -47,15 +47,16 @@ import torch  # noqa: E402
 from detkd.utils.cli import add_config_args, run_cli  # noqa: E402
 
 MODES = ("student", "teacher", "distill")
-# --each-method: the overrides that turn each method on alone (Chen et al.: the config's own terms).
-METHOD_OPTS = {
-    "chen": [],
-    "pkd": ["distill.chen=false", "distill.pkd={}"],
-    "cwd": ["distill.chen=false", "distill.cwd={}"],
-    "mgd": ["distill.chen=false", "distill.mgd={}"],
-    "fgd": ["distill.chen=false", "distill.fgd={}"],
-    "fgfi": ["distill.chen=false", "distill.fgfi={}"],
-}
+
+
+def method_opts() -> dict[str, list[str]]:
+    """--each-method: the overrides that turn each method of METHODS on alone at its default
+    section (Chen et al.: the config's own sections, as configured)."""
+    from detkd.distill.methods import METHODS
+
+    alone = {name: [*(f"distill.{other}=null" for other in METHODS if other != name), f"distill.{name}={{}}"]
+             for name in METHODS if name != "chen"}
+    return {"chen": [], **alone}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action="store_true", help="CUDA only: autocast the steps (float16)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory measurement")
     parser.add_argument("--each-method", action="store_true",
-                        help="repeat the measurement for each method (Chen et al. as configured, then PKD, CWD, MGD, "
-                             "FGD, FGFI alone) and print the ratio of each; implies --no-memory")
+                        help="repeat the measurement for each method (Chen et al. as configured, then every other "
+                             "method of METHODS alone) and print the ratio of each; implies --no-memory")
     parser.add_argument("--out", default=None, metavar="FILE.json", help="also write the results here")
     parser.add_argument("--memory-mode", choices=MODES, default=None, help=argparse.SUPPRESS)  # child process
     return parser
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup(args: argparse.Namespace):
     """Config, batches, student, teacher and distiller (student weights shared by (a) and (c))."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.data.build import build_dataset, collate_fn
     from detkd.distill.distiller import Distiller
     from detkd.utils.runtime import resolve_device
@@ -247,7 +248,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def each_method(args: argparse.Namespace) -> int:
     results = {}
-    for name, extra in METHOD_OPTS.items():
+    for name, extra in method_opts().items():
         run = copy.copy(args)
         run.opts, run.no_memory = [*args.opts, *extra], True
         results[name] = measure(run)

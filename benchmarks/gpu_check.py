@@ -85,7 +85,7 @@ def skip_reason(device: str) -> str | None:
 def train_run(cfg_file: str, opts: list[str], out: Path, device: torch.device) -> dict:
     """Train one config into ``out`` (an earlier run there is replaced) and return its results,
     its wall time, the peak CUDA memory and what its metrics.jsonl says about the losses."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.engine.trainer import train
 
     if out.exists():

@@ -295,7 +295,8 @@ def teacher_label_map(ctx):
 
 
 def hint_level_missing(ctx):
-    return Case(ctx.distill("distill.hint_levels=['7']"), "distill.hint_levels: level '7' is not a student feature map")
+    return Case(ctx.distill("distill.chen.hint_levels=['7']"),
+                "distill.chen.hint_levels: level '7' is not a student feature map")
 
 
 def output_dir_holds_another_run(ctx):
@@ -381,7 +382,7 @@ def _run(ctx: Ctx, make: Callable[[Ctx], Case]) -> Outcome:
 @pytest.fixture(scope="module")
 def shared(tiny_demo_dir, tmp_path_factory) -> dict[str, Path]:
     """A finished run and two untrained demo teachers (10 and 6 classes), made in-process."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.engine.trainer import train
     from detkd.modeling.detector import build_detector
 

@@ -53,3 +53,19 @@ def test_gpu_check_counts_nonfinite_losses_and_skipped_steps(tmp_path):
             {"type": "eval", "AP50": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert loss_health(tmp_path / "metrics.jsonl") == {"loss_values": 4, "nonfinite_values": 2, "skipped_steps": 1}
+
+
+def test_each_method_overrides_turn_exactly_that_method_on():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from distill_overhead import method_opts
+
+    from detkd.distill.methods import METHODS
+    from detkd.recipe import load_config
+
+    opts = method_opts()
+    assert list(opts) == ["chen", *(m for m in METHODS if m != "chen")]
+    cfg = REPO / "configs/demo/methods/pkd.yaml"  # PKD alone: "chen" keeps the config's own sections
+    assert sorted(load_config(cfg, opts["chen"]).distill.methods) == ["pkd"]
+    for name, extra in opts.items():
+        if name != "chen":
+            assert sorted(load_config(cfg, extra).distill.methods) == [name], name

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detkd.config.load import config_hash, dump_config, load_config, parse_overrides
+from detkd.config.load import config_hash, dump_config, parse_overrides
+from detkd.recipe import load_config
 from detkd.errors import DetkdError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,11 +99,11 @@ def test_missing_file_invalid_yaml_and_cycles(tmp_path):
 
 
 def test_distill_needs_teacher(tmp_path):
-    path = write(tmp_path / "c.yaml", {"distill": {"mu": 0.5}})
+    path = write(tmp_path / "c.yaml", {"distill": {"chen": {"mu": 0.5}}})
     with pytest.raises(DetkdError, match="both a 'teacher' and a 'distill'"):
         load_config(path)
-    path = write(tmp_path / "d.yaml", {"teacher": {"checkpoint": "t.pth"}, "distill": {"mu": 1.5}})
-    with pytest.raises(DetkdError, match="distill.mu"):
+    path = write(tmp_path / "d.yaml", {"teacher": {"checkpoint": "t.pth"}, "distill": {"chen": {"mu": 1.5}}})
+    with pytest.raises(DetkdError, match="distill.chen.mu"):
         load_config(path)
 
 
@@ -164,3 +165,43 @@ def test_a_flat_config_yaml_of_earlier_versions_loads_and_hashes_the_same(tmp_pa
     tree["data"]["train"]["root"] = "set"
     with pytest.raises(DetkdError, match="'data.train.root' is not an option of type 'demo'"):
         load_config(write(tmp_path / "older.yaml", tree))
+
+
+def test_registry_fields_and_ranges_are_generic():
+    """The config layer's machinery on made-up dataclasses: a keyed registry field, a
+    discriminated one (by ``type``), ranges, and the one-line errors naming the key."""
+    from dataclasses import dataclass
+
+    from detkd.config.fields import option, registry
+    from detkd.config.load import build_dataclass
+
+    @dataclass
+    class A:
+        type: str = "a"
+        size: int = option(1, gt=0)
+
+    @dataclass
+    class B:
+        type: str = "b"
+        ratio: float = option(0.5, ge=0, le=1)
+
+    @dataclass
+    class Root:
+        rate: float = option(1.0, ge=0)
+        part: object = registry("parts", by="type", default_factory=A)
+        sections: dict = registry("sections")
+
+    reg = {"parts": {"a": A, "b": B}, "sections": {"a": A, "b": B}}
+    got = build_dataclass(Root, {"part": {"type": "b", "ratio": 0.25}, "b": {}, "a": {"size": 3}}, "f.yaml", None, reg)
+    assert got == Root(part=B(ratio=0.25), sections={"a": A(size=3), "b": B()})  # sections in registry order
+    for tree, message in (({"rate": -1}, r"^f.yaml: 'rate' must be >= 0, got -1.0$"),
+                          ({"part": {"type": "b", "ratio": 2}}, r"^f.yaml: 'part.ratio' must be in \[0, 1\], got 2.0$"),
+                          ({"part": {"type": "b", "size": 2}},
+                           r"^f.yaml: 'part.size' is not an option of b \(its options: type, ratio\); "
+                           r"'size' is an option of a$"),
+                          ({"part": {"type": "c"}}, r"^f.yaml: 'part.type': must be one of 'a' \| 'b', got 'c'$"),
+                          ({"a": {"size": 0}}, r"^f.yaml: 'a.size' must be > 0, got 0$"),
+                          ({"size": 2}, r"^f.yaml: 'size' is an option of a, not of '<root>': write it as 'a.size'$"),
+                          ({"c": {}}, r"^f.yaml: unknown config key 'c'")):
+        with pytest.raises(DetkdError, match=message):
+            build_dataclass(Root, tree, "f.yaml", None, reg)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.data.build import DATASETS, build_dataset, build_eval_loader
 from detkd.data.coco import CocoDetection
 from detkd.data.csv import CsvDatasetConfig, CsvDetection

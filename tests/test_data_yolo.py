@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_opts
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.config.schema import DATASET_TYPES
 from detkd.data.build import DATASETS, build_dataset, build_eval_loader
 from detkd.data.coco import CocoDetection

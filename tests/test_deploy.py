@@ -53,7 +53,7 @@ def test_model_file_is_a_state_dict_with_its_model_record(student_run):
 
 def test_load_model_without_yaml_detects_as_the_training_time_model(student_run, tiny_demo_dir):
     import detkd
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.data.utils import image_to_tensor, load_rgb_image
     from detkd.modeling.detector import build_detector
 

@@ -21,9 +21,15 @@ import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from conftest import tiny_opts
-from detkd.config.load import load_config
-from detkd.config.schema import CWDConfig, DistillConfig, FGDConfig, FGFIConfig, MGDConfig, PKDConfig
+from detkd.recipe import load_config
+from detkd.config.schema import DistillConfig
 from detkd.distill import Distiller
+from detkd.distill.methods import METHODS, ChenConfig
+from detkd.distill.methods.cwd import CWDConfig
+from detkd.distill.methods.fgd import FGDConfig
+from detkd.distill.methods.fgfi import FGFIConfig
+from detkd.distill.methods.mgd import MGDConfig
+from detkd.distill.methods.pkd import PKDConfig
 from detkd.errors import DetkdError
 from detkd.losses.feature import fgfi_masks, masked_imitation_loss
 from detkd.modeling.sampling import set_sampling_keys
@@ -31,10 +37,19 @@ from test_distiller import HARD_KEYS, batch, build, count_calls, mcfg, run, torc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NO_CHEN = dict(chen=False)
-SECTIONS = {"pkd": PKDConfig(), "cwd": CWDConfig(), "mgd": MGDConfig(), "fgd": FGDConfig(), "fgfi": FGFIConfig()}
-ZERO = {"pkd": PKDConfig(weight=0.0), "cwd": CWDConfig(weight=0.0), "mgd": MGDConfig(alpha=0.0),
-        "fgd": FGDConfig(alpha=0.0, beta=0.0, gamma=0.0, lambda_global=0.0), "fgfi": FGFIConfig(weight=0.0)}
+# Derived from METHODS: every method at weight 0; the methods that read only the teacher's FPN maps.
+ZERO = {name: method.zero_config() for name, method in METHODS.items()}
+SECTIONS = {name: method.config() for name, method in METHODS.items()
+            if not (method.needs_teacher_rpn or method.needs_teacher_rcn)}
+
+
+def methods(chen: dict | None = None, **sections) -> DistillConfig:
+    """A distill section: run-wide keys (level_map, teacher_input, ...) and method sections;
+    ``chen``: Chen et al.'s options (None: no Chen et al.)."""
+    run = {k: sections.pop(k) for k in ("level_map", "teacher_input", "start_epoch", "stop_epoch") if k in sections}
+    if chen is not None:
+        sections = {"chen": ChenConfig(**chen), **sections}
+    return DistillConfig(**run, methods=sections)
 
 
 def capture(module):
@@ -61,9 +76,14 @@ def zscore(x):
 
 @pytest.mark.parametrize("name", list(ZERO))
 def test_a_method_at_weight_zero_is_torchvision_exactly(name):
+    check_weight_zero_is_torchvision(name)
+
+
+def check_weight_zero_is_torchvision(name: str) -> None:
+    """METHODS[name] at its zero_config(): torchvision's losses and random draws, bit for bit."""
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(), 1)
-    d = Distiller(student, teacher, DistillConfig(**NO_CHEN, **{name: ZERO[name]}))
+    d = Distiller(student, teacher, DistillConfig(methods={name: METHODS[name].zero_config()}))
     calls = count_calls(teacher.backbone)
     ours, rng = run(d, images, targets, seed=7)
     ref = torchvision_reference(student, images, targets, seed=7)
@@ -76,9 +96,15 @@ def test_a_method_at_weight_zero_is_torchvision_exactly(name):
 
 @pytest.mark.parametrize("name", list(SECTIONS))
 def test_feature_method_alone_reads_only_the_teacher_fpn_and_trains_its_parts(name):
+    check_feature_method_alone(name)
+
+
+def check_feature_method_alone(name: str) -> None:
+    """METHODS[name] with its default section, alone: only the teacher's backbone + FPN runs,
+    the student's own terms and random draws are untouched, its parts get gradient."""
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(out_channels=48), 1)  # widths differ: 32 -> 48
-    d = Distiller(student, teacher, DistillConfig(**NO_CHEN, **{name: SECTIONS[name]}))
+    d = Distiller(student, teacher, DistillConfig(methods={name: METHODS[name].config()}))
     set_sampling_keys(student, [11, 12])  # as the trainer does: MGD's masks follow these keys
     heads = teacher_head_calls(teacher)
     t_calls = count_calls(teacher.backbone)
@@ -104,7 +130,7 @@ def test_pkd_value_and_cwd_value_from_the_maps_by_independent_formulas():
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(), 1)
     s_maps, t_maps = capture(student.backbone), capture(teacher.backbone)
-    d = Distiller(student, teacher, DistillConfig(**NO_CHEN, pkd=PKDConfig(weight=2.0),
+    d = Distiller(student, teacher, methods(pkd=PKDConfig(weight=2.0),
                                                   cwd=CWDConfig(weight=3.0, temperature=2.0, levels=["1", "pool"])))
     losses, _ = run(d, images, targets, seed=1)
     s, t = s_maps[-1], t_maps[-1]
@@ -130,7 +156,7 @@ def test_fgfi_mask_comes_from_the_student_anchors_and_ground_truth():
     anchors = []
     gen = student.rpn.anchor_generator
     gen.register_forward_hook(lambda m, i, o: anchors.append(o))
-    d = Distiller(student, teacher, DistillConfig(**NO_CHEN, fgfi=FGFIConfig(weight=1.0, levels=["0"])))
+    d = Distiller(student, teacher, methods(fgfi=FGFIConfig(weight=1.0, levels=["0"])))
     losses, _ = run(d, images, targets, seed=2)
     s, t = s_maps[-1]["0"], t_maps[-1]["0"]
     grids = [tuple(v.shape[-2:]) for v in s_maps[-1].values()]
@@ -146,8 +172,8 @@ def test_fgfi_mask_comes_from_the_student_anchors_and_ground_truth():
 def test_chen_and_pkd_together_keep_chens_numbers():
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(), 1)
-    chen = run(Distiller(student, teacher, DistillConfig()), images, targets, seed=4)[0]
-    both = run(Distiller(student, teacher, DistillConfig(pkd=PKDConfig())), images, targets, seed=4)[0]
+    chen = run(Distiller(student, teacher, methods(chen={})), images, targets, seed=4)[0]
+    both = run(Distiller(student, teacher, methods(chen={}, pkd=PKDConfig())), images, targets, seed=4)[0]
     assert list(both) == list(chen) + ["loss_pkd"]
     for k in chen:
         if k != "loss_hint":  # the hint's adapters are initialized from the RNG afresh in each Distiller
@@ -163,15 +189,15 @@ def test_levels_of_other_strides_need_a_level_map():
     teacher = build(mcfg(returned_layers=[1, 2, 3, 4]), 1)  # "0" is stride 4, "1" stride 8
     with pytest.raises(DetkdError, match=r"distill.pkd.levels: student level '0' and teacher level '0' have "
                                          r"different strides.*level_map \{'0': '1'\}"):
-        Distiller(student, teacher, DistillConfig(**NO_CHEN, pkd=PKDConfig()))
+        Distiller(student, teacher, methods(pkd=PKDConfig()))
     with pytest.raises(DetkdError, match=r"distill.cwd.levels: 'p9' is not a student feature map"):
-        Distiller(student, teacher, DistillConfig(**NO_CHEN, cwd=CWDConfig(levels=["p9"])))
+        Distiller(student, teacher, methods(cwd=CWDConfig(levels=["p9"])))
     with pytest.raises(DetkdError, match=r"teacher level 'x', which is not a teacher feature map"):
-        Distiller(student, teacher, DistillConfig(**NO_CHEN, level_map={"0": "x"}, cwd=CWDConfig(levels=["0"])))
+        Distiller(student, teacher, methods(level_map={"0": "x"}, cwd=CWDConfig(levels=["0"])))
     mapping = {"0": "1", "1": "2", "2": "3"}
     t_maps = capture(teacher.backbone)
-    d = Distiller(student, teacher, DistillConfig(level_map=mapping, hint_levels=["1"], rpn_soft=False,
-                                                  rpn_bound=False, pkd=PKDConfig()))
+    d = Distiller(student, teacher, methods(level_map=mapping, chen=dict(hint_levels=["1"], rpn_soft=False,
+                                                                          rpn_bound=False), pkd=PKDConfig()))
     assert [(p.student, p.teacher, p.student_channels, p.teacher_channels) for p in d.methods["pkd"].pairs] == \
         [("0", "1", 16, 32), ("1", "2", 16, 32), ("2", "3", 16, 32)]
     assert d.adapters.channels == {"1": (16, 32)}
@@ -188,7 +214,7 @@ def test_teacher_at_its_own_input_size():
     teacher.roi_heads.box_roi_pool.register_forward_pre_hook(lambda m, i: pooled.append(i))
     student_pool = []
     student.roi_heads.box_roi_pool.register_forward_pre_hook(lambda m, i: student_pool.append(i))
-    cfg = DistillConfig(hint_levels=["0"], rpn_soft=False, rpn_bound=False, fgd=FGDConfig())  # auto: own size
+    cfg = methods(chen=dict(hint_levels=["0"], rpn_soft=False, rpn_bound=False), fgd=FGDConfig())  # auto: own size
     d = Distiller(student, teacher, cfg)
     assert d.own_size and not d.renorm
     losses, _ = run(d, images, targets, seed=5)
@@ -202,12 +228,12 @@ def test_teacher_at_its_own_input_size():
         assert torch.allclose(t_boxes, s_boxes * ratio, atol=1e-4)  # the student's RoIs in the teacher's frame
     assert {"loss_fgd", "loss_hint", "loss_rcn_soft", "loss_rcn_bound"} <= set(losses)
     assert torch.isfinite(sum(losses.values()))
-    with pytest.raises(DetkdError, match=r"RPN distillation \(distill.rpn_bound/distill.rpn_soft\).*"
+    with pytest.raises(DetkdError, match=r"RPN distillation \(distill.chen.rpn_bound/distill.chen.rpn_soft\).*"
                                          r"distill.teacher_input: student"):
-        Distiller(student, teacher, DistillConfig(teacher_input="own"))
+        Distiller(student, teacher, methods(teacher_input="own", chen={}))
     # The student's batch: asked for, or (auto) because the RPN terms compare anchor by anchor.
-    assert not Distiller(student, teacher, DistillConfig(teacher_input="student", rpn_soft=False)).own_size
-    assert not Distiller(student, teacher, DistillConfig()).own_size
+    assert not Distiller(student, teacher, methods(teacher_input="student", chen=dict(rpn_soft=False))).own_size
+    assert not Distiller(student, teacher, methods(chen={})).own_size
 
 
 # --------------------------------------------------------------------------- configs
@@ -226,7 +252,8 @@ def test_method_sections_are_typed_and_validated(opt, message):
     with pytest.raises(DetkdError, match=message):
         load_config(cfg_path, [opt])
     cfg = load_config(cfg_path, ["distill.pkd={}", "distill.level_map={'0': '0'}"])
-    assert cfg.distill.pkd == PKDConfig() and cfg.distill.level_map == {"0": "0"} and cfg.distill.fgd is None
+    assert cfg.distill.methods["pkd"] == PKDConfig() and cfg.distill.level_map == {"0": "0"}
+    assert "fgd" not in cfg.distill.methods
 
 
 # --------------------------------------------------------------------------- through the trainer
@@ -239,11 +266,20 @@ def _train(cfg, **kw):
 
 
 def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tiny_demo_dir, tmp_path):
+    stopped = check_sigterm_resume_is_exact(tiny_demo_dir, tmp_path, {"mgd": "{}", "fgd": "{alpha: 1e-3}"})
+    assert any(".generator." in k for k in stopped["distill"]) and any("gc_student" in k for k in stopped["distill"])
+
+
+def check_sigterm_resume_is_exact(tiny_demo_dir, tmp_path, sections: dict[str, str]) -> dict:
+    """The demo run with only ``sections`` (distill.<name>: YAML), stopped by SIGTERM in
+    iteration 3 and resumed with --resume auto, ends as the uninterrupted run: the methods'
+    parameters (``last.pth``'s ``distill``) and the student bit for bit, and model_final.pth
+    holds the student alone. Returns the stopped checkpoint."""
     from detkd.modeling.detector import build_detector
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo" / "distill_demo.yaml"
     teacher_ckpt = tmp_path / "teacher.pth"
-    extra = {"distill.chen": False, "distill.mgd": "{}", "distill.fgd": "{alpha: 1e-3}",
+    extra = {"distill.chen": "null", **{f"distill.{name}": v for name, v in sections.items()},
              "teacher.model.out_channels": 48, "teacher.model.representation_size": 64,
              "teacher.model.min_size": 96, "teacher.model.max_size": 96,
              "teacher.checkpoint": str(teacher_ckpt), "train.epochs": 1, "train.checkpoint_period_iters": 1}
@@ -271,7 +307,7 @@ def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tin
         handle.remove()
     stopped = torch.load(tmp_path / "b" / "last.pth", map_location="cpu", weights_only=False)
     assert 0 < stopped["iter"] < 8
-    assert any(".generator." in k for k in stopped["distill"]) and any("gc_student" in k for k in stopped["distill"])
+    assert {k.split(".")[0] for k in stopped["distill"]} == set(sections)  # every method's parameters, by name
     _train(cfg_b, resume="auto")
     a = torch.load(tmp_path / "a" / "last.pth", map_location="cpu", weights_only=False)
     b = torch.load(tmp_path / "b" / "last.pth", map_location="cpu", weights_only=False)
@@ -285,16 +321,17 @@ def test_method_parameters_are_saved_restored_exactly_and_not_in_model_final(tin
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert not [k for k in weights_a if "generator" in k or "gc_" in k or "methods" in k]
     assert set(weights_a) == set(build_detector(cfg_a.model).state_dict())
+    return stopped
 
 
 def test_resuming_with_other_methods_is_one_line_and_old_adapter_checkpoints_load():
     student, teacher = build(mcfg(), 0), build(mcfg(out_channels=48), 1)
-    d = Distiller(student, teacher, DistillConfig(**NO_CHEN, mgd=MGDConfig()))
+    d = Distiller(student, teacher, methods(mgd=MGDConfig()))
     with pytest.raises(DetkdError, match=r"^last.pth: the distillation methods' weights do not match this config "
                                          r"\(mgd\.per_level\.l_0\.align\.bias"):
         d.load_extra_state({"distill": {}}, Path("last.pth"))
     # A checkpoint written before the method interface kept Chen et al.'s adapters under "adapters".
-    chen = Distiller(student, teacher, DistillConfig(hint_levels=["0"]))
+    chen = Distiller(student, teacher, methods(chen=dict(hint_levels=["0"])))
     old = {"adapters": {k: torch.full_like(v, 0.5) for k, v in chen.adapters.state_dict().items()}}
     chen.load_extra_state(old, Path("last.pth"))
     assert all((v == 0.5).all() for v in chen.adapters.state_dict().values())

@@ -18,6 +18,7 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detkd.config.schema import Config, DistillConfig, ModelConfig, TeacherConfig
+from detkd.distill.methods import ChenConfig
 from detkd.distill import Distiller, build_distiller
 from detkd.errors import DetkdError
 from detkd.modeling.detector import build_detector
@@ -25,6 +26,18 @@ from detkd.modeling.detector import build_detector
 HARD_KEYS = ["loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"]
 ALL_KEYS = HARD_KEYS + ["loss_rcn_soft", "loss_rcn_bound", "loss_rpn_soft", "loss_rpn_bound", "loss_hint"]
 ALL_OFF = dict(hint=False, rpn_soft=False, rcn_soft=False, rpn_bound=False, rcn_bound=False)
+RUN_WIDE = ("start_epoch", "stop_epoch", "teacher_input", "level_map")
+
+
+def chen(**options) -> DistillConfig:
+    """The distill section with Chen et al. alone (``options``: its own and the run-wide keys)."""
+    run = {k: options.pop(k) for k in RUN_WIDE if k in options}
+    return DistillConfig(**run, methods={"chen": ChenConfig(**options)})
+
+
+def rechen(cfg: DistillConfig, **options) -> DistillConfig:
+    """``cfg`` with Chen et al.'s ``options`` replaced."""
+    return replace(cfg, methods={**cfg.methods, "chen": replace(cfg.methods["chen"], **options)})
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +122,7 @@ def run(distiller, images, targets, seed):
 # --------------------------------------------------------------------------- 1. exact reduction
 
 
-@pytest.mark.parametrize("dcfg", [DistillConfig(mu=1.0, nu=0.0, gamma=0.0), DistillConfig(**ALL_OFF)],
+@pytest.mark.parametrize("dcfg", [chen(mu=1.0, nu=0.0, gamma=0.0), chen(**ALL_OFF)],
                          ids=["weights_zero", "switches_off"])
 def test_zero_distillation_equals_torchvision_exactly(dcfg):
     images, targets = batch()
@@ -148,7 +161,7 @@ def test_rows_line_up_with_a_copy_of_the_student():
     images, targets = batch()
     student = _sharpen(build(mcfg(), 0))
     teacher = copy.deepcopy(student)
-    cfg = DistillConfig(adapter="identity", margin=0.0)  # mu 0.5, T 1, bg weight 1.5
+    cfg = chen(adapter="identity", margin=0.0)  # mu 0.5, T 1, bg weight 1.5
     ref = torchvision_reference(student, images, targets, seed=11)
 
     # Expected soft losses, from torchvision's recorded rows: with P_t = P_s the weighted
@@ -177,7 +190,7 @@ def test_rows_line_up_with_a_copy_of_the_student():
     assert stats["raw_rpn_bound"] == 0.0 and stats["raw_rcn_bound"] == 0.0
     assert stats["raw_hint"] == 0.0  # identity adapter, same features
     # ... and with a margin on every positive row.
-    d_margin = Distiller(student, teacher, replace(cfg, margin=0.1))
+    d_margin = Distiller(student, teacher, rechen(cfg, margin=0.1))
     run(d_margin, images, targets, seed=11)
     assert d_margin.last_stats["rpn_bound_active"] == 1.0 and d_margin.last_stats["rcn_bound_active"] == 1.0
     # Every positive row active: the bound is sum over positives of ||R_s - y||^2 divided
@@ -196,7 +209,7 @@ def test_rows_line_up_with_a_copy_of_the_student():
     assert d_margin.last_stats["raw_rpn_bound"] == pytest.approx(expect.item(), rel=1e-5)
     assert expect.item() > 0 and pos.numel() < labels.numel()
     # Plain L2 to the teacher (ablation) is exactly 0 on identical nets.
-    d_l2 = Distiller(student, teacher, replace(cfg, bound_kind="l2", **{k: False for k in ALL_OFF
+    d_l2 = Distiller(student, teacher, rechen(cfg, bound_kind="l2", **{k: False for k in ALL_OFF
                                                                         if "bound" not in k}))
     l2, _ = run(d_l2, images, targets, seed=11)
     assert l2["loss_rpn_bound"].item() == 0.0 and l2["loss_rcn_bound"].item() == 0.0
@@ -221,7 +234,7 @@ def test_teacher_is_frozen_and_stays_in_eval_mode():
     teacher = build(mcfg(norm="bn", out_channels=48), 1)
     teacher.train()  # the Distiller must put it in eval mode
     student_before = copy.deepcopy(student.state_dict())
-    d = Distiller(student, teacher, DistillConfig())
+    d = Distiller(student, teacher, chen())
     # The construction-time backbone probe runs in eval mode: no BatchNorm update.
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
     teacher_before = copy.deepcopy(teacher.state_dict())
@@ -260,7 +273,7 @@ def test_default_objective_terms_weights_and_gradients():
     images, targets = batch()
     student = build(mcfg(), 0)
     teacher = build(mcfg(out_channels=64, representation_size=96), 1)  # bigger teacher
-    d = Distiller(student, teacher, DistillConfig())
+    d = Distiller(student, teacher, chen())
     assert d.adapters is not None and d.adapters.channels == {"0": (32, 64)}
     losses, rng = run(d, images, targets, seed=3)
     assert list(losses) == ALL_KEYS
@@ -303,7 +316,7 @@ def _config(tmp_path, student_cfg, teacher_cfg, ckpt_cfg=None, **distill):
     path = tmp_path / "teacher.pth"
     torch.save(build(ckpt_cfg or teacher_cfg, 1).state_dict(), path)
     return Config(model=student_cfg, teacher=TeacherConfig(model=teacher_cfg, checkpoint=str(path)),
-                  distill=DistillConfig(**distill))
+                  distill=chen(**distill))
 
 
 def test_build_distiller_loads_and_freezes_the_teacher(tmp_path):
@@ -320,7 +333,7 @@ def test_build_distiller_loads_and_freezes_the_teacher(tmp_path):
         (dict(num_classes=5), {}, r"class counts differ: teacher\.model\.num_classes gives 5"),
         (dict(anchor_sizes=[[16], [32], [64], [128], [256]]), {}, r"RPN distillation .* same anchors"),
         (dict(aspect_ratios=[1.0]), dict(rpn_soft=True, rpn_bound=False),
-         r"distill\.rpn_soft\) needs the same anchors"),
+         r"distill\.chen\.rpn_soft\) needs the same anchors"),
         ({}, dict(hint_levels=["0", "p9"]), r"level 'p9' is not a student feature map; available: 0, 1, 2, 3, pool"),
         (dict(out_channels=64), dict(adapter="identity"), r"'identity' needs equal channels at hint level '0'"),
     ],
@@ -342,7 +355,7 @@ def test_anchor_and_stride_mismatch_allowed_without_rpn_terms(tmp_path):
     cfg = _config(tmp_path, student_cfg, teacher_cfg)
     with pytest.raises(DetkdError, match=r"same feature strides: on a 256x256 image the student's maps are \[0: 32x32"):
         build_distiller(cfg, build(student_cfg, 0))
-    d = build_distiller(replace(cfg, distill=DistillConfig(**no_rpn)), build(student_cfg, 0))
+    d = build_distiller(replace(cfg, distill=chen(**no_rpn)), build(student_cfg, 0))
     assert d.adapters.channels == {"0": (32, 32)}  # hint maps resized 32x32 -> 64x64
 
 
@@ -354,9 +367,9 @@ def test_mismatched_checkpoint_and_box_coder(tmp_path):
 
     student, teacher = build(mcfg(), 0), build(mcfg(), 1)
     teacher.roi_heads.box_coder.weights = (5.0, 5.0, 2.5, 2.5)
-    with pytest.raises(DetkdError, match=r"distill\.rcn_bound: roi_heads\.box_coder weights differ"):
-        Distiller(student, teacher, DistillConfig())
-    Distiller(student, teacher, DistillConfig(rcn_bound=False))  # deltas not compared: fine
+    with pytest.raises(DetkdError, match=r"distill\.chen\.rcn_bound: roi_heads\.box_coder weights differ"):
+        Distiller(student, teacher, chen())
+    Distiller(student, teacher, chen(rcn_bound=False))  # deltas not compared: fine
 
 
 # --------------------------------------------------------------------------- 6. schedule
@@ -365,7 +378,7 @@ def test_mismatched_checkpoint_and_box_coder(tmp_path):
 def test_start_and_stop_epoch_switch_the_terms():
     images, targets = batch()
     student, teacher = build(mcfg(), 0), build(mcfg(), 1)
-    d = Distiller(student, teacher, DistillConfig(start_epoch=1, stop_epoch=3))
+    d = Distiller(student, teacher, chen(start_epoch=1, stop_epoch=3))
     calls = count_calls(teacher.backbone)
     d.set_epoch(0)
     off, _ = run(d, images, targets, seed=5)
@@ -388,7 +401,7 @@ def test_teacher_input_is_renormalized():
     t_mean, t_std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
     student = build(mcfg(), 0)
     teacher = build(mcfg(image_mean=t_mean, image_std=t_std), 1)
-    d = Distiller(student, teacher, DistillConfig(**{**ALL_OFF, "hint": True}))
+    d = Distiller(student, teacher, chen(**{**ALL_OFF, "hint": True}))
     seen, student_seen = [], []
     teacher.backbone.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
     student.backbone.register_forward_pre_hook(lambda m, i: student_seen.append(i[0]))

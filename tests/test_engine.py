@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_opts
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.data.build import build_dataset
 from detkd.data.utils import collate_fn
 from detkd.engine.checkpoint import latest_checkpoint, load_checkpoint

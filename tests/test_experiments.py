@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import dump_config, load_config
+from detkd.config.load import dump_config
+from detkd.recipe import load_config
 from detkd.errors import DetkdError
 from detkd.experiments import detection, plan, stats, tables
 from detkd.experiments.runs import train_or_reuse

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.distill.distiller import Distiller
 from detkd.modeling.detector import build_detector
 

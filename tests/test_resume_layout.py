@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.data.sampler import ResumableSampler
 from detkd.engine.checkpoint import load_checkpoint
 from detkd.engine.resume import resume_position

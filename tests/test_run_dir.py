@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.engine.lock import RunLock
 from detkd.engine.trainer import train
 from detkd.errors import DetkdError

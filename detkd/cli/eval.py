@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.utils.cli import add_config_args
 
 

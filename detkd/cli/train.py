@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from detkd.config.load import load_config
+from detkd.recipe import load_config
 from detkd.utils.cli import add_config_args
 
 

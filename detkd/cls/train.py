@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 import detkd
-from detkd.cls.config import ONLINE, ClsConfig, NetConfig
+from detkd.cls.config import ONLINE, ClsConfig, NetConfig, cls_config_from_dict
 from detkd.cls.data import BatchLoader, ClsData, load_cls_data
 from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
@@ -194,7 +195,9 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
         torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.output_dir)
     chash = resume_hash(cfg)
-    ckpt_path, ckpt = resume_checkpoint(resume, out, chash, force_resume, CHECKPOINT_ENTRIES)
+    ckpt_path, ckpt = resume_checkpoint(
+        resume, out, chash, force_resume, CHECKPOINT_ENTRIES,
+        saved_hash=lambda text, src: resume_hash(cls_config_from_dict(yaml.safe_load(text), src)))
     if ckpt is None:
         prepare_output_dir(out)
     if cfg.train.tensorboard:

@@ -1,6 +1,10 @@
-"""Typed YAML configs: schema (dataclasses) and loading (inheritance, overrides, validation)."""
+"""Typed YAML configs: schema (dataclasses) and loading (inheritance, overrides, validation).
 
-from detkd.config.load import config_hash, dump_config, load_config
+The whole detection config, with the distillation methods' sections, is loaded by
+:func:`detkd.recipe.load_config` (this layer sits below the methods and gets their sections
+passed in)."""
+
+from detkd.config.load import build_dataclass, config_hash, dump_config, load_model_config
 from detkd.config.schema import (
     DATASET_TYPES,
     BaseDatasetConfig,
@@ -14,5 +18,5 @@ from detkd.config.schema import (
 
 __all__ = [
     "DATASET_TYPES", "BaseDatasetConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
-    "TrainConfig", "config_hash", "dump_config", "load_config",
+    "TrainConfig", "build_dataclass", "config_hash", "dump_config", "load_model_config",
 ]

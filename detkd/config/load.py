@@ -14,6 +14,10 @@
   (a file including the one that set them, or ``--opts``) changes a section's ``type``, the
   earlier options that the new type lacks are dropped,
   so ``--opts data.train.type=voc data.train.root=DIR`` works over a coco config.
+* Ranges and registries are declared on the fields (:mod:`detkd.config.fields`) and checked
+  here for every dataclass built; the registries themselves (the distillation methods'
+  sections, ...) are passed in by the layer that owns them (:mod:`detkd.recipe` assembles the
+  detection config), so this layer imports none of them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, Config, DataConfig
+from detkd.config.fields import Registry, range_of, registry_of
+from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, DataConfig, ModelConfig
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"
@@ -38,13 +43,8 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # Dotted paths of the dataset sections ("data.train", "data.val").
 DATASET_SECTIONS = tuple(f"data.{f.name}" for f in dataclasses.fields(DataConfig)
                          if get_type_hints(DataConfig)[f.name] is BaseDatasetConfig)
-# The one dataset dataclass of earlier versions had every format's options; these are its
-# values for "not set". config.yaml files written then carry them in every section: such a
-# value under a type that lacks the key is ignored, and config_hash hashes every section
-# in that flat form (so checkpoints made then still resume).
-LEGACY_DATASET_DEFAULTS: dict[str, Any] = {
-    "image_dir": "", "ann_file": "", "root": "", "classes": None, "use_difficult": False,
-}
+# name -> {entry name -> section dataclass}: what registry fields (detkd.config.fields) are built from.
+Registries = typing.Mapping[str, typing.Mapping[str, type]]
 
 
 def parse_yaml_file(path: Path) -> Any:
@@ -205,7 +205,17 @@ class _Invalid(Exception):
     pass
 
 
-def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
+@dataclasses.dataclass
+class _Ctx:
+    origins: dict
+    source: str
+    registries: Registries
+
+    def where(self, path: str) -> str:
+        return key_source(path, self.origins, self.source)
+
+
+def _convert(value: Any, tp: Any, path: str, ctx: _Ctx) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -271,61 +281,157 @@ def _convert(value: Any, tp: Any, path: str, ctx: tuple[dict, str]) -> Any:
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
 
 
-def _build(cls: type, data: dict, prefix: str, ctx: tuple[dict, str]) -> Any:
-    origins, source = ctx
+def _options(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if not (registry_of(f) and registry_of(f).by is None)]
+
+
+def _owners(key: str, entries: typing.Mapping[str, type], but: str = "") -> list[str]:
+    """The registry entries (but ``but``) that have an option ``key``."""
+    return [name for name, cls in entries.items() if name != but and key in _options(cls)]
+
+
+def _unknown(path: str, key: str, names: list[str], ctx: _Ctx, entries: typing.Mapping[str, type] = {},
+             entry: str = "", keyed: typing.Mapping[str, type] = {}) -> DetkdError:
+    """The one line for an unknown key: a close name, else the entries whose option it is."""
+    owners = _owners(key, entries, but=entry) if entries else []
+    section = path.rpartition(".")[0]
+    if keyed and not owners:
+        owners = _owners(key, keyed)
+        if owners:
+            moved = " or ".join(f"'{section + '.' if section else ''}{o}.{key}'" for o in owners)
+            return DetkdError(f"{ctx.where(path)}: '{path}' is an option of {', '.join(owners)}, not of "
+                              f"'{section or '<root>'}': write it as {moved}")
+    if owners:
+        return DetkdError(f"{ctx.where(path)}: '{path}' is not an option of {entry} (its options: "
+                          f"{', '.join(names)}); '{key}' is an option of {', '.join(owners)}")
+    close = difflib.get_close_matches(str(key), names + list(keyed), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return DetkdError(f"{ctx.where(path)}: unknown config key '{path}'{hint}")
+
+
+def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mapping[str, type] = {},
+           entry: str = "") -> Any:
+    """``cls`` from ``data``; ``entries``/``entry``: the registry and name ``cls`` was picked from."""
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    fields = dataclasses.fields(cls)
+    names = _options(cls)
+    keyed = next((f for f in fields if registry_of(f) and registry_of(f).by is None), None)
+    sections = ctx.registries.get(registry_of(keyed).name, {}) if keyed else {}
+    kwargs: dict[str, Any] = {}
+    held: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if key in sections and key not in names:
+            if value is None:  # null: the section is off (how a file drops one its _base_ set)
+                continue
+            if not isinstance(value, dict):
+                raise DetkdError(f"{ctx.where(path)}: '{path}' is a section: give its options as a mapping "
+                                 f"({{}} for the defaults) or null to leave it off, got {value!r}")
+            held[key] = _build(sections[key], value, path + ".", ctx, sections, key)
+            continue
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DetkdError(f"{key_source(path, origins, source)}: unknown config key '{path}'{hint}")
+            raise _unknown(path, key, names, ctx, entries, entry, sections)
         try:
-            kwargs[key] = _convert(value, hints[key], path, ctx)
+            f = next(f for f in fields if f.name == key)
+            reg = registry_of(f)
+            kwargs[key] = (_build_picked(value, reg, path, ctx) if reg is not None and reg.by is not None
+                           else _convert(value, hints[key], path, ctx))
         except _Invalid as exc:
-            raise DetkdError(f"{key_source(path, origins, source)}: '{path}': {exc}") from None
+            raise DetkdError(f"{ctx.where(path)}: '{path}': {exc}") from None
+    if keyed is not None:
+        kwargs[keyed.name] = {name: held[name] for name in sections if name in held}  # the registry's order
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise DetkdError(f"{source}: section '{prefix.rstrip('.') or '<root>'}': {exc}") from None
-    # Sections default to their dataclass defaults; explicit sub-dicts were built above.
+        raise DetkdError(f"{ctx.source}: section '{prefix.rstrip('.') or '<root>'}': {exc}") from None
+    for f in fields:
+        bounds = range_of(f)
+        problem = bounds.problem(getattr(obj, f.name)) if bounds is not None else None
+        if problem:
+            path = f"{prefix}{f.name}"
+            raise DetkdError(f"{ctx.where(path)}: '{path}' {problem}")
     return obj
 
 
-def _build_dataset(data: dict, path: str, ctx: tuple[dict, str]) -> BaseDatasetConfig:
+def _build_picked(value: Any, reg: Registry, path: str, ctx: _Ctx) -> Any:
+    """A discriminated registry field: the dataclass named by the value's ``reg.by`` key."""
+    entries = ctx.registries.get(reg.name, {})
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a mapping for section, got {type(value).__name__}")
+    if reg.by not in value:
+        raise DetkdError(f"{ctx.where(path)}: '{path}' needs '{reg.by}' (one of {', '.join(entries)})")
+    kind = value[reg.by]
+    try:
+        _convert(kind, Literal[tuple(entries)], f"{path}.{reg.by}", ctx)
+    except _Invalid as exc:
+        raise DetkdError(f"{ctx.where(f'{path}.{reg.by}')}: '{path}.{reg.by}': {exc}") from None
+    return _build(entries[kind], value, path + ".", ctx, entries, kind)
+
+
+def _other_format_default(key: str) -> tuple[bool, Any]:
+    """(True, value) when every dataset type that has option ``key`` defaults it to that value."""
+    defaults = {repr(f.default) for cls in DATASET_TYPES.values() for f in dataclasses.fields(cls)
+                if f.name == key and f.default is not dataclasses.MISSING}
+    if len(defaults) != 1:
+        return False, None
+    cls = next(c for c in DATASET_TYPES.values() if key in {f.name for f in dataclasses.fields(c)})
+    return True, next(f.default for f in dataclasses.fields(cls) if f.name == key)
+
+
+def _build_dataset(data: dict, path: str, ctx: _Ctx) -> BaseDatasetConfig:
     """A dataset section: the dataclass of its ``type``, which must have every key given."""
-    origins, source = ctx
     kind = data.get("type", BaseDatasetConfig.type)
     if not DATASET_TYPES:
         raise DetkdError("no dataset formats are registered with the config loader: import detkd.data first")
     try:
         _convert(kind, Literal[tuple(DATASET_TYPES)], f"{path}.type", ctx)
     except _Invalid as exc:
-        raise DetkdError(f"{key_source(path + '.type', origins, source)}: '{path}.type': {exc}") from None
+        raise DetkdError(f"{ctx.where(path + '.type')}: '{path}.type': {exc}") from None
     cls = DATASET_TYPES[kind]
     own = [f.name for f in dataclasses.fields(cls)]
     common = [f.name for f in dataclasses.fields(BaseDatasetConfig)]
     of_any_type = {f.name for c in DATASET_TYPES.values() for f in dataclasses.fields(c)}
     kept = {}
     for key, value in data.items():
-        if key not in own and key in LEGACY_DATASET_DEFAULTS:
-            default = LEGACY_DATASET_DEFAULTS[key]
-            if (value, type(value)) == (default, type(default)):
-                continue  # an earlier version's "not set" (its config.yaml)
         if key not in own and key in of_any_type:
+            # The one dataset dataclass of earlier versions had every format's options: its
+            # config.yaml files carry the other formats' defaults ("not set") in every section.
+            known, default = _other_format_default(key)
+            if known and (value, type(value)) == (default, type(default)):
+                continue
             options = [n for n in own if n not in common] + [n for n in common if n != "type"]
-            raise DetkdError(f"{key_source(f'{path}.{key}', origins, source)}: '{path}.{key}' is not an option of "
+            raise DetkdError(f"{ctx.where(f'{path}.{key}')}: '{path}.{key}' is not an option of "
                              f"type '{kind}' (options: {', '.join(options)})")
         kept[key] = value  # an unknown key: _build names it
     return _build(cls, kept, path + ".", ctx)
 
 
-def build_dataclass(cls: type, tree: dict, source: str, origins: dict | None = None) -> Any:
-    """A config dataclass ``cls`` from a merged YAML tree, with the same type checks and
-    one-line messages as :func:`load_config` (classification's schema uses it)."""
-    return _build(cls, tree, "", (origins or {}, source))
+def build_dataclass(cls: type, tree: dict, source: str, origins: dict | None = None,
+                    registries: Registries | None = None, prefix: str = "") -> Any:
+    """A config dataclass ``cls`` from a merged YAML tree, with the type and range checks and
+    one-line messages of the detection loader (classification's schema uses it too);
+    ``registries`` fill the fields declared with :func:`detkd.config.fields.registry`;
+    ``prefix`` (e.g. ``"model."``) is where the tree sits, for messages."""
+    return _build(cls, tree, prefix, _Ctx(origins or {}, source, registries or {}))
+
+
+def load_tree(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, dict]:
+    """``(tree, origins)`` of a config file: its ``_base_`` chain merged, the overrides applied."""
+    origins: dict = {}
+    tree = load_yaml_tree(path, origins)
+    return apply_overrides(tree, parse_overrides(overrides or []), origins), origins
+
+
+def load_model_config(path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """Just the ``model`` section of a config file, validated (for readers of model files,
+    which need no other section)."""
+    tree, origins = load_tree(path, overrides)
+    model = tree.get("model") or {}
+    if not isinstance(model, dict):
+        raise DetkdError(f"{key_source('model', origins, str(path))}: 'model' must be a mapping")
+    cfg = build_dataclass(ModelConfig, model, str(path), origins, prefix="model.")
+    check_model(cfg, str(path))
+    return cfg
 
 
 def resolve_teacher_config(tree: dict, origins: dict, source: str) -> dict:
@@ -350,115 +456,66 @@ def resolve_teacher_config(tree: dict, origins: dict, source: str) -> dict:
     return tree
 
 
-def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<dict>") -> Config:
-    cfg = _build(Config, tree, "", (origins or {}, source))
-    check_config(cfg, source)
-    return cfg
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load, merge, override and validate a config file."""
-    origins: dict = {}
-    tree = load_yaml_tree(path, origins)
-    tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
-    tree = resolve_teacher_config(tree, origins, str(Path(path)))
-    return config_from_dict(tree, origins, str(Path(path)))
-
-
 # ----------------------------------------------------------------------------- range checks
 
 
-def _positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
+def positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise DetkdError(f"{source}: '{key}' must be {bound}, got {value}")
 
 
-def _fraction(value: float, key: str, source: str) -> None:
+def fraction(value: float, key: str, source: str) -> None:
     if not 0.0 <= value <= 1.0:
         raise DetkdError(f"{source}: '{key}' must be in [0, 1], got {value}")
 
 
-def check_config(cfg: Config, source: str) -> None:
-    """Value-range checks that types alone cannot express."""
-    m = cfg.model
+def check_model(m: ModelConfig, source: str, prefix: str = "model") -> None:
+    """Value-range checks of a model section that types alone cannot express."""
     if m.num_classes < 2:
-        raise DetkdError(f"{source}: 'model.num_classes' must be >= 2 (background + 1 class), got {m.num_classes}")
+        raise DetkdError(f"{source}: '{prefix}.num_classes' must be >= 2 (background + 1 class), got {m.num_classes}")
     for key in ("min_size", "max_size", "out_channels", "representation_size", "rpn_batch_size_per_image",
                 "box_batch_size_per_image", "box_detections_per_img", "roi_output_size"):
-        _positive(getattr(m, key), f"model.{key}", source)
+        positive(getattr(m, key), f"{prefix}.{key}", source)
     for key in ("rpn_positive_fraction", "box_positive_fraction", "rpn_nms_thresh", "box_nms_thresh",
                 "box_score_thresh"):
-        _fraction(getattr(m, key), f"model.{key}", source)
+        fraction(getattr(m, key), f"{prefix}.{key}", source)
     if len(m.image_mean) != 3 or len(m.image_std) != 3:
-        raise DetkdError(f"{source}: 'model.image_mean' and 'model.image_std' need 3 values each")
-    t = cfg.train
-    _positive(t.epochs, "train.epochs", source)
-    _positive(t.batch_size, "train.batch_size", source)
-    _positive(t.workers, "train.workers", source, allow_zero=True)
-    _positive(t.log_interval, "train.log_interval", source)
-    _positive(t.optimizer.lr, "train.optimizer.lr", source)
-    _positive(t.optimizer.weight_decay, "train.optimizer.weight_decay", source, allow_zero=True)
-    _positive(t.scheduler.warmup_iters, "train.scheduler.warmup_iters", source, allow_zero=True)
-    _fraction(t.scheduler.warmup_factor, "train.scheduler.warmup_factor", source)
-    if t.max_iters is not None:
-        _positive(t.max_iters, "train.max_iters", source)
-    if t.clip_grad_norm is not None:
-        _positive(t.clip_grad_norm, "train.clip_grad_norm", source)
-    _positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
-    _positive(t.checkpoint_interval, "train.checkpoint_interval", source)
-    _positive(t.checkpoint_period_iters, "train.checkpoint_period_iters", source, allow_zero=True)
-    _positive(cfg.eval.batch_size, "eval.batch_size", source)
-    for split in ("train", "val"):
-        if getattr(cfg.data, split).max_images is not None:
-            _positive(getattr(cfg.data, split).max_images, f"data.{split}.max_images", source)
-    if not cfg.output_dir:
-        raise DetkdError(f"{source}: 'output_dir' must not be empty")
-    if (cfg.teacher is None) != (cfg.distill is None):
-        raise DetkdError(f"{source}: a distillation run needs both a 'teacher' and a 'distill' section")
-    if cfg.distill is not None:
-        d = cfg.distill
-        _fraction(d.mu, "distill.mu", source)
-        for key in ("nu", "gamma", "lam", "margin", "bg_weight"):
-            _positive(getattr(d, key), f"distill.{key}", source, allow_zero=True)
-        _positive(d.temperature, "distill.temperature", source)
-        if d.chen and d.hint and not d.hint_levels:
-            raise DetkdError(f"{source}: 'distill.hint_levels' is empty while 'distill.hint' is on")
-        check_methods(d, source)
-        if not cfg.teacher.checkpoint:
-            raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
-
-
-def check_methods(d: Any, source: str) -> None:
-    """Ranges of the FPN-feature method sections (``distill.pkd`` ...)."""
-    for name in ("pkd", "cwd", "mgd", "fgd", "fgfi"):
-        section = getattr(d, name)
-        if section is None:
-            continue
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            key = f"distill.{name}.{f.name}"
-            if f.name == "levels":
-                if value is not None and not value:
-                    raise DetkdError(f"{source}: '{key}' is empty; leave it out (null) for the method's default levels")
-            elif f.name in ("temperature",):
-                _positive(value, key, source)
-            elif f.name in ("lambda_mask", "psi"):
-                _fraction(value, key, source)
-            else:  # weights
-                _positive(value, key, source, allow_zero=True)
+        raise DetkdError(f"{source}: '{prefix}.image_mean' and '{prefix}.image_std' need 3 values each")
 
 
 # ----------------------------------------------------------------------------- output
 
 
 def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as the nested mapping its YAML is (keyed registry fields flattened back
+    into their section: ``distill: {level_map: ..., pkd: {...}}``)."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    out: dict = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        reg = registry_of(f)
+        if reg is not None and reg.by is None:
+            out.update({name: config_to_dict(section) for name, section in value.items()})
+        else:
+            out[f.name] = _to_plain(value)
+    return out
 
 
-def dump_config(cfg: Config) -> str:
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return config_to_dict(value)
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def dump_config(cfg: Any) -> str:
     """The merged config as YAML (what is saved beside each run)."""
-    return yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False)
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def _plain(value: Any) -> Any:
@@ -469,25 +526,63 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_ABSENT = object()
+
+
+def meaning(value: Any, default: Any = _ABSENT) -> Any:
+    """``value`` without what equals its default: of a dataclass, the fields whose value is
+    not the field's default (nested sections likewise); of a keyed registry field, each
+    section so reduced (a section with every option at its default is ``{}``: present).
+
+    A section compares against the default section of its field when that is of the same
+    class, else against its own class's defaults plus, for the fields both classes have, the
+    field default's values (so ``type: coco`` still shows against a ``demo`` default)."""
+    if dataclasses.is_dataclass(value):
+        same = dataclasses.is_dataclass(default) and type(default) is type(value)
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            reg = registry_of(f)
+            if reg is not None and reg.by is None:
+                for name, section in v.items():
+                    out[name] = meaning(section)
+                continue
+            if same:
+                d = getattr(default, f.name)
+            else:
+                d = f.default if f.default is not dataclasses.MISSING else (
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else _ABSENT)
+                if dataclasses.is_dataclass(default) and hasattr(default, f.name) and v != getattr(default, f.name):
+                    d = _ABSENT  # differs from what the parent's default section says
+            if d is _ABSENT or _plain(_to_plain(v)) != _plain(_to_plain(d)):
+                out[f.name] = meaning(v, d)
+        return out
+    if isinstance(value, dict):
+        return {k: meaning(v) for k, v in value.items()}
+    return _to_plain(value)
+
+
 def config_hash(cfg: Any, sections: typing.Iterable[str] = ("model", "data", "teacher", "distill"),
                 only: typing.Mapping[str, typing.Iterable[str]] | None = None,
                 drop: typing.Mapping[str, typing.Iterable[str]] | None = None) -> str:
     """Hash of the parts of a config that decide what a checkpoint means (what ``--resume``
-    checks): the ``sections`` of the config tree; of a section in ``only`` just those keys,
-    of one in ``drop`` all but those (e.g. classification's schedule keys of ``train``)."""
-    tree = config_to_dict(cfg)
-    for section in DATASET_SECTIONS:  # the flat form of earlier versions (LEGACY_DATASET_DEFAULTS)
-        _, name = section.split(".")
-        if isinstance(cfg, Config):  # detection's dataset sections (classification has none)
-            tree["data"][name] = {**LEGACY_DATASET_DEFAULTS, **tree["data"][name]}
+    checks): the ``sections`` of the config; of a section in ``only`` just those keys, of one
+    in ``drop`` all but those (e.g. classification's schedule keys of ``train``).
+
+    Every field at its default is left out (:func:`meaning`), so a later version that adds a
+    field with a default hashes an older config as it did. A changed default cannot slip
+    through either: ``--resume`` hashes the checkpoint's own saved config (every value
+    written out) with the running version (:func:`detkd.engine.checkpoint.resume_checkpoint`),
+    and the old value, explicit there, differs from the new default."""
+    tree = meaning(cfg)
     if isinstance(tree.get("teacher"), dict):
         # The teacher's model section is already merged in; where its YAML lives (an absolute
         # path) must not make a moved checkout's checkpoints unresumable.
         tree["teacher"] = {k: v for k, v in tree["teacher"].items() if k != "config"}
-    payload_tree = {k: _plain(tree[k]) for k in sections}
+    payload_tree = {k: tree[k] for k in sections if k in tree}
     for key, keep in (only or {}).items():
-        payload_tree[key] = {k: _plain(tree[key][k]) for k in keep}
+        payload_tree[key] = {k: tree[key][k] for k in keep if k in tree.get(key, {})}
     for key, skip in (drop or {}).items():
-        payload_tree[key] = {k: v for k, v in payload_tree[key].items() if k not in set(skip)}
+        payload_tree[key] = {k: v for k, v in payload_tree.get(key, {}).items() if k not in set(skip)}
     payload = json.dumps(payload_tree, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

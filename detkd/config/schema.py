@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from detkd.config.fields import option, registry
 from detkd.errors import DetkdError
 
 STOCK_ARCHS = (
@@ -232,105 +233,27 @@ class TeacherConfig:
 
 
 @dataclass
-class PKDConfig:
-    """PKD (Cao et al., NeurIPS 2022): Pearson correlation of per-channel normalized FPN maps.
-    Default weight 6 and levels P2-P5: MMRazor's pkd_fpn_faster-rcnn_r101_faster-rcnn_r50 config."""
-
-    weight: float = 6.0
-    levels: Optional[list[str]] = None  # student levels; None: every level but "pool" (P2-P5)
-
-
-@dataclass
-class CWDConfig:
-    """Channel-wise distillation (Shu et al., ICCV 2021): KL between per-channel spatial
-    softmaxes. Defaults tau 1, weight 10, all levels: MMRazor's cwd_fpn_frcnn config."""
-
-    weight: float = 10.0
-    temperature: float = 1.0
-    levels: Optional[list[str]] = None  # None: every level, "pool" included
-
-
-@dataclass
-class MGDConfig:
-    """Masked generative distillation (Yang et al., ECCV 2022): a generator rebuilds the
-    teacher map from a randomly masked student map. alpha 2e-5, lambda 0.65: the authors' module
-    defaults and RetinaNet config, MMRazor's mgd_fpn_retina (no public Faster R-CNN R101 -> R50 MGD
-    config exists; docs/methods.md, section 3.3)."""
-
-    alpha: float = 2e-5
-    lambda_mask: float = 0.65
-    levels: Optional[list[str]] = None  # None: every level, "pool" included
-
-
-@dataclass
-class FGDConfig:
-    """Focal and global distillation (Yang et al., CVPR 2022): foreground/background masked
-    imitation weighted by teacher attention, attention transfer and GcBlock global relation.
-    Defaults: the authors' faster_rcnn_r101 -> r50 config (yzd-v/FGD)."""
-
-    temperature: float = 0.5
-    alpha: float = 5e-5  # foreground
-    beta: float = 2.5e-5  # background
-    gamma: float = 5e-5  # attention
-    lambda_global: float = 5e-7  # global (GcBlock) relation (the paper's lambda)
-    levels: Optional[list[str]] = None  # None: every level but "pool" (P2-P5)
-
-
-@dataclass
-class FGFIConfig:
-    """Fine-grained feature imitation (Wang et al., CVPR 2019): imitation on the locations
-    whose anchors overlap a ground-truth box (IoU > psi * the box's best anchor IoU).
-    psi 0.5 and weight 0.01: the paper (Sec. 3.1, 4)."""
-
-    weight: float = 0.01
-    psi: float = 0.5
-    levels: Optional[list[str]] = None  # None: every level (each has anchors)
-
-
-@dataclass
 class DistillConfig:
-    """The distillation methods of one run (several may be on at once); defaults are the
-    papers'. See docs/distillation_methods.md; equations and defaults: docs/methods.md.
+    """The distillation of one run: the run-wide keys below and one section per method,
+    ``distill: {chen: {...}, pkd: {weight: 6.0}}``. A method is on exactly when its section
+    is there (``{}``: its defaults; ``null`` drops a section a ``_base_`` file set). Each
+    method's options, defaults, ranges, equation and source are in its own file in
+    detkd/distill/methods/ (docs/distillation_methods.md); the loader takes them from
+    ``METHODS`` there (detkd.recipe passes them in: this layer does not import them)."""
 
-    Chen et al. (NeurIPS 2017), on unless ``chen: false`` (the flat keys below):
-    L = L_RPN + L_RCN + gamma * L_hint;  L_cls = mu * hard + (1 - mu) * soft;
-    L_reg = smoothL1 + nu * L_b  (docs/methods.md, section 1).
-    FPN-feature methods (docs/methods.md, section 3): a section (``pkd: {}``,
-    ``fgd: {alpha: 1e-4}``...) turns the method on; ``null`` (the default) leaves it off.
-    """
-
-    chen: bool = True  # false: none of Chen et al.'s terms (a feature-method-only run)
-    hint: bool = True
-    rpn_soft: bool = True
-    rcn_soft: bool = True
-    rpn_bound: bool = True
-    rcn_bound: bool = True
-    mu: float = 0.5
-    nu: float = 0.5
-    gamma: float = 0.5
-    lam: float = 1.0  # lambda: weight of the regression terms in both heads
-    temperature: float = 1.0
-    bg_weight: float = 1.5
-    class_weighted: bool = True  # False: unweighted soft CE (ablation)
-    margin: float = 0.0
-    bound_kind: Literal["bounded", "l2"] = "bounded"  # l2: plain L2 to the teacher (ablation)
-    hint_levels: list[str] = field(default_factory=lambda: ["0"])
-    adapter: Literal["conv1x1", "identity"] = "conv1x1"
-    start_epoch: int = 0  # distillation terms on from this epoch
-    stop_epoch: Optional[int] = None  # ... and off from this one
+    start_epoch: int = option(0, ge=0)  # distillation terms on from this epoch
+    stop_epoch: Optional[int] = option(None, ge=1)  # ... and off from this one
     # A teacher whose config has another input size (min/max_size): "own" sees the images at
     # its own size (boxes/proposals scaled into its frame, student maps resized to its maps;
-    # RPN terms refused: they compare anchor by anchor), "student" sees the student's
-    # transformed batch (every term), "auto" is "own" unless Chen et al.'s RPN terms are on.
+    # terms that compare the nets anchor by anchor are refused), "student" sees the student's
+    # transformed batch (every term), "auto" is "own" unless an enabled method compares anchors
+    # (Chen et al.'s RPN terms).
     teacher_input: Literal["auto", "own", "student"] = "auto"
     # Heterogeneous pairs: student level -> teacher level (e.g. {"0": "2"}: the student's
     # stride-16 map against the teacher's stride-16 one); unnamed levels match by name.
     level_map: Optional[dict[str, str]] = None
-    pkd: Optional[PKDConfig] = None
-    cwd: Optional[CWDConfig] = None
-    mgd: Optional[MGDConfig] = None
-    fgd: Optional[FGDConfig] = None
-    fgfi: Optional[FGFIConfig] = None
+    # name -> the method's config section (in METHODS order); YAML: distill.<name>.
+    methods: dict[str, Any] = registry("methods")
 
 
 @dataclass

@@ -23,13 +23,16 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
 
-from detkd.config.schema import DistillConfig, ModelConfig
+from detkd.config.schema import ModelConfig
 from detkd.errors import DetkdError
+
+if TYPE_CHECKING:  # for annotations only: chen.py imports this module
+    from detkd.distill.methods.chen import ChenConfig
 
 __all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "probe_features", "check_compatible", "check_label_map", "teacher_class_names"]
 
@@ -42,15 +45,13 @@ RCN_TERMS = frozenset({"rcn_soft", "rcn_bound"})
 PROBE_SIZE = 256
 
 
-def enabled_terms(cfg: DistillConfig) -> frozenset[str]:
+def enabled_terms(cfg: "ChenConfig") -> frozenset[str]:
     """The distillation terms that contribute: switch on and weight > 0.
 
     Weights: soft terms ``1 - mu``, bounded terms ``lam * nu``, hint ``gamma``. A term whose
     weight is 0 is skipped entirely (no teacher work, no loss entry), so ``mu = 1, nu = 0,
-    gamma = 0`` is the plain student loss exactly. ``chen: false`` turns every term off.
+    gamma = 0`` is the plain student loss exactly (so is leaving ``distill.chen`` out).
     """
-    if not cfg.chen:
-        return frozenset()
     soft_w = 1.0 - cfg.mu
     bound_w = cfg.lam * cfg.nu
     weights = {
@@ -108,7 +109,7 @@ def _fmt_levels(shapes: "OrderedDict[str, tuple[int, ...]]") -> str:
 def check_compatible(
     student_cfg: Optional[ModelConfig],
     teacher_cfg: Optional[ModelConfig],
-    distill_cfg: DistillConfig,
+    distill_cfg: "ChenConfig",
     student: nn.Module,
     teacher: nn.Module,
     level_map: Optional[dict[str, str]] = None,
@@ -150,7 +151,7 @@ def check_compatible(
         w_t = tuple(float(w) for w in getattr(teacher, head).box_coder.weights)
         if w_s != w_t:
             raise DetkdError(
-                f"distill.{term}: {head}.box_coder weights differ (student {w_s}, teacher {w_t}); "
+                f"distill.chen.{term}: {head}.box_coder weights differ (student {w_s}, teacher {w_t}); "
                 f"the bounded regression compares deltas encoded with the same weights"
             )
 
@@ -162,7 +163,7 @@ def check_compatible(
     # RPN: rows are anchors, so anchors, feature levels and strides must coincide.
     rpn_terms = sorted(terms & {"rpn_soft", "rpn_bound"})
     if rpn_terms:
-        switch = "/".join(f"distill.{t}" for t in rpn_terms)
+        switch = "/".join(f"distill.chen.{t}" for t in rpn_terms)
         sizes_s, ratios_s = _anchors(student)
         sizes_t, ratios_t = _anchors(teacher)
         if sizes_s != sizes_t or ratios_s != ratios_t:
@@ -196,20 +197,20 @@ def check_compatible(
     if "hint" in terms:
         levels = [str(level) for level in distill_cfg.hint_levels]
         if not levels:
-            raise DetkdError("distill.hint_levels is empty while distill.hint is on")
+            raise DetkdError("distill.chen.hint_levels is empty while distill.chen.hint is on")
         mapping = level_map or {}
         for level in levels:
             t_level = mapping.get(level, level)
             for feats, name, who in ((f_s, level, "student"), (f_t, t_level, "teacher")):
                 if name not in feats:
                     raise DetkdError(
-                        f"distill.hint_levels: level '{name}' is not a {who} feature map; "
+                        f"distill.chen.hint_levels: level '{name}' is not a {who} feature map; "
                         f"available: {', '.join(feats)}"
                     )
             c_s, c_t = f_s[level][0], f_t[t_level][0]
             if distill_cfg.adapter == "identity" and c_s != c_t:
                 raise DetkdError(
-                    f"distill.adapter 'identity' needs equal channels at hint level '{level}': "
+                    f"distill.chen.adapter 'identity' needs equal channels at hint level '{level}': "
                     f"student {c_s}, teacher {c_t}; use adapter: conv1x1"
                 )
             channels[level] = (c_s, c_t)

@@ -18,11 +18,12 @@ Each training step the Distiller runs
 
 Conventions:
 
-* A method or term is on when its switch/section is on and its weight is > 0; an off term
-  costs nothing and has no loss entry. With every weight at 0 (or everything off) the loss
-  is torchvision's, bit for bit, and the teacher does not run.
-* ``lam`` scales the student's smooth-L1 terms always; Chen et al.'s soft terms weight the
-  hard CE beside them by ``mu`` (:meth:`DistillMethod.hard_weights`).
+* A method is on when its section ``distill.<name>`` is there; a term when its switch is
+  on and its weight is > 0; an off term costs nothing and has no loss entry. With every
+  weight at 0 (or no section) the loss is torchvision's, bit for bit, and the teacher does
+  not run.
+* Chen et al.'s ``lam`` scales the student's smooth-L1 terms always; its soft terms weight
+  the hard CE beside them by ``mu`` (:meth:`DistillMethod.hard_weights`).
 * The teacher runs under ``torch.inference_mode()``, is frozen and stays in eval mode; the
   outputs the methods use are cloned out of inference mode (inference tensors cannot be
   saved for the student's backward).
@@ -47,7 +48,6 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from detkd.config.schema import Config, DistillConfig, ModelConfig
-from detkd.distill.compat import RPN_TERMS, enabled_terms
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
 from detkd.modeling.adapters import HintAdapters
@@ -115,11 +115,20 @@ def _teacher_at_own_size(cfg: DistillConfig, student: FasterRCNN, teacher: Faste
     """``distill.teacher_input``: does the teacher run its own transform on the raw images?"""
     if _input_size(student) == _input_size(teacher) or cfg.teacher_input == "student":
         return False
-    if cfg.teacher_input == "auto" and enabled_terms(cfg) & RPN_TERMS:
-        log.info("the teacher sees the student's transformed batch: the RPN terms compare the two nets anchor by "
-                 "anchor (distill.teacher_input: auto)")
+    anchored = [name for name, section in _sections(cfg) if METHODS[name].compares_anchors(section)]
+    if cfg.teacher_input == "auto" and anchored:
+        log.info("the teacher sees the student's transformed batch: %s compares the two nets anchor by anchor "
+                 "(distill.teacher_input: auto)", ", ".join(anchored))
         return False
     return True
+
+
+def _sections(cfg: DistillConfig) -> list[tuple[str, Any]]:
+    """``(name, section)`` of the configured methods, in :data:`METHODS` order."""
+    unknown = [name for name in cfg.methods if name not in METHODS]
+    if unknown:
+        raise DetkdError(f"distill.{unknown[0]}: no such method (methods: {', '.join(METHODS)})")
+    return [(name, cfg.methods[name]) for name in METHODS if cfg.methods.get(name) is not None]
 
 
 def _scale_boxes(boxes: list[Tensor], src: list[tuple[int, int]], dst: list[tuple[int, int]]) -> list[Tensor]:
@@ -141,7 +150,7 @@ class Distiller(nn.Module):
         teacher: a ``FasterRCNN`` (for Chen et al.'s terms: the same classes and, for the RPN
             terms, the same anchors and strides). It is frozen here (``requires_grad=False``)
             and kept in eval mode whatever ``train()`` is called with.
-        cfg: the distillation config (Chen et al.'s flat knobs and the method sections).
+        cfg: the distillation config (run-wide keys and one section per method).
         teacher_renorm: ``(mean_s, std_s, mean_t, std_t)`` (3 values each) to map the
             student's normalized batch into the teacher's normalization,
             ``x_t = ((x_s * std_s + mean_s) - mean_t) / std_t``; ``None`` (default) reads
@@ -179,8 +188,6 @@ class Distiller(nn.Module):
         teacher_cfg: Optional[ModelConfig] = None,
     ) -> None:
         super().__init__()
-        if cfg.bound_kind not in ("bounded", "l2"):
-            raise DetkdError(f"distill.bound_kind must be 'bounded' or 'l2', got {cfg.bound_kind!r}")
         self.student = student
         self.teacher = teacher
         self.cfg = cfg
@@ -194,10 +201,11 @@ class Distiller(nn.Module):
         ctx = BuildContext(cfg, student, teacher, student_cfg, teacher_cfg, self.own_size)
         ref = next(student.parameters())
         self.methods = nn.ModuleDict()
-        for name, method_cls in METHODS.items():
-            section = cfg if name == "chen" else getattr(cfg, name)
-            method = method_cls.build(section, ctx) if section is not None else None
+        for name, section in _sections(cfg):
+            ctx.name = name
+            method = METHODS[name].build(section, ctx)
             if method is not None:
+                method.name = name
                 self.methods[name] = method.to(ref.device)
 
         if teacher_renorm is None:
@@ -241,7 +249,8 @@ class Distiller(nn.Module):
         return self.terms if self.distilling else frozenset()
 
     def active_methods(self) -> list[DistillMethod]:
-        return list(self.methods.values()) if self.distilling else []
+        """The methods that run this epoch (those with a term: Chen et al. may only scale)."""
+        return [m for m in self.methods.values() if m.terms()] if self.distilling else []
 
     @property
     def adapters(self) -> Optional[HintAdapters]:
@@ -300,10 +309,9 @@ class Distiller(nn.Module):
         rpn = self._student_rpn(image_list, features, targets)
         rcn = self._student_rcn(features, rpn["proposals"], image_list.image_sizes, targets)
 
-        weights = {"loss_classifier": 1.0, "loss_box_reg": self.cfg.lam, "loss_objectness": 1.0,
-                   "loss_rpn_box_reg": self.cfg.lam}
-        for method in methods:
-            weights.update(method.hard_weights())
+        weights = dict.fromkeys(HARD_KEYS, 1.0)
+        for method in self.methods.values():
+            weights.update(method.hard_weights(self.distilling))
         # torchvision's key order (detector losses, then RPN losses): with every
         # distillation term off, sum(losses.values()) is torchvision's sum bit for bit.
         hard = {"loss_classifier": rcn["loss_classifier"], "loss_box_reg": rcn["loss_box_reg"],

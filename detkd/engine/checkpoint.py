@@ -11,7 +11,7 @@ it belongs to the config, and refusing to start a run in a directory that holds 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -83,13 +83,19 @@ def latest_checkpoint(output_dir: str | Path, entries: Sequence[str] = DETECTION
 
 
 def resume_checkpoint(resume: str | None, output_dir: str | Path, config_hash: str, force: bool,
-                      entries: Sequence[str] = DETECTION_ENTRIES) -> tuple[Path | None, dict[str, Any] | None]:
+                      entries: Sequence[str] = DETECTION_ENTRIES,
+                      saved_hash: Callable[[str, str], str] | None = None) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint a run continues from, read and checked: ``(path, ckpt)``, or
     ``(None, None)`` to start from scratch.
 
     ``resume``: None (a new run), ``"auto"`` (the newest usable ``last*.pth`` in
     ``output_dir``, none: from scratch) or a path. A checkpoint without an optimizer state, or
-    made with a config of another ``config_hash`` (unless ``force``), is a one-line error."""
+    made with a config of another ``config_hash`` (unless ``force``), is a one-line error.
+
+    ``saved_hash(yaml_text, source)``: the hash this version gives the checkpoint's own saved
+    config (``ckpt["config"]``); it decides when the recorded hash differs, so a checkpoint of
+    an earlier version (another hash rule, fields it did not have) resumes when its config
+    means what this one does."""
     if not resume:
         return None, None
     path = latest_checkpoint(output_dir, entries) if resume == "auto" else Path(resume)
@@ -99,10 +105,21 @@ def resume_checkpoint(resume: str | None, output_dir: str | Path, config_hash: s
     if not all(k in ckpt for k in entries):
         raise DetkdError(f"{path} holds weights only (no optimizer state); start a new run from it instead "
                          "(model.weights; classification: model.checkpoint)")
-    if ckpt.get("config_hash") != config_hash and not force:
+    if not force and not _same_config(ckpt, config_hash, saved_hash, path):
         raise DetkdError(f"{path} was made with a different config (hash {ckpt.get('config_hash')} vs "
                          f"{config_hash}); pass --force-resume to resume anyway")
     return path, ckpt
+
+
+def _same_config(ckpt: dict[str, Any], want: str, saved_hash: Callable[[str, str], str] | None, path: Path) -> bool:
+    if ckpt.get("config_hash") == want:
+        return True
+    if saved_hash is None or not isinstance(ckpt.get("config"), str):
+        return False
+    try:
+        return saved_hash(ckpt["config"], f"{path} (its saved config)") == want
+    except DetkdError:  # a saved config this version cannot read means another config
+        return False
 
 
 def prepare_output_dir(output_dir: str | Path) -> None:

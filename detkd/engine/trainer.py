@@ -42,6 +42,7 @@ from detkd.engine.lock import RunLock
 from detkd.engine.model import TrainModel, build_model
 from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from detkd.engine.resume import ResumePosition, remap_schedule, resume_position
+from detkd.recipe import read_saved_config
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import model_state
@@ -166,7 +167,8 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
 
     # Read and check the checkpoint before the (slow) data and model: a bad --resume fails at once.
     chash = config_hash(cfg)
-    ckpt_path, ckpt = resume_checkpoint(resume, out, chash, force_resume)
+    ckpt_path, ckpt = resume_checkpoint(resume, out, chash, force_resume,
+                                        saved_hash=lambda text, source: config_hash(read_saved_config(text, source)))
     if dist.is_main() and ckpt is None:
         prepare_output_dir(out)
     # log.txt starts once the start-up checks pass: a refused run leaves output_dir untouched.

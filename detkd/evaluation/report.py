@@ -335,7 +335,7 @@ def _check_settings(entries: Sequence[ModelEntry], split: str, warmup: int, runs
 
 def load_entry(entry: ModelEntry):
     """(config, model with the checkpoint's weights) of one entry; one-line errors."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.evaluation.inference import load_detector
 
     if not Path(entry.config).is_file():

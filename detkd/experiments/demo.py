@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace, repo: Path = REPO) -> int:
     """Train or reuse the three runs of the checkout ``repo``, print their metrics and the gap closed."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.experiments.runs import train_or_reuse
     from detkd.modeling.detector import build_detector, count_parameters
 

@@ -124,7 +124,7 @@ def command_line() -> str:
 def train_run(run: dict, args: argparse.Namespace, repo: Path = REPO) -> dict:
     """Train one planned run, or read back its finished run (:func:`detkd.experiments.runs.train_or_reuse`);
     its numbers as a dict. A distillation run needs the finished teacher first."""
-    from detkd.config.load import load_config
+    from detkd.recipe import load_config
     from detkd.experiments.runs import finished, train_or_reuse
 
     out = Path(run["output_dir"])

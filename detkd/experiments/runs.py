@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from detkd.config.load import config_from_dict, config_hash, dump_config, load_config
+from detkd.config.load import config_hash, dump_config
+from detkd.recipe import config_from_dict, load_config
 import detkd.data  # noqa: F401  registers the dataset formats with the config loader
 from detkd.errors import DetkdError
 

@@ -92,17 +92,20 @@ def _model_config(config: Any) -> ModelConfig:
         return config
     if isinstance(config, Config):
         return config.model
-    from detkd.config.load import load_config
+    from detkd.config.load import load_model_config
 
-    return load_config(config).model
+    return load_model_config(config)
 
 
 def _config_from_info(info: dict[str, Any], path: Path) -> ModelConfig:
-    from detkd.config.load import config_from_dict
+    from detkd.config.load import build_dataclass, check_model
 
     if not isinstance(info.get("model"), dict):
         raise DetkdError(f"{path}: the detkd record has no model config")
-    return config_from_dict({"model": info["model"]}, source=f"{path} (stored model config)").model
+    source = f"{path} (stored model config)"
+    cfg = build_dataclass(ModelConfig, info["model"], source, prefix="model.")
+    check_model(cfg, source)
+    return cfg
 
 
 def _freeze_batchnorm(module: nn.Module, eps: float | None) -> None:

@@ -5,7 +5,9 @@ frozen teacher once per step and hands each enabled method one :class:`DistillRe
 method turns it into named, already weighted loss terms. A method is an ``nn.Module`` (its
 learnable parts, e.g. adaptation convs or generators, are trained with the student, saved in
 ``last.pth`` and left out of ``model_final.pth``) built from its typed config section by
-``build(section, ctx)``. The Distiller reads three class attributes to do only the teacher
+``build(section, ctx)``. Its class names that section's dataclass (``config``: defaults,
+ranges declared with :func:`detkd.config.fields.option`, the equation in its docstring), the
+loader's ``distill.<name>`` section. The Distiller reads three class attributes to do only the teacher
 work the enabled methods need: ``needs_teacher_rpn`` (teacher RPN head at the student's
 anchors), ``needs_teacher_rcn`` (teacher box head on the student's sampled proposals),
 ``needs_keys`` (per-image keys for reproducible random draws) and
@@ -22,6 +24,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from detkd.config.fields import weights_of
 from detkd.config.schema import DistillConfig, ModelConfig
 from detkd.distill.compat import PROBE_SIZE, probe_features
 from detkd.errors import DetkdError
@@ -74,6 +77,7 @@ class BuildContext:
         self.cfg, self.student, self.teacher = cfg, student, teacher
         self.student_cfg, self.teacher_cfg = student_cfg, teacher_cfg
         self.own_size = own_size  # the teacher runs at its own input size
+        self.name = ""  # the METHODS key of the method being built (its config section distill.<name>)
         self._probe: Optional[tuple[OrderedDict, OrderedDict]] = None
 
     @property
@@ -127,8 +131,11 @@ def resolve_levels(method: str, levels: Optional[list[str]], ctx: BuildContext,
 
 
 class DistillMethod(nn.Module):
-    """Base of a method: override ``build``, ``forward`` and, where needed, the rest."""
+    """Base of a method: set ``config`` (its section's dataclass), override ``build``,
+    ``forward`` and, where needed, the rest."""
 
+    config: type = type(None)  # the dataclass of its config section distill.<name>
+    name = ""  # its METHODS key: set by the Distiller (BuildContext.name while it is built)
     needs_teacher_rpn = False
     needs_teacher_rcn = False
     needs_keys = False  # per-image keys for random draws (DistillRecord.keys; else left empty)
@@ -143,12 +150,26 @@ class DistillMethod(nn.Module):
         """The method for its config section, or None when its weights make it a no-op."""
         raise NotImplementedError
 
+    @classmethod
+    def zero_config(cls) -> Any:
+        """Its section with every loss weight 0, where the method is a no-op (``build`` gives
+        None): the fields declared ``option(..., weight=True)`` set to 0."""
+        return cls.config(**dict.fromkeys(weights_of(cls.config), 0.0))
+
+    @classmethod
+    def compares_anchors(cls, section: Any) -> bool:
+        """Whether the method, so configured, compares the two nets anchor by anchor (then the
+        teacher must see the student's input: ``distill.teacher_input: auto`` picks that)."""
+        return False
+
     def teacher_levels(self) -> list[str]:
         """Teacher FPN levels this method reads (the only ones cloned out of inference mode)."""
         return []
 
-    def hard_weights(self) -> dict[str, float]:
-        """Multipliers of the student's own loss terms (Chen et al.: mu on the classification)."""
+    def hard_weights(self, distilling: bool) -> dict[str, float]:
+        """Multipliers of the student's own loss terms, at an epoch where the methods run
+        (``distilling``) or not (Chen et al.: lambda on the regression always, mu on the
+        classification while distilling)."""
         return {}
 
     def terms(self) -> frozenset[str]:

@@ -16,17 +16,46 @@ over the sampled RoIs; bounds = sum over positive rows / number of sampled rows.
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
 
-from detkd.config.schema import DistillConfig
+from detkd.config.fields import option
 from detkd.distill.compat import RCN_TERMS, RPN_TERMS, check_compatible, enabled_terms
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
 from detkd.losses.detection import bounded_regression_loss, objectness_soft_ce, weighted_soft_ce
 from detkd.modeling.adapters import HintAdapters, hint_losses
+
+
+@dataclass
+class ChenConfig:
+    """Chen et al. (NeurIPS 2017), ``distill.chen`` (docs/methods.md, section 1)::
+
+        L = L_RPN + L_RCN + gamma * L_hint;  L_cls = mu * hard + (1 - mu) * soft;
+        L_reg = lam * (smoothL1 + nu * L_b)
+
+    Each term has a switch; a term is on when its switch is on and its weight is > 0
+    (soft: 1 - mu, bound: lam * nu, hint: gamma). Defaults: the paper's."""
+
+    hint: bool = True
+    rpn_soft: bool = True
+    rcn_soft: bool = True
+    rpn_bound: bool = True
+    rcn_bound: bool = True
+    mu: float = option(0.5, ge=0, le=1)
+    nu: float = option(0.5, ge=0)
+    gamma: float = option(0.5, ge=0)
+    lam: float = option(1.0, ge=0)  # lambda: weight of the regression terms in both heads
+    temperature: float = option(1.0, gt=0)
+    bg_weight: float = option(1.5, ge=0)
+    class_weighted: bool = True  # False: unweighted soft CE (ablation)
+    margin: float = option(0.0, ge=0)
+    bound_kind: Literal["bounded", "l2"] = "bounded"  # l2: plain L2 to the teacher (ablation)
+    hint_levels: list[str] = option(default_factory=lambda: ["0"], nonempty=True)
+    adapter: Literal["conv1x1", "identity"] = "conv1x1"
 
 
 def _l2_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
@@ -41,7 +70,12 @@ class ChenMethod(DistillMethod):
     hint is off); loss keys ``loss_rcn_soft``, ``loss_rcn_bound``, ``loss_rpn_soft``,
     ``loss_rpn_bound``, ``loss_hint``; stats ``raw_<term>`` and ``<head>_bound_active``."""
 
-    def __init__(self, cfg: DistillConfig, terms: frozenset[str], hint_channels: dict[str, tuple[int, int]],
+    config = ChenConfig
+    # What the full objective needs (an instance sets its own from the terms that are on).
+    needs_teacher_rpn = True
+    needs_teacher_rcn = True
+
+    def __init__(self, cfg: ChenConfig, terms: frozenset[str], hint_channels: dict[str, tuple[int, int]],
                  num_classes: int, level_map: dict[str, str]) -> None:
         super().__init__()
         self.cfg = cfg
@@ -60,12 +94,22 @@ class ChenMethod(DistillMethod):
         self.rpn_bg_weight = float(cfg.bg_weight) if cfg.class_weighted else 1.0
 
     @classmethod
-    def build(cls, section: DistillConfig, ctx: BuildContext) -> Optional["ChenMethod"]:
+    def zero_config(cls) -> ChenConfig:
+        return ChenConfig(mu=1.0, nu=0.0, gamma=0.0)  # soft weight 1 - mu, bound lam * nu, hint gamma
+
+    @classmethod
+    def compares_anchors(cls, section: ChenConfig) -> bool:
+        return bool(enabled_terms(section) & RPN_TERMS)
+
+    @classmethod
+    def build(cls, section: ChenConfig, ctx: BuildContext) -> Optional["ChenMethod"]:
+        if section.bound_kind not in ("bounded", "l2"):  # a config built in code skips the loader's check
+            raise DetkdError(f"distill.chen.bound_kind must be 'bounded' or 'l2', got {section.bound_kind!r}")
         terms = enabled_terms(section)
-        if not terms:
-            return None
+        if not terms and section.lam == 1.0:
+            return None  # every term off and the student's loss untouched
         if ctx.own_size and terms & RPN_TERMS:
-            switch = "/".join(f"distill.{t}" for t in sorted(terms & RPN_TERMS))
+            switch = "/".join(f"distill.chen.{t}" for t in sorted(terms & RPN_TERMS))
             raise DetkdError(
                 f"RPN distillation ({switch}) compares the two nets anchor by anchor, so the teacher must see the "
                 f"student's input size: set distill.teacher_input: student, or turn {switch} off")
@@ -80,9 +124,12 @@ class ChenMethod(DistillMethod):
     def teacher_levels(self) -> list[str]:
         return [self.level_map.get(level, level) for level in self.hint_levels] if "hint" in self._terms else []
 
-    def hard_weights(self) -> dict[str, float]:
-        # Where a head's soft term is on, its hard CE is weighted by mu.
-        weights = {}
+    def hard_weights(self, distilling: bool) -> dict[str, float]:
+        # lambda scales the student's regression terms in every epoch; where a head's soft term
+        # is on, its hard CE is weighted by mu (while distilling).
+        weights = {"loss_box_reg": self.cfg.lam, "loss_rpn_box_reg": self.cfg.lam}
+        if not distilling:
+            return weights
         if "rcn_soft" in self._terms:
             weights["loss_classifier"] = self.cfg.mu
         if "rpn_soft" in self._terms:

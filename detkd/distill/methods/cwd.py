@@ -4,21 +4,32 @@ L = weight * sum_levels tau^2 / (N C) sum_{n,c} KL(softmax_hw(T / tau) || softma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
-from detkd.config.schema import CWDConfig
+from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.losses.feature import align_conv, cwd_loss
 from detkd.modeling.adapters import module_key
 
 
+@dataclass
+class CWDConfig:
+    """Channel-wise distillation, ``distill.cwd``: KL between per-channel spatial softmaxes.
+    Defaults tau 1, weight 10, all levels: MMRazor's cwd_fpn_frcnn config."""
+
+    weight: float = option(10.0, ge=0, weight=True)
+    temperature: float = option(1.0, gt=0)
+    levels: Optional[list[str]] = option(None, nonempty=True)  # None: every level, "pool" included
+
+
 class CWDMethod(LevelMethod):
     """A 1x1 alignment conv where the widths differ (MMRazor's connector for CWD)."""
 
-    name = "cwd"
+    config = CWDConfig
 
     def __init__(self, pairs, weight: float, temperature: float) -> None:
         super().__init__(pairs, weight)
@@ -28,7 +39,7 @@ class CWDMethod(LevelMethod):
     def build(cls, section: CWDConfig, ctx: BuildContext) -> Optional["CWDMethod"]:
         if section.weight == 0:
             return None
-        method = cls(resolve_levels("cwd", section.levels, ctx), section.weight, section.temperature)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx), section.weight, section.temperature)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = align_conv(p.student_channels, p.teacher_channels)
         return method

@@ -12,12 +12,11 @@ from detkd.modeling.adapters import module_key
 class LevelMethod(DistillMethod):
     """A method whose loss is the sum over its level pairs of one per-level term.
 
-    Subclasses set ``name`` and implement ``level_loss(pair, s, t, rec)`` with ``s`` the
+    Subclasses implement ``level_loss(pair, s, t, rec)`` with ``s`` the
     student map resized to the teacher's H x W (bilinear; a no-op at equal input sizes)
     and ``t`` the detached teacher map; per-level modules live in ``self.per_level``.
-    The result is logged as ``loss_<name>`` (weighted) and ``raw_<name>`` (unweighted)."""
-
-    name = ""
+    The result is logged as ``loss_<name>`` (weighted) and ``raw_<name>`` (unweighted),
+    ``name`` the method's METHODS key."""
 
     def __init__(self, pairs: list[LevelPair], weight: float) -> None:
         super().__init__()

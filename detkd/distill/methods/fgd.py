@@ -5,28 +5,43 @@ ground-truth boxes in the teacher's frame."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
-from detkd.config.schema import FGDConfig
+from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.losses.feature import FGD, match_size
 from detkd.modeling.adapters import module_key
 
 
+@dataclass
+class FGDConfig:
+    """Focal and global distillation, ``distill.fgd``: foreground/background masked imitation
+    weighted by teacher attention, attention transfer and GcBlock global relation. Defaults:
+    the authors' faster_rcnn_r101 -> r50 config (yzd-v/FGD)."""
+
+    temperature: float = option(0.5, gt=0)
+    alpha: float = option(5e-5, ge=0, weight=True)  # foreground
+    beta: float = option(2.5e-5, ge=0, weight=True)  # background
+    gamma: float = option(5e-5, ge=0, weight=True)  # attention
+    lambda_global: float = option(5e-7, ge=0, weight=True)  # global (GcBlock) relation (the paper's lambda)
+    levels: Optional[list[str]] = option(None, nonempty=True)  # None: every level but "pool" (P2-P5)
+
+
 class FGDMethod(LevelMethod):
     """One :class:`detkd.losses.feature.FGD` (alignment conv + two GcBlocks) per level; the
     weights are inside the loss. Logs ``raw_fgd_{fg,bg,at,global}`` summed over levels."""
 
-    name = "fgd"
+    config = FGDConfig
 
     @classmethod
     def build(cls, section: FGDConfig, ctx: BuildContext) -> Optional["FGDMethod"]:
         if section.alpha == section.beta == section.gamma == section.lambda_global == 0:
             return None
-        method = cls(resolve_levels("fgd", section.levels, ctx, include_pool=False), 1.0)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx, include_pool=False), 1.0)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = FGD(
                 p.student_channels, p.teacher_channels, temperature=section.temperature, alpha=section.alpha,
@@ -42,6 +57,6 @@ class FGDMethod(LevelMethod):
             total = value if total is None else total + value
             for k, v in level_parts.items():
                 parts[k] = parts.get(k, 0) + v.detach()
-        self.stats = {"raw_fgd": total.detach(), **{f"raw_fgd_{k}": v for k, v in parts.items()}}
-        return {"loss_fgd": total}
+        self.stats = {f"raw_{self.name}": total.detach(), **{f"raw_{self.name}_{k}": v for k, v in parts.items()}}
+        return {f"loss_{self.name}": total}
 

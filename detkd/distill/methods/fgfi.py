@@ -5,18 +5,30 @@ overlap a ground-truth box by more than psi times that box's best anchor IoU."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkd.config.schema import FGFIConfig
+from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, DistillRecord, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.errors import DetkdError
 from detkd.losses.feature import fgfi_masks, masked_imitation_loss, match_size
 from detkd.modeling.adapters import module_key
+
+
+@dataclass
+class FGFIConfig:
+    """Fine-grained feature imitation, ``distill.fgfi``: imitation on the locations whose
+    anchors overlap a ground-truth box (IoU > psi * the box's best anchor IoU). psi 0.5 and
+    weight 0.01: the paper (Sec. 3.1, 4)."""
+
+    weight: float = option(0.01, ge=0, weight=True)
+    psi: float = option(0.5, ge=0, le=1)
+    levels: Optional[list[str]] = option(None, nonempty=True)  # None: every level (each has anchors)
 
 
 class FGFIMethod(LevelMethod):
@@ -25,7 +37,7 @@ class FGFIMethod(LevelMethod):
     The imitation mask comes from the student's anchors and ground truth, on the student's
     grid (resized, nearest, to the teacher's when the teacher runs at a larger input size)."""
 
-    name = "fgfi"
+    config = FGFIConfig
 
     def __init__(self, pairs, weight: float, psi: float, level_index: dict[str, int]) -> None:
         super().__init__(pairs, weight)
@@ -38,9 +50,9 @@ class FGFIMethod(LevelMethod):
             return None
         per_location = set(ctx.student.rpn.anchor_generator.num_anchors_per_location())
         if len(per_location) != 1:
-            raise DetkdError(f"distill.fgfi needs the same number of anchors per location on every level, the "
+            raise DetkdError(f"distill.{ctx.name} needs the same number of anchors per location on every level, the "
                              f"student has {sorted(per_location)}: align model.anchor_sizes/aspect_ratios")
-        pairs = resolve_levels("fgfi", section.levels, ctx)
+        pairs = resolve_levels(ctx.name, section.levels, ctx)
         levels = list(ctx.shapes()[0])
         method = cls(pairs, section.weight, section.psi, {p.student: levels.index(p.student) for p in pairs})
         for p in pairs:
@@ -63,5 +75,5 @@ class FGFIMethod(LevelMethod):
                 mask = F.interpolate(mask[:, None], size=tuple(t.shape[-2:]), mode="nearest")[:, 0]
             value = masked_imitation_loss(s, t, mask)
             total = value if total is None else total + value
-        self.stats = {"raw_fgfi": total.detach()}
-        return {"loss_fgfi": total * self.weight}
+        self.stats = {f"raw_{self.name}": total.detach()}
+        return {f"loss_{self.name}": total * self.weight}

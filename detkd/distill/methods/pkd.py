@@ -4,27 +4,37 @@ L = weight * sum_levels mean((z(S) - z(T))^2) / 2, z the per-channel standardiza
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor
 
-from detkd.config.schema import PKDConfig
+from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.losses.feature import align_conv, pkd_loss
 from detkd.modeling.adapters import module_key
 
 
+@dataclass
+class PKDConfig:
+    """PKD, ``distill.pkd``: L = weight * sum_levels mean((z(S) - z(T))^2) / 2. Default weight 6
+    and levels P2-P5: MMRazor's pkd_fpn_faster-rcnn_r101_faster-rcnn_r50 config."""
+
+    weight: float = option(6.0, ge=0, weight=True)
+    levels: Optional[list[str]] = option(None, nonempty=True)  # student levels; None: every level but "pool" (P2-P5)
+
+
 class PKDMethod(LevelMethod):
     """A 1x1 alignment conv only where the widths differ (the normalization removes scale)."""
 
-    name = "pkd"
+    config = PKDConfig
 
     @classmethod
     def build(cls, section: PKDConfig, ctx: BuildContext) -> Optional["PKDMethod"]:
         if section.weight == 0:
             return None
-        method = cls(resolve_levels("pkd", section.levels, ctx, include_pool=False), section.weight)
+        method = cls(resolve_levels(ctx.name, section.levels, ctx, include_pool=False), section.weight)
         for p in method.pairs:
             method.per_level[module_key(p.student)] = align_conv(p.student_channels, p.teacher_channels)
         return method

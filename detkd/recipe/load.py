@@ -1,0 +1,132 @@
+"""Loading a detection config: the generic machinery of :mod:`detkd.config.load` given the
+registries it builds the open sections from.
+
+``distill.<name>`` is the config dataclass of ``METHODS[name]`` (detkd/distill/methods/), so a
+new method's options, defaults, ranges and ``--opts distill.<name>.<key>=...`` need nothing
+here. The registries are read when a config is loaded (a method added to ``METHODS`` at run
+time, e.g. by a test, is a section from then on).
+
+Configs of earlier versions: before issue #19 Chen et al.'s options were flat ``distill.*``
+keys, on unless ``distill.chen: false``. A ``config.yaml`` such a version saved (its
+``distill`` section holds every one of those keys and the switch) is read as the same run,
+``distill.chen: {...}`` (or no ``chen`` section for ``chen: false``), with one warning line, so
+``eval``, ``predict``, ``report`` and ``--resume`` keep working with old runs. In a config a
+person writes, the old keys are a one-line error saying where each one moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import yaml
+
+from detkd.config.load import (build_dataclass, check_model, fraction, key_source, load_tree, positive,
+                               resolve_teacher_config)
+from detkd.config.schema import Config
+from detkd.distill.methods import METHODS
+from detkd.errors import DetkdError
+
+__all__ = ["registries", "config_from_dict", "load_config", "read_saved_config", "check_config"]
+
+log = logging.getLogger(__name__)
+
+# Before issue #19 the options of this method were flat distill.* keys (on unless `chen: false`).
+FLAT_METHOD = "chen"
+
+
+def registries() -> dict[str, dict[str, type]]:
+    """What the loader builds the open sections from: ``distill.<name>`` from ``METHODS``."""
+    return {"methods": {name: method.config for name, method in METHODS.items()}}
+
+
+def _flat_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(METHODS[FLAT_METHOD].config)]
+
+
+def migrate_flat_distill(tree: dict, origins: dict, source: str) -> dict:
+    """``tree`` with an earlier version's saved flat Chen et al. keys moved into
+    ``distill.chen`` (one warning line); flat keys in a hand-written config: one-line error."""
+    d = tree.get("distill")
+    if not isinstance(d, dict):
+        return tree
+    keys = _flat_keys()
+    flat = [k for k in d if k in keys]
+    switch = d.get(FLAT_METHOD)
+    old_switch = isinstance(switch, bool)
+    if not flat and not old_switch:
+        return tree
+    if old_switch and set(keys) <= set(d):  # dump_config of an earlier version: every key and the switch
+        new = {k: v for k, v in d.items() if k not in keys and k != FLAT_METHOD}
+        if switch:
+            new[FLAT_METHOD] = {k: d[k] for k in keys}
+        log.warning("%s: a config.yaml of an earlier detkd (Chen et al.'s options as flat distill keys, chen: %s); "
+                    "read as %s", source, str(switch).lower(),
+                    f"distill.{FLAT_METHOD}: {{...}}" if switch else f"no distill.{FLAT_METHOD} section")
+        return {**tree, "distill": new}
+    where = key_source(f"distill.{(flat or [FLAT_METHOD])[0]}", origins, source)
+    moved = [f"'distill.{k}' -> 'distill.{FLAT_METHOD}.{k}'" for k in flat]
+    if old_switch:
+        moved.append(f"'distill.{FLAT_METHOD}: {str(switch).lower()}' -> "
+                     + (f"'distill.{FLAT_METHOD}: {{}}'" if switch else f"leave 'distill.{FLAT_METHOD}' out"))
+    raise DetkdError(f"{where}: Chen et al. is a section now (distill: {{{FLAT_METHOD}: {{...}}, pkd: {{...}}}}; "
+                     f"a method is on when its section is there): {', '.join(moved)}")
+
+
+def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<dict>") -> Config:
+    """A checked :class:`Config` from a merged YAML tree (``origins``: dotted key -> file)."""
+    origins = origins or {}
+    tree = migrate_flat_distill(tree, origins, source)
+    cfg = build_dataclass(Config, tree, source, origins, registries())
+    check_config(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, merge, override and validate a config file."""
+    tree, origins = load_tree(path, overrides)
+    tree = resolve_teacher_config(tree, origins, str(Path(path)))
+    return config_from_dict(tree, origins, str(Path(path)))
+
+
+def read_saved_config(text: str, source: str) -> Config:
+    """The config a run saved (``config.yaml``, a checkpoint's ``config``), read by this version."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DetkdError(f"{source}: invalid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise DetkdError(f"{source}: the saved config is not a mapping")
+    return config_from_dict(tree, source=source)
+
+
+def check_config(cfg: Config, source: str) -> None:
+    """Value-range checks across fields (each field's own range is declared on it)."""
+    check_model(cfg.model, source)
+    t = cfg.train
+    positive(t.epochs, "train.epochs", source)
+    positive(t.batch_size, "train.batch_size", source)
+    positive(t.workers, "train.workers", source, allow_zero=True)
+    positive(t.log_interval, "train.log_interval", source)
+    positive(t.optimizer.lr, "train.optimizer.lr", source)
+    positive(t.optimizer.weight_decay, "train.optimizer.weight_decay", source, allow_zero=True)
+    positive(t.scheduler.warmup_iters, "train.scheduler.warmup_iters", source, allow_zero=True)
+    fraction(t.scheduler.warmup_factor, "train.scheduler.warmup_factor", source)
+    if t.max_iters is not None:
+        positive(t.max_iters, "train.max_iters", source)
+    if t.clip_grad_norm is not None:
+        positive(t.clip_grad_norm, "train.clip_grad_norm", source)
+    positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
+    positive(t.checkpoint_interval, "train.checkpoint_interval", source)
+    positive(t.checkpoint_period_iters, "train.checkpoint_period_iters", source, allow_zero=True)
+    positive(cfg.eval.batch_size, "eval.batch_size", source)
+    for split in ("train", "val"):
+        if getattr(cfg.data, split).max_images is not None:
+            positive(getattr(cfg.data, split).max_images, f"data.{split}.max_images", source)
+    if not cfg.output_dir:
+        raise DetkdError(f"{source}: 'output_dir' must not be empty")
+    if (cfg.teacher is None) != (cfg.distill is None):
+        raise DetkdError(f"{source}: a distillation run needs both a 'teacher' and a 'distill' section")
+    if cfg.distill is not None and not cfg.teacher.checkpoint:
+        raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
