@@ -199,6 +199,9 @@ class CocoDetection(DetectionDataset):
         """Path of the image file of a COCO image id."""
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
 
+    def image_file(self, idx: int) -> Path:
+        return self.image_path(self.ids[idx])
+
     def get_image_ids(self) -> list[int]:
         """COCO image ids of the dataset items, in item order."""
         return list(self.ids)

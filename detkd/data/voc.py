@@ -229,6 +229,9 @@ class VOCDetection(DetectionDataset):
         """Path of the JPEG of a VOC image id."""
         return self.root / "JPEGImages" / f"{name}.jpg"
 
+    def image_file(self, idx: int) -> Path:
+        return self.image_path(self._annotations[idx].name)
+
     def get_image_ids(self) -> list[int]:
         """Integer image ids (1-based split-file positions) of the items, in item order."""
         return list(self._image_ids)

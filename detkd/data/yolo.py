@@ -232,8 +232,7 @@ class YoloDetection(DetectionDataset):
         self._count()
         self._coco = None
 
-    def image_path(self, idx: int) -> Path:
-        """Path of the image file of item ``idx``."""
+    def image_file(self, idx: int) -> Path:
         return self._files[idx]
 
     def get_image_ids(self) -> list[int]:

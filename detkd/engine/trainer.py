@@ -37,7 +37,7 @@ from detkd.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from detkd.engine.resume import remap_schedule, resume_position
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
-from detkd.modeling.checkpoint_io import model_state
+from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_state
 from detkd.modeling.detector import build_detector, count_parameters
 from detkd.modeling.sampling import sample_key, set_sampling_keys
 from detkd.utils import dist
@@ -358,8 +358,10 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
                                             progress=progress)
         logger.info("teacher: %s", format_terms(teacher_metrics, 4))
     if dist.is_main():
-        # Self-describing: the state dict carries the model config and class names (detkd.load_model).
-        atomic_save(model_state(student_of(model), cfg.model, class_names), out / "model_final.pth")
+        # Self-describing: the state dict carries the model config and class names (detkd.load_model),
+        # and a few val image paths (detkd export's default parity check).
+        val_files = (val_set.image_file(i) for i in range(min(len(val_set), VAL_IMAGES_KEPT)))
+        atomic_save(model_state(student_of(model), cfg.model, class_names, val_files), out / "model_final.pth")
         summary = {"final": metrics, "best": best, "teacher": teacher_metrics, "iterations": global_iter,
                    "train_seconds": round(time.time() - t_start, 1)}
         atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
