@@ -93,19 +93,20 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_killed_holder(tmp_path):
     # Both processes live until the test closes their stdin (no sleep to outlast). The child's
     # own line comes after its at-fork hooks ran (where it closes its copy of the lock): on a
     # loaded machine it may be scheduled long after the holder has printed the child's pid.
+    # One os.write per line: a pipe never interleaves writes that small.
     holder = subprocess.Popen([sys.executable, "-c", (
         "import os, sys\n"
         "from detkd.engine.lock import RunLock\n"
         f"RunLock({str(out)!r}).acquire()\n"
         "child = os.fork()\n"
         "if child == 0:\n"
-        "    print('child ready', flush=True); sys.stdin.read(); os._exit(0)\n"
-        "print('child', child, flush=True)\n"
+        "    os.write(1, b'child ready\\n'); sys.stdin.read(); os._exit(0)\n"
+        "os.write(1, f'child {child}\\n'.encode())\n"
         "sys.stdin.read()\n")], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    lines = sorted(holder.stdout.readline().split() for _ in range(2))
-    assert lines[0][0] == "child" and lines[1] == ["child", "ready"], lines
-    child = int(lines[0][1])
     try:
+        lines = sorted(holder.stdout.readline().split() for _ in range(2))
+        assert lines[0][0] == "child" and lines[1] == ["child", "ready"], lines
+        child = int(lines[0][1])
         with pytest.raises(DetkdError, match=f"pid {holder.pid} on "):
             RunLock(out).acquire()
         holder.kill()
@@ -113,9 +114,11 @@ def test_a_forked_child_does_not_keep_the_lock_of_a_killed_holder(tmp_path):
         os.kill(child, 0)  # the forked child is still alive...
         with RunLock(out):  # ...and the directory is free
             pass
-    finally:
         os.kill(child, signal.SIGKILL)
-        holder.stdin.close()
+    finally:
+        holder.stdin.close()  # end of input: whatever is still running exits
+        holder.kill()
+        holder.wait()
 
 
 def test_second_run_on_a_live_run_is_refused_and_sigkill_frees_it(tiny_demo_dir, tmp_path):
