@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.detkd-installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-load install clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The same suite beside two busy CPU hogs (a loaded laptop or CI runner): run it after touching
+# a test that starts processes, sends signals, waits for files or measures time.
+test-load: $(STAMP)
+	PYTHON=$(PY) tools/test_under_load.sh -q
 
 clean-venv:
 	rm -rf $(VENV)

@@ -396,3 +396,15 @@ def test_max_images_keeps_the_first_items_and_updates_the_counts(voc_root: Path,
     voc = build_dataset(DatasetConfig(type="voc", root=str(voc_root), split="trainval", max_images=1),
                         DataConfig(), train=True, seed=0)
     assert len(voc) == 1 and voc.get_image_ids() == [1] and (voc.stats["images"], voc.stats["boxes"]) == (1, 3)
+
+
+def test_image_file_names_each_items_own_file(voc_root: Path, coco_files: tuple[Path, Path]) -> None:
+    """``image_file(i)`` is the file item ``i`` is read from (VOC: also when empty images are skipped)."""
+    voc = VOCDetection(voc_root, use_difficult=True, skip_empty=True)  # 000003 has no boxes
+    assert [voc.image_file(i) for i in range(len(voc))] == [voc_root / "JPEGImages" / f"00000{n}.jpg" for n in (1, 2)]
+    image_dir, ann_file = coco_files
+    coco = CocoDetection(image_dir, ann_file)
+    assert [coco.image_file(i) for i in range(len(coco))] == [image_dir / n for n in ("a.jpg", "b.png", "c.png")]
+    for i in range(len(coco)):  # three sizes: each item is read from its own file
+        with Image.open(coco.image_file(i)) as img:
+            assert tuple(coco[i][1]["orig_size"].tolist()) == (img.height, img.width)

@@ -227,3 +227,9 @@ def test_config_rejects_options_of_another_type_and_builds_yolo(tmp_path, demo_c
                                  "missing_label_files=0, empty_images=0, empty_images_skipped=0")
     # One registry: the loader's options classes are the formats' own (a builder per options class).
     assert DATASET_TYPES == {name: fmt.options for name, fmt in DATASETS.items()} and "yolo" in DATASETS
+
+
+def test_image_file_is_the_items_own_file(tiny_demo_dir, yolo_copy):
+    coco, yolo = coco_copy(tiny_demo_dir, "val"), YoloDetection(yolo_copy, "val")
+    assert [yolo.image_file(i) for i in range(len(yolo))] == [yolo_copy / "images" / "val" / coco.image_file(i).name
+                                                              for i in range(len(coco))]

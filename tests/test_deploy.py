@@ -51,6 +51,22 @@ def test_model_file_is_a_state_dict_with_its_model_record(student_run):
     assert isinstance(model, FasterRCNN) and not model.training and names == info["class_names"]
 
 
+def test_model_file_records_its_first_val_images(student_run, tiny_demo_dir):
+    from detkd.config.schema import ModelConfig
+    from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_info, recorded_val_images
+
+    info = torch.load(student_run / "model_final.pth", weights_only=True)._metadata["detkd"]
+    expected = [str(p.resolve()) for p in val_images(tiny_demo_dir)]  # the 8 val files, in item order
+    assert len(expected) == 8 and info["val_images"] == expected
+    assert recorded_val_images(info) == [Path(p) for p in expected]
+    # Only files still on disk count; a file from before the record has none.
+    moved = dict(info, val_images=expected[:3] + [str(tiny_demo_dir / "gone.jpg")])
+    assert recorded_val_images(moved) == [Path(p) for p in expected[:3]]
+    assert recorded_val_images({k: v for k, v in info.items() if k != "val_images"}) == []
+    many = model_info(ModelConfig(), ["a"], (f"/data/{i}.jpg" for i in range(VAL_IMAGES_KEPT + 5)))
+    assert many["val_images"] == [f"/data/{i}.jpg" for i in range(VAL_IMAGES_KEPT)]
+
+
 def test_load_model_without_yaml_detects_as_the_training_time_model(student_run, tiny_demo_dir):
     import detkd
     from detkd.recipe import load_config
@@ -190,6 +206,50 @@ def test_export_agrees_with_eager_on_20_real_images(student_run, held_out, tmp_p
     assert total > 0
 
 
+def test_shipped_check_images_are_the_demos_first_held_out_images(tmp_path):
+    """The package's parity images are the demo val split's first eight images (regenerated
+    here from the demo config's seed and size), a few hundred kB at most."""
+    import numpy as np
+
+    from detkd.recipe import load_config
+    from detkd.data.demo import generate_demo_dataset
+    from detkd.data.utils import load_rgb_image
+    from detkd.deploy.export import SHIPPED_CHECK_IMAGES
+
+    shipped = sorted(SHIPPED_CHECK_IMAGES.glob("*.jpg"))
+    assert [p.name for p in shipped] == [f"{i:06d}.jpg" for i in range(8)]
+    assert sum(p.stat().st_size for p in shipped) < 300_000
+    demo = load_config(REPO / "configs/demo/faster_rcnn_demo.yaml").data.demo
+    generate_demo_dataset(tmp_path, seed=demo.seed, num_train=1, num_val=8, image_size=demo.image_size)
+    for p in shipped:  # pixels, not bytes: another libjpeg may round differently
+        got, want = load_rgb_image(p).astype(np.int16), load_rgb_image(tmp_path / "val" / p.name).astype(np.int16)
+        assert got.shape == want.shape == (demo.image_size, demo.image_size, 3)
+        assert np.abs(got - want).mean() < 1.0, p.name
+
+
+def test_export_without_check_images_uses_the_recorded_then_the_shipped_images(student_run, tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    ckpt = student_run / "model_final.pth"
+    assert _cli("export", ["--ckpt", str(ckpt), "--format", "torchscript", "--out", "a.pt"]) == 0
+    assert "parity on 8 images (the model file's val images)" in capsys.readouterr().out
+    # The same file where its val images are not (another machine, or written before they were recorded).
+    state = torch.load(ckpt, weights_only=True)
+    state._metadata["detkd"]["val_images"] = [str(tmp_path / "gone" / "000000.jpg")]
+    torch.save(state, tmp_path / "moved.pth")
+    assert _cli("export", ["--ckpt", "moved.pth", "--format", "torchscript", "--out", "b.pt"]) == 0
+    printed = capsys.readouterr().out
+    assert "parity on 8 images (detkd's shipped demo images)" in printed, printed
+    assert (tmp_path / "a.pt").is_file() and (tmp_path / "b.pt").is_file()
+    import detkd.deploy.export as export_mod
+
+    monkeypatch.setattr(export_mod, "SHIPPED_CHECK_IMAGES", tmp_path / "gone")  # a broken install
+    assert _cli("export", ["--ckpt", "moved.pth", "--format", "torchscript", "--out", "c.pt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: no images for the parity check in {tmp_path / 'gone'}: give some with --check-images"
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_export_refuses_bad_inputs_in_one_line(student_run, held_out, tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -321,45 +381,73 @@ def test_per_class_ap_matches_cocoeval_restricted_to_each_class(tiny_demo_dir):
 # ----------------------------------------------------------------------------- the installed command
 
 
-@pytest.mark.slow
-def test_wheel_installs_a_working_detkd_command(student_run, tiny_demo_dir, tmp_path):
-    """Build a wheel, install it (not -e) into a fresh venv that reuses this interpreter's torch
-    stack through a .pth line, and run the command from a folder outside the checkout."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
+class Installed:
+    """detkd installed from a wheel (not -e) into a fresh venv, run with a clean environment."""
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["OMP_NUM_THREADS"] = "1"
+    def __init__(self, venv: Path) -> None:
+        import os
 
-    def run(*argv, cwd=tmp_path, check=True):
-        proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        self.venv, self.python, self.detkd = venv, venv / "bin" / "python", venv / "bin" / "detkd"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        self.env["OMP_NUM_THREADS"] = "1"
+
+    def run(self, *argv, cwd: Path, check: bool = True):
+        import subprocess
+
+        # A generous bound: a wedged command fails the test instead of hanging it, however loaded the machine.
+        proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=self.env, capture_output=True, text=True,
+                              timeout=600)
         assert not check or proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Installed:
+    """Build a wheel, install it (not -e) into a fresh venv that reuses this interpreter's torch
+    stack through a .pth line: what a user gets from ``pip install detkd``."""
+    import shutil
+    import sys
+    import sysconfig
+
+    tmp_path = tmp_path_factory.mktemp("wheel")
+    venv = tmp_path / "venv"
+    inst = Installed(venv)
     # A copy of the checkout's tracked package files, so no build output lands in the checkout.
     src = tmp_path / "src"
     shutil.copytree(REPO / "detkd", src / "detkd", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-        "-w", tmp_path / "dist", src)
+    inst.run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+             "-w", tmp_path / "dist", src, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("detkd-*.whl")
-    venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--without-pip", venv)
-    py = venv / "bin" / "python"
-    site = run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+    inst.run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
+    site = inst.run(inst.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                    cwd=tmp_path).stdout.strip()
     # The torch stack of this interpreter, after the venv's own site-packages (a .pth adds it to sys.path).
     Path(site, "torch_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run(sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", wheel)
+    inst.run(sys.executable, "-m", "pip", "--python", inst.python, "install", "--no-deps", "--no-index", "-q", wheel,
+             cwd=tmp_path)
+    return inst
 
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A working folder outside the checkout."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.slow
+def test_wheel_installs_a_working_detkd_command(installed, student_run, tiny_demo_dir, outside):
+    """Run the installed command from a folder outside the checkout."""
+    py, detkd_cmd, venv = installed.python, installed.detkd, installed.venv
+
+    def run(*argv, cwd=outside, check=True):
+        return installed.run(*argv, cwd=cwd, check=check)
+
     where = run(py, "-c", "import detkd; print(detkd.__file__)", cwd=outside).stdout.strip()
     assert where.startswith(str(venv)), where
-    detkd_cmd = venv / "bin" / "detkd"
     assert "predict" in run(detkd_cmd, "--help", cwd=outside).stdout
     assert "--resume" in run(detkd_cmd, "train", "--help", cwd=outside).stdout
     images = sorted((tiny_demo_dir / "val").glob("*.jpg"))[:2]
@@ -370,6 +458,53 @@ def test_wheel_installs_a_working_detkd_command(student_run, tiny_demo_dir, tmp_
     assert len(list((outside / "pred" / "pictures").glob("*.png"))) == 2
     demo = run(detkd_cmd, "demo", cwd=outside, check=False)
     assert demo.returncode == 2 and demo.stderr.startswith("error: detkd demo needs a detkd checkout"), demo.stderr
+
+
+@pytest.mark.slow
+def test_installed_export_needs_only_the_model_file_and_refuses_a_mismatch(installed, student_run, outside):
+    """``detkd export --ckpt --format --out`` from a folder outside the checkout, with the wheel's
+    detkd: the model file's val images where they exist, else the images inside the wheel; a
+    model that does not load, or an export that disagrees with eager, is refused and leaves no file."""
+    where = installed.run(installed.python, "-c", "import detkd.deploy.export as e; print(e.SHIPPED_CHECK_IMAGES)",
+                          cwd=outside).stdout.strip()
+    assert where.startswith(str(installed.venv)), where
+    assert len(list(Path(where).glob("*.jpg"))) == 8  # shipped as package data
+    ckpt = student_run / "model_final.pth"
+    state = torch.load(ckpt, weights_only=True)
+    del state._metadata["detkd"]["val_images"]  # as written before the record, or on another machine
+    torch.save(state, outside / "elsewhere.pth")
+    cases = [(ckpt, "onnx", "m.onnx", "the model file's val images"),
+             ("elsewhere.pth", "onnx", "e.onnx", "detkd's shipped demo images"),
+             ("elsewhere.pth", "torchscript", "e.pt", "detkd's shipped demo images")]
+    for model_file, fmt, out, source in cases:
+        proc = installed.run(installed.detkd, "export", "--ckpt", model_file, "--format", fmt, "--out", out,
+                             cwd=outside)
+        assert f"parity on 8 images ({source})" in proc.stdout, proc.stdout
+        assert int(proc.stdout.split("), ")[1].split(" detections")[0]) > 0, proc.stdout
+        assert (outside / out).stat().st_size > 0
+    # A model file that does not match its record: refused before anything is written.
+    state.pop(next(iter(state)))
+    torch.save(state, outside / "mismatched.pth")
+    proc = installed.run(installed.detkd, "export", "--ckpt", "mismatched.pth", "--format", "torchscript",
+                         "--out", "x.pt", cwd=outside, check=False)
+    assert proc.returncode == 2 and "does not match" in proc.stderr and "\n" not in proc.stderr.strip()
+    # An exported model 1 px off the eager one (the installed exporter's runner shifted): refused, file deleted.
+    shifted = (
+        "import sys, detkd.deploy.export as e\n"
+        "real = e.runner\n"
+        "def runner(fmt, path, threads=None):\n"
+        "    run = real(fmt, path, threads)\n"
+        "    return lambda image: (lambda b, lab, s: (b + 1.0, lab, s))(*run(image))\n"
+        "e.runner = runner\n"
+        "from detkd.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    for fmt, out in (("onnx", "y.onnx"), ("torchscript", "y.pt")):
+        proc = installed.run(installed.python, "-c", shifted, "export", "--ckpt", "elsewhere.pth", "--format", fmt,
+                             "--out", out, cwd=outside, check=False)
+        assert proc.returncode == 2 and "boxes differ by up to 1" in proc.stderr, proc.stdout + proc.stderr
+        assert not (outside / out).exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["e.onnx", "e.pt", "elsewhere.pth", "m.onnx",
+                                                        "mismatched.pth"]
 
 
 def test_report_times_onnx_beside_eager(student_run, tmp_path, capsys):

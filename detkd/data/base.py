@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,7 +34,8 @@ class DetectionDataset(Dataset, ABC):
       and ``orig_size`` (``[H, W]`` before transforms); see :func:`detkd.data.utils.make_target`.
     * :meth:`coco_ground_truth` and :meth:`voc_ground_truth`: what COCO and VOC
       evaluation score predictions against, keyed by those ``image_id``.
-    * :meth:`get_image_ids`: the items' ``image_id`` in item order.
+    * :meth:`get_image_ids`: the items' ``image_id`` in item order; :meth:`image_file`: the
+      image file of an item (what a model file records for ``detkd export``'s parity check).
     * ``stats`` (name -> count: ``images``, ``boxes``, ``clipped``, ...) and :meth:`summary`,
       one line of them: what was read, clipped and dropped (the log's ``train set:`` line);
       :meth:`limit`: keep the first N images (``max_images``).
@@ -55,6 +57,10 @@ class DetectionDataset(Dataset, ABC):
     @abstractmethod
     def get_image_ids(self) -> list[int]:
         """The items' ``image_id``, in item order."""
+
+    @abstractmethod
+    def image_file(self, idx: int) -> Path:
+        """Path of the image file of item ``idx``."""
 
     @abstractmethod
     def coco_ground_truth(self) -> tuple[COCO, dict[int, int]]:

@@ -112,6 +112,9 @@ class EpochSeeded(DetectionDataset):
     def get_image_ids(self) -> list[int]:
         return self.dataset.get_image_ids()
 
+    def image_file(self, idx: int) -> Path:
+        return self.dataset.image_file(idx)
+
     def coco_ground_truth(self) -> Any:
         return self.dataset.coco_ground_truth()
 

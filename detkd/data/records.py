@@ -178,6 +178,10 @@ class RecordDataset(DetectionDataset):
         """The items' ``image_id``, in item order."""
         return [r.image_id for r in self.records]
 
+    def image_file(self, idx: int) -> Path:
+        """The image file of item ``idx``."""
+        return Path(self.records[idx].file)
+
     def summary(self) -> str:
         """One line with the annotation cleaning counts."""
         return format_stats(self.name, self.stats)

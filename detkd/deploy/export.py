@@ -16,7 +16,10 @@ same sizes, which inference never calls.
 
 Parity (:func:`check_parity`): on each check image the exported model must give the same number
 of detections with the same labels, boxes within ``BOX_ATOL`` pixels and scores within
-``SCORE_ATOL`` of the eager model's; otherwise the file is deleted and export fails.
+``SCORE_ATOL`` of the eager model's; otherwise the file is deleted and export fails. Given no
+images, the check runs on :func:`default_check_images`: the model file's own val images where
+they are still on disk, else a few held-out demo images shipped inside the package (so an
+export needs nothing but the model file, from any folder).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from torch import Tensor, nn
 from detkd.errors import DetkdError
 
 FORMATS = ("onnx", "torchscript")
+# Eight held-out images of the demo's val split (160 px, seed 0), package data in the wheel.
+SHIPPED_CHECK_IMAGES = Path(__file__).parent / "parity_images"
 BOX_ATOL = 0.01  # pixels
 SCORE_ATOL = 1e-4
 ONNX_OPSET = 17
@@ -82,6 +87,17 @@ def check_writable(out: Path, flag: str = "--out") -> None:
         probe.unlink()
     except OSError as exc:
         raise DetkdError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
+
+
+def default_check_images(recorded: Sequence[Path]) -> tuple[list[Path], str]:
+    """``(files, where they come from)`` for a parity check given no images: ``recorded``
+    (a model file's val images still on disk) when there are any, else the shipped ones."""
+    if recorded:
+        return list(recorded), "the model file's val images"
+    shipped = sorted(SHIPPED_CHECK_IMAGES.glob("*.jpg"))
+    if not shipped:  # a broken install; a checkout and a wheel both carry them
+        raise DetkdError(f"no images for the parity check in {SHIPPED_CHECK_IMAGES}: give some with --check-images")
+    return shipped, "detkd's shipped demo images"
 
 
 def export_onnx(model: nn.Module, out: Path, example: Tensor) -> None:

@@ -45,7 +45,7 @@ from detkd.engine.resume import ResumePosition, remap_schedule, resume_position
 from detkd.recipe import read_saved_config
 from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
-from detkd.modeling.checkpoint_io import model_state
+from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_state
 from detkd.modeling.detector import count_parameters
 from detkd.modeling.sampling import sample_key, set_sampling_keys
 from detkd.utils import dist
@@ -442,8 +442,12 @@ def finish(run: Run, state: TrainState, t_start: float) -> None:
                                             cfg.eval.metric, run.device, progress=run.progress)
         logger.info("teacher: %s", format_terms(teacher_metrics, 4))
     if dist.is_main():
-        # Self-describing: the state dict carries the model config and class names (detkd.load_model).
-        atomic_save(model_state(state.model.student, cfg.model, run.data.class_names), run.out / "model_final.pth")
+        # Self-describing: the state dict carries the model config and class names (detkd.load_model),
+        # and a few val image paths (detkd export's default parity check).
+        val_set = run.data.val_set
+        val_files = (val_set.image_file(i) for i in range(min(len(val_set), VAL_IMAGES_KEPT)))
+        atomic_save(model_state(state.model.student, cfg.model, run.data.class_names, val_files),
+                    run.out / "model_final.pth")
         summary = {"final": metrics, "best": state.best, "teacher": teacher_metrics, "iterations": state.pos.iteration,
                    "train_seconds": round(time.time() - t_start, 1)}
         atomic_write_text(json.dumps(summary, indent=2), run.out / "results.json")

@@ -9,7 +9,12 @@ own ``_metadata`` mapping (where torch keeps each module's version, and which
     {"format": "detkd.model/1", "detkd_version": "0.1.0", "torch_version": ..., "torchvision_version": ...,
      "model": {...every ModelConfig field...}, "class_names": ["...", ...],
      "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32",
-               "min_size", "max_size", "image_mean", "image_std"}}
+               "min_size", "max_size", "image_mean", "image_std"},
+     "val_images": ["/abs/path/val/0001.jpg", ...]}
+
+``val_images`` (absolute paths of the first :data:`VAL_IMAGES_KEPT` validation images, absent
+in files written before it) is what ``detkd export`` checks its parity on when given no images
+and those files are still there.
 
 Only str/int/float/bool/None/lists/dicts, so ``weights_only=True`` loading stays safe.
 ``class_names[i]`` is the name of label ``i + 1`` (label 0 is the background).
@@ -18,6 +23,8 @@ Only str/int/float/bool/None/lists/dicts, so ``weights_only=True`` loading stays
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ from detkd.errors import DetkdError
 
 META_KEY = "detkd"
 FORMAT = "detkd.model/1"
+VAL_IMAGES_KEPT = 20  # as many as detkd export checks by default (--check-count)
 # torchvision's stock builders that swap BatchNorm for FrozenBatchNorm2d when any weights are given.
 _FROZEN_WHEN_PRETRAINED = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
                            "fasterrcnn_mobilenet_v3_large_320_fpn")
@@ -42,8 +50,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def model_info(model_cfg: ModelConfig, class_names: list[str]) -> dict[str, Any]:
-    """The ``detkd`` metadata record of a model built from ``model_cfg``."""
+def model_info(model_cfg: ModelConfig, class_names: list[str],
+               val_images: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """The ``detkd`` metadata record of a model built from ``model_cfg`` (and validated on
+    ``val_images``, of which the first :data:`VAL_IMAGES_KEPT` are kept)."""
     import torchvision
 
     import detkd
@@ -58,16 +68,18 @@ def model_info(model_cfg: ModelConfig, class_names: list[str]) -> dict[str, Any]
         "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32",
                   "min_size": model_cfg.min_size, "max_size": model_cfg.max_size,
                   "image_mean": list(model_cfg.image_mean), "image_std": list(model_cfg.image_std)},
+        "val_images": [str(Path(p).resolve()) for p in itertools.islice(val_images, VAL_IMAGES_KEPT)],
     }
 
 
-def model_state(model: nn.Module, model_cfg: ModelConfig, class_names: list[str]) -> dict[str, torch.Tensor]:
+def model_state(model: nn.Module, model_cfg: ModelConfig, class_names: list[str],
+                val_images: Iterable[str | Path] = ()) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` carrying the :func:`model_info` record (what the trainer saves)."""
     state = model.state_dict()
     meta = getattr(state, "_metadata", None)
     if meta is None:
         meta = state._metadata = {}  # type: ignore[attr-defined]
-    meta[META_KEY] = model_info(model_cfg, class_names)
+    meta[META_KEY] = model_info(model_cfg, class_names, val_images)
     return state
 
 
@@ -76,6 +88,14 @@ def info_of(state: Any) -> dict[str, Any] | None:
     meta = getattr(state, "_metadata", None)
     info = meta.get(META_KEY) if isinstance(meta, dict) else None
     return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+
+
+def recorded_val_images(info: dict[str, Any] | None) -> list[Path]:
+    """The validation images a model file's record names that are still files on this machine."""
+    paths = info.get("val_images") if info else None
+    if not isinstance(paths, list):
+        return []
+    return [Path(p) for p in paths if isinstance(p, str) and Path(p).is_file()]
 
 
 def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -141,6 +161,13 @@ def load_model(path: str | Path, config: Any = None, device: str | torch.device 
     ``config`` (a YAML path, a Config or a ModelConfig) is needed only for an old bare state
     dict; given with a self-describing file, it replaces the stored model config. Class names
     default to ``class1..classN`` when the file records none."""
+    model, names, _ = load_model_with_info(path, config, device)
+    return model, names
+
+
+def load_model_with_info(path: str | Path, config: Any = None,
+                         device: str | torch.device = "cpu") -> tuple[nn.Module, list[str], dict[str, Any] | None]:
+    """:func:`load_model` and the file's ``detkd`` record (None for a bare state dict)."""
     from detkd.modeling.weights import load_matching
 
     path = Path(path)
@@ -157,4 +184,4 @@ def load_model(path: str | Path, config: Any = None, device: str | torch.device 
     names = list(info["class_names"]) if info and info.get("class_names") else []
     if len(names) != cfg.num_classes - 1:
         names = [f"class{i}" for i in range(1, cfg.num_classes)]
-    return model.eval().to(device), names
+    return model.eval().to(device), names, info
