@@ -258,7 +258,10 @@ def link_problems(text: str, where: Path) -> list[str]:
 
 def readme_problems(text: str, repo: Path = REPO, where: Path | None = None) -> list[str]:
     """Everything ``text`` (a README) names that does not exist in ``repo``."""
+    from detkd.config.schema import Config
+
     where = where or repo / "README.md"
+    sections = {f.name for f in dataclasses.fields(Config)}
     blocks, prose = split_markdown(text)
     problems: list[str] = []
     all_flags: set[str] = set()
@@ -276,18 +279,12 @@ def readme_problems(text: str, repo: Path = REPO, where: Path | None = None) -> 
             if flag not in all_flags:
                 problems.append(f"flag of no command named here: {flag}")
         m = re.fullmatch(r"([a-z_]+(?:\.[a-z_]\w*)+)(?:\s*[:=].*)?", span)
-        if m and m.group(1).split(".")[0] in {f.name for f in dataclasses.fields(_config_class())}:
+        if m and m.group(1).split(".")[0] in sections:
             if not config_key_exists(m.group(1)):
                 problems.append(f"unknown config key: {m.group(1)}")
     problems += path_problems(text, repo)
     problems += link_problems(text, where)
     return list(dict.fromkeys(problems))  # a missing script is also a missing path: once
-
-
-def _config_class():
-    from detkd.config.schema import Config
-
-    return Config
 
 
 def method_table_names(text: str) -> list[str]:
