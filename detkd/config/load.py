@@ -29,7 +29,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, Config, DataConfig
+from detkd.config.schema import (ARCH_FAMILIES, DATASET_TYPES, FAMILY_OPTIONS, HASHED_WHEN_SET, BaseDatasetConfig, Config,
+                                 DataConfig)
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"
@@ -389,6 +390,9 @@ def check_config(cfg: Config, source: str) -> None:
         _fraction(getattr(m, key), f"model.{key}", source)
     if len(m.image_mean) != 3 or len(m.image_std) != 3:
         raise DetkdError(f"{source}: 'model.image_mean' and 'model.image_std' need 3 values each")
+    check_family_options(m, "model", source)
+    if cfg.teacher is not None:
+        check_family_options(cfg.teacher.model, "teacher.model", source)
     t = cfg.train
     _positive(t.epochs, "train.epochs", source)
     _positive(t.batch_size, "train.batch_size", source)
@@ -424,6 +428,56 @@ def check_config(cfg: Config, source: str) -> None:
         check_methods(d, source)
         if not cfg.teacher.checkpoint:
             raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
+
+
+# Range rules of the model.<family> option names (RetinaNetOptions, FCOSOptions, SSDOptions...).
+_FAMILY_FRACTIONS = ("score_thresh", "nms_thresh", "fg_iou_thresh", "bg_iou_thresh", "iou_thresh", "min_ratio",
+                     "max_ratio")
+_FAMILY_POSITIVE = ("detections_per_img", "topk_candidates", "center_sampling_radius", "size", "positive_fraction")
+
+
+def check_family_options(m: Any, prefix: str, source: str) -> None:
+    """The ``model.<family>`` section of the arch's family only, and its value ranges (how the
+    parts fit a backbone is checked where the model is built, in detkd/modeling/families/)."""
+    family = ARCH_FAMILIES[m.arch]
+    for name, options in FAMILY_OPTIONS.items():
+        if options is not None and name != family and getattr(m, name) is not None:
+            raise DetkdError(f"{source}: '{prefix}.{name}' is set but '{prefix}.arch' {m.arch!r} is a {family} "
+                             f"(the {name} options apply to the {name} archs only)")
+    section = getattr(m, family, None) if FAMILY_OPTIONS[family] is not None else None
+    if section is None:
+        return
+    key = f"{prefix}.{family}"
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.name in _FAMILY_FRACTIONS:
+            _fraction(value, f"{key}.{f.name}", source)
+        elif f.name in _FAMILY_POSITIVE:
+            _positive(value, f"{key}.{f.name}", source)
+    if getattr(section, "positive_fraction", 1.0) > 1.0:
+        raise DetkdError(f"{source}: '{key}.positive_fraction' must be in (0, 1], got {section.positive_fraction}")
+    if getattr(section, "bg_iou_thresh", 0.0) > getattr(section, "fg_iou_thresh", 1.0):
+        raise DetkdError(f"{source}: '{key}.bg_iou_thresh' ({section.bg_iou_thresh}) must not exceed "
+                         f"'{key}.fg_iou_thresh' ({section.fg_iou_thresh})")
+    if hasattr(section, "min_ratio") and not section.min_ratio < section.max_ratio:
+        raise DetkdError(f"{source}: '{key}.min_ratio' ({section.min_ratio}) must be below '{key}.max_ratio' "
+                         f"({section.max_ratio})")
+    for name in ("image_mean", "image_std"):
+        value = getattr(section, name, None)
+        if value is not None and len(value) != 3:
+            raise DetkdError(f"{source}: '{key}.{name}' needs 3 values, got {value}")
+    if getattr(section, "image_std", None) and min(section.image_std) <= 0:
+        raise DetkdError(f"{source}: '{key}.image_std' must be > 0, got {section.image_std}")
+    for name in ("extra_channels", "steps"):
+        value = getattr(section, name, None)
+        if value is not None and (not value or min(value) <= 0):
+            raise DetkdError(f"{source}: '{key}.{name}' must be a non-empty list of positive integers, got {value}")
+    if getattr(section, "scales", None) is not None and (not section.scales or min(section.scales) <= 0):
+        raise DetkdError(f"{source}: '{key}.scales' must be a non-empty list of positive numbers, got {section.scales}")
+    ratios = getattr(section, "aspect_ratios", None)
+    if ratios is not None and (not ratios or any(not r or min(r) < 1 for r in ratios)):
+        raise DetkdError(f"{source}: '{key}.aspect_ratios' must list, per feature map, ratios >= 1 (each "
+                         f"also used inverted), got {ratios}")
 
 
 def check_methods(d: Any, source: str) -> None:
@@ -466,6 +520,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _drop_unset_added_keys(obj: Any, tree: Any) -> None:
+    """Remove from ``tree`` (``asdict(obj)``) the keys marked ``HASHED_WHEN_SET`` that are at
+    their default, at every depth (``model``, ``teacher.model`` ...)."""
+    if not dataclasses.is_dataclass(obj) or not isinstance(tree, dict):
+        return
+    for f in dataclasses.fields(obj):
+        if f.name not in tree:
+            continue
+        value = getattr(obj, f.name)
+        if f.metadata.get(HASHED_WHEN_SET) and f.default is not dataclasses.MISSING and value == f.default:
+            del tree[f.name]
+        else:
+            _drop_unset_added_keys(value, tree[f.name])
+
+
 def config_hash(cfg: Any, sections: typing.Iterable[str] = ("model", "data", "teacher", "distill"),
                 only: typing.Mapping[str, typing.Iterable[str]] | None = None,
                 drop: typing.Mapping[str, typing.Iterable[str]] | None = None) -> str:
@@ -473,6 +542,7 @@ def config_hash(cfg: Any, sections: typing.Iterable[str] = ("model", "data", "te
     checks): the ``sections`` of the config tree; of a section in ``only`` just those keys,
     of one in ``drop`` all but those (e.g. classification's schedule keys of ``train``)."""
     tree = config_to_dict(cfg)
+    _drop_unset_added_keys(cfg, tree)
     for section in DATASET_SECTIONS:  # the flat form of earlier versions (LEGACY_DATASET_DEFAULTS)
         _, name = section.split(".")
         if isinstance(cfg, Config):  # detection's dataset sections (classification has none)

@@ -13,29 +13,133 @@ from typing import Any, Literal, Optional
 
 from detkd.errors import DetkdError
 
-STOCK_ARCHS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-)
+# model.arch -> its detector family. An arch named like its family (or "custom", the name of
+# detkd's own Faster R-CNN in earlier versions) is built on detkd's backbones; the others are
+# torchvision's stock builders. Each family's builder is one file in detkd/modeling/families/
+# (FAMILIES there); its options section below is model.<family> (None for Faster R-CNN).
+ARCH_FAMILIES: dict[str, str] = {
+    "custom": "faster_rcnn",
+    "faster_rcnn": "faster_rcnn",
+    "fasterrcnn_resnet50_fpn": "faster_rcnn",
+    "fasterrcnn_resnet50_fpn_v2": "faster_rcnn",
+    "fasterrcnn_mobilenet_v3_large_fpn": "faster_rcnn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "faster_rcnn",
+    "retinanet": "retinanet",
+    "retinanet_resnet50_fpn": "retinanet",
+    "retinanet_resnet50_fpn_v2": "retinanet",
+    "fcos": "fcos",
+    "fcos_resnet50_fpn": "fcos",
+    "ssdlite": "ssdlite",
+    "ssdlite320_mobilenet_v3_large": "ssdlite",
+    "ssd": "ssd",
+    "ssd300_vgg16": "ssd",
+}
+STOCK_ARCHS = tuple(arch for arch, family in ARCH_FAMILIES.items() if arch not in (family, "custom"))
+# Field metadata of keys added after checkpoints were first written: config_hash leaves such a
+# key out while it is at its default, so the runs of earlier versions still resume.
+HASHED_WHEN_SET = "detkd.hashed_when_set"
+
+
+def added_field(default: Any = None) -> Any:
+    """A config field added in a later version (see :data:`HASHED_WHEN_SET`)."""
+    return field(default=default, metadata={HASHED_WHEN_SET: True})
+
+
+@dataclass
+class RetinaNetOptions:
+    """``model.retinanet``: torchvision ``RetinaNet`` settings; defaults are that class's.
+    The last three shape a custom-backbone head (``arch: retinanet``; None: as
+    ``retinanet_resnet50_fpn``, no norm, L1 box loss, P6 from P5); the stock builders fix them
+    (v1 as said, v2 GroupNorm(32), GIoU, P6 from C5)."""
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 300
+    topk_candidates: int = 1000  # per level, before NMS
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.4
+    head_norm: Optional[Literal["none", "group_norm"]] = None
+    box_loss: Optional[Literal["l1", "smooth_l1", "giou", "diou", "ciou"]] = None
+    p6_input: Optional[Literal["p5", "c5"]] = None  # what LastLevelP6P7's P6 convolves
+
+
+@dataclass
+class FCOSOptions:
+    """``model.fcos``: torchvision ``FCOS`` settings; defaults are that class's (its head is
+    always GroupNorm(32) towers, so ``model.out_channels`` must be a multiple of 32)."""
+
+    score_thresh: float = 0.2
+    nms_thresh: float = 0.6
+    detections_per_img: int = 100
+    topk_candidates: int = 1000
+    center_sampling_radius: float = 1.5  # in strides
+    p6_input: Optional[Literal["p5", "c5"]] = None  # custom backbones; None: P5 (fcos_resnet50_fpn)
+
+
+@dataclass
+class SSDOptions:
+    """``model.ssd``: torchvision ``SSD`` settings; defaults are ``ssd300_vgg16``'s. The input
+    is warped to ``size`` x ``size`` (``model.min_size``/``max_size`` do not apply). None:
+    the builder's own (stock: torchvision's; custom: ImageNet mean/std, ``[2, 3]`` ratios on
+    every map, scales from ``min_ratio``/``max_ratio``). ``extra_channels``: the widths of the
+    extra layers after the backbone's two maps (custom backbones)."""
+
+    size: int = 300
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    detections_per_img: int = 200
+    topk_candidates: int = 400
+    iou_thresh: float = 0.5  # default-box matching
+    positive_fraction: float = 0.25  # hard negative mining keeps 3 negatives per positive
+    image_mean: Optional[list[float]] = None
+    image_std: Optional[list[float]] = None
+    aspect_ratios: Optional[list[list[int]]] = None  # per feature map
+    scales: Optional[list[float]] = None  # one per map + 1
+    steps: Optional[list[int]] = None  # one per map
+    min_ratio: float = 0.15
+    max_ratio: float = 0.9
+    extra_channels: list[int] = field(default_factory=lambda: [512, 256, 256, 256])
+
+
+@dataclass
+class SSDliteOptions(SSDOptions):
+    """``model.ssdlite``: SSDlite (depthwise heads and extra layers); defaults are
+    ``ssdlite320_mobilenet_v3_large``'s."""
+
+    size: int = 320
+    score_thresh: float = 0.001
+    nms_thresh: float = 0.55
+    detections_per_img: int = 300
+    topk_candidates: int = 300
+    image_mean: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    min_ratio: float = 0.2
+    max_ratio: float = 0.95
+    extra_channels: list[int] = field(default_factory=lambda: [512, 256, 256, 128])
+
+
+# model.<family> sections (the family's options); Faster R-CNN's keys are ModelConfig's own.
+FAMILY_OPTIONS: dict[str, Optional[type]] = {
+    "faster_rcnn": None,
+    "retinanet": RetinaNetOptions,
+    "fcos": FCOSOptions,
+    "ssdlite": SSDliteOptions,
+    "ssd": SSDOptions,
+}
 
 
 @dataclass
 class ModelConfig:
-    """A torchvision Faster R-CNN.
+    """A torchvision detector.
 
-    ``arch`` is one of torchvision's stock builders or ``custom`` (backbone + FPN built
-    from the fields below). All RPN/RoI settings apply to both kinds.
+    ``arch`` (a key of :data:`ARCH_FAMILIES`) picks the family and the builder: a family name
+    (``faster_rcnn``, alias ``custom``; ``retinanet``, ``fcos``, ``ssdlite``, ``ssd``) builds
+    it on a detkd backbone from the fields below, a torchvision builder name builds the stock
+    model. The RPN/RoI keys are Faster R-CNN's; the other families read ``model.<family>``
+    (filled with its defaults when left out). See docs/models.md.
     """
 
-    arch: Literal[
-        "custom",
-        "fasterrcnn_resnet50_fpn",
-        "fasterrcnn_resnet50_fpn_v2",
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        "fasterrcnn_mobilenet_v3_large_320_fpn",
-    ] = "custom"
+    arch: Literal[tuple(ARCH_FAMILIES)] = "custom"
     num_classes: int = 91  # including background (index 0)
     # torchvision weight enum name ("DEFAULT", "COCO_V1", ...) or a local file path.
     weights: Optional[str] = None
@@ -46,7 +150,7 @@ class ModelConfig:
         "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
     ] = "resnet50"
     trainable_backbone_layers: int = 3
-    returned_layers: Optional[list[int]] = None  # backbone stages feeding the FPN
+    returned_layers: Optional[list[int]] = None  # backbone stages feeding the FPN (None: the family's)
     out_channels: int = 256
     extra_pool_level: bool = True  # FPN "pool" level (LastLevelMaxPool)
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"  # backbone normalization
@@ -78,6 +182,17 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    # --- the other families' options (model.<family>; see FAMILY_OPTIONS) ---
+    retinanet: Optional[RetinaNetOptions] = added_field()
+    fcos: Optional[FCOSOptions] = added_field()
+    ssdlite: Optional[SSDliteOptions] = added_field()
+    ssd: Optional[SSDOptions] = added_field()
+
+    def __post_init__(self) -> None:
+        # The arch's own section defaults to its family's options, so a dumped config shows them.
+        section = ARCH_FAMILIES.get(self.arch)
+        if FAMILY_OPTIONS.get(section) is not None and getattr(self, section) is None:
+            setattr(self, section, FAMILY_OPTIONS[section]())
 
 
 @dataclass

@@ -39,6 +39,7 @@ from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import model_state
 from detkd.modeling.detector import build_detector, count_parameters
+from detkd.modeling.families import describe
 from detkd.modeling.sampling import sample_key, set_sampling_keys
 from detkd.utils import dist
 from detkd.utils.atomic import atomic_save, atomic_write_text
@@ -205,7 +206,7 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, iters_per_epoch, total_iters)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     logger.info("model: %s (%.2fM parameters, %.2fM trainable); device %s x%d; lr %.4g; %d iterations (%d/epoch)",
-                cfg.model.arch if cfg.model.arch != "custom" else f"custom {cfg.model.backbone}-FPN",
+                describe(cfg.model),
                 count_parameters(student_of(model)) / 1e6, sum(p.numel() for p in params) / 1e6,
                 device, world, lr, total_iters, iters_per_epoch)
 
