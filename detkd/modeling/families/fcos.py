@@ -44,8 +44,8 @@ def _points(sizes: tuple[tuple[int, ...], ...]):
 
 def _build_custom(cfg: ModelConfig) -> FCOS:
     opts = options(cfg)
-    group_norm_fits(cfg, "fcos")
     backbone, strides = custom_fpn(cfg, opts.p6_input, "fcos")
+    group_norm_fits(cfg, "fcos", strides[-1])
     points = _points(anchor_sizes(cfg, len(strides), [[s] for s in strides], per_level=1,
                                   why=" (FCOS has one point per location)"))
     head = FCOSHead(cfg.out_channels, 1, cfg.num_classes)

@@ -85,10 +85,16 @@ def custom_fpn(cfg: ModelConfig, p6_input: str | None, family: str):
     return backbone, body.strides + [body.strides[-1] * 2, body.strides[-1] * 4]
 
 
-def group_norm_fits(cfg: ModelConfig, family: str) -> None:
+def group_norm_fits(cfg: ModelConfig, family: str, last_stride: int) -> None:
+    """GroupNorm(32) needs ``out_channels`` in multiples of 32, and more than one value per group:
+    with exactly 32 channels no level may be a 1x1 map (its stride >= the input side)."""
     if cfg.out_channels % 32:
         raise DetkdError(f"model.out_channels must be a multiple of 32 for the GroupNorm(32) head of {family}, "
                          f"got {cfg.out_channels}")
+    if cfg.out_channels == 32 and min(cfg.min_size, cfg.max_size) <= last_stride:
+        raise DetkdError(f"model.out_channels 32 with the GroupNorm(32) head of {family} needs every map larger "
+                         f"than 1x1: model.min_size must exceed the last level's stride {last_stride}, or "
+                         "out_channels be 64 or more")
 
 
 def _build_custom(cfg: ModelConfig) -> RetinaNet:
@@ -98,7 +104,7 @@ def _build_custom(cfg: ModelConfig) -> RetinaNet:
     anchors = anchor_generator(cfg, anchor_sizes(cfg, len(strides), default))
     norm = None
     if opts.head_norm == "group_norm":
-        group_norm_fits(cfg, "retinanet")
+        group_norm_fits(cfg, "retinanet", strides[-1])
         norm = partial(nn.GroupNorm, 32)
     head = RetinaNetHead(cfg.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes, norm_layer=norm)
     head.regression_head._loss_type = opts.box_loss or "l1"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,7 @@ class SSDFeatures(nn.Module):
         self.features = nn.Sequential(*features)
         self.extra = extra
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
         output = []
         for block in self.features:
             x = block(x)
