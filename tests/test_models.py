@@ -262,6 +262,14 @@ def test_bad_family_builds_are_one_line_errors(model, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_section_of_another_family_is_refused_at_build_too():
+    from detkd.config.schema import FCOSOptions
+
+    for arch in ("custom", "retinanet"):
+        with pytest.raises(DetkdError, match=f"model.fcos is set but model.arch '{arch}'"):
+            build_detector(ModelConfig(arch=arch, num_classes=3, fcos=FCOSOptions()))
+
+
 def test_distillation_with_a_one_stage_model_is_refused_before_training(tmp_path):
     from detkd.distill.distiller import build_distiller
 

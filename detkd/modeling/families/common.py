@@ -63,7 +63,12 @@ def options(cfg: ModelConfig) -> Any:
 
 
 def check_reads(cfg: ModelConfig, reads: Optional[frozenset[str]], prefix: str = "model") -> None:
-    """Refuse a ModelConfig key the builder does not read, set to other than its default."""
+    """Refuse a ModelConfig key the builder does not read, set to other than its default, and
+    the options section of another family (config.load checks both at load time too)."""
+    family = ARCH_FAMILIES[cfg.arch]
+    for name, section in FAMILY_OPTIONS.items():
+        if section is not None and name != family and getattr(cfg, name) is not None:
+            raise DetkdError(f"{prefix}.{name} is set but {prefix}.arch '{cfg.arch}' is a {family}")
     if reads is None:
         return
     defaults = ModelConfig(arch=cfg.arch)

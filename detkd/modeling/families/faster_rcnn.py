@@ -32,6 +32,7 @@ from detkd.modeling.families.common import (
     anchor_generator,
     anchor_sizes,
     build_stock,
+    check_reads,
     classifier,
     fpn_backbone,
     fpn_body,
@@ -117,6 +118,7 @@ def _build_custom(cfg: ModelConfig) -> FasterRCNN:
 
 
 def build(cfg: ModelConfig, pretrained: bool = True) -> FasterRCNN:
+    check_reads(cfg, None)  # every model key applies; only the other families' sections do not
     if is_stock(cfg):
         model = _build_stock(cfg, pretrained)
     else:
