@@ -29,8 +29,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from detkd.config.schema import (ARCH_FAMILIES, DATASET_TYPES, FAMILY_OPTIONS, HASHED_WHEN_SET, BaseDatasetConfig, Config,
-                                 DataConfig)
+from detkd.config.schema import (ARCH_FAMILIES, DATASET_TYPES, FAMILY_OPTIONS, HASHED_WHEN_SET, BaseDatasetConfig,
+                                 Config, DataConfig)
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"

@@ -274,7 +274,8 @@ def build_stock(cfg: ModelConfig, stock: Stock, kwargs: dict[str, Any],
         state = {k: v for k, v in read_state_dict(backbone_file).items() if not k.startswith(("fc.", "classifier."))}
         missing = [k for k in body.state_dict() if k not in state]
         if missing:
-            raise DetkdError(f"{backbone_file} does not match the {cfg.arch} backbone: missing {', '.join(missing[:3])}")
+            raise DetkdError(f"{backbone_file} does not match the {cfg.arch} backbone: "
+                             f"missing {', '.join(missing[:3])}")
         body.load_state_dict({k: v for k, v in state.items() if k in body.state_dict()}, strict=False)
     if num_classes != cfg.num_classes:
         replace_classifier(model, cfg.num_classes)

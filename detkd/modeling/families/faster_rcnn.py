@@ -89,7 +89,8 @@ def _replace_predictor(model: FasterRCNN, num_classes: int) -> None:
 def _build_stock(cfg: ModelConfig, pretrained: bool) -> FasterRCNN:
     defaults = ModelConfig()
     if (cfg.representation_size, cfg.roi_output_size) != (defaults.representation_size, defaults.roi_output_size):
-        raise DetkdError(f"model.representation_size/roi_output_size can only be changed with arch: custom (got {cfg.arch})")
+        raise DetkdError(f"model.representation_size/roi_output_size can only be changed with arch: custom "
+                         f"(got {cfg.arch})")
     kwargs = _rcnn_kwargs(cfg)
     if cfg.anchor_sizes is not None:
         kwargs["rpn_anchor_generator"] = _anchors(cfg, 5 if "resnet" in cfg.arch else 3)
