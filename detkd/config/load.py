@@ -35,7 +35,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from detkd.config.fields import Registry, range_of, registry_of
-from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, DataConfig, ModelConfig
+from detkd.config.schema import ARCH_FAMILIES, DATASET_TYPES, FAMILY_OPTIONS, BaseDatasetConfig, DataConfig, ModelConfig
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"
@@ -482,6 +482,43 @@ def check_model(m: ModelConfig, source: str, prefix: str = "model") -> None:
         fraction(getattr(m, key), f"{prefix}.{key}", source)
     if len(m.image_mean) != 3 or len(m.image_std) != 3:
         raise DetkdError(f"{source}: '{prefix}.image_mean' and '{prefix}.image_std' need 3 values each")
+    check_family_options(m, prefix, source)
+
+
+def check_family_options(m: Any, prefix: str, source: str) -> None:
+    """The ``model.<family>`` section of the arch's family only, and its value ranges (how the
+    parts fit a backbone is checked where the model is built, in detkd/modeling/families/)."""
+    family = ARCH_FAMILIES[m.arch]
+    for name, options in FAMILY_OPTIONS.items():
+        if options is not None and name != family and getattr(m, name) is not None:
+            raise DetkdError(f"{source}: '{prefix}.{name}' is set but '{prefix}.arch' {m.arch!r} is a {family} "
+                             f"(the {name} options apply to the {name} archs only)")
+    section = getattr(m, family, None) if FAMILY_OPTIONS[family] is not None else None
+    if section is None:
+        return
+    key = f"{prefix}.{family}"  # each value's own range is declared on its field (option(...))
+    if getattr(section, "bg_iou_thresh", 0.0) > getattr(section, "fg_iou_thresh", 1.0):
+        raise DetkdError(f"{source}: '{key}.bg_iou_thresh' ({section.bg_iou_thresh}) must not exceed "
+                         f"'{key}.fg_iou_thresh' ({section.fg_iou_thresh})")
+    if hasattr(section, "min_ratio") and not section.min_ratio < section.max_ratio:
+        raise DetkdError(f"{source}: '{key}.min_ratio' ({section.min_ratio}) must be below '{key}.max_ratio' "
+                         f"({section.max_ratio})")
+    for name in ("image_mean", "image_std"):
+        value = getattr(section, name, None)
+        if value is not None and len(value) != 3:
+            raise DetkdError(f"{source}: '{key}.{name}' needs 3 values, got {value}")
+    if getattr(section, "image_std", None) and min(section.image_std) <= 0:
+        raise DetkdError(f"{source}: '{key}.image_std' must be > 0, got {section.image_std}")
+    for name in ("extra_channels", "steps"):
+        value = getattr(section, name, None)
+        if value is not None and (not value or min(value) <= 0):
+            raise DetkdError(f"{source}: '{key}.{name}' must be a non-empty list of positive integers, got {value}")
+    if getattr(section, "scales", None) is not None and (not section.scales or min(section.scales) <= 0):
+        raise DetkdError(f"{source}: '{key}.scales' must be a non-empty list of positive numbers, got {section.scales}")
+    ratios = getattr(section, "aspect_ratios", None)
+    if ratios is not None and (not ratios or any(not r or min(r) < 1 for r in ratios)):
+        raise DetkdError(f"{source}: '{key}.aspect_ratios' must list, per feature map, ratios >= 1 (each "
+                         f"also used inverted), got {ratios}")
 
 
 # ----------------------------------------------------------------------------- output

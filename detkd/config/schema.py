@@ -14,29 +14,125 @@ from typing import Any, Literal, Optional
 from detkd.config.fields import option, registry
 from detkd.errors import DetkdError
 
-STOCK_ARCHS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-)
+# model.arch -> its detector family. An arch named like its family (or "custom", the name of
+# detkd's own Faster R-CNN in earlier versions) is built on detkd's backbones; the others are
+# torchvision's stock builders. Each family's builder is one file in detkd/modeling/families/
+# (FAMILIES there); its options section below is model.<family> (None for Faster R-CNN).
+ARCH_FAMILIES: dict[str, str] = {
+    "custom": "faster_rcnn",
+    "faster_rcnn": "faster_rcnn",
+    "fasterrcnn_resnet50_fpn": "faster_rcnn",
+    "fasterrcnn_resnet50_fpn_v2": "faster_rcnn",
+    "fasterrcnn_mobilenet_v3_large_fpn": "faster_rcnn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "faster_rcnn",
+    "retinanet": "retinanet",
+    "retinanet_resnet50_fpn": "retinanet",
+    "retinanet_resnet50_fpn_v2": "retinanet",
+    "fcos": "fcos",
+    "fcos_resnet50_fpn": "fcos",
+    "ssdlite": "ssdlite",
+    "ssdlite320_mobilenet_v3_large": "ssdlite",
+    "ssd": "ssd",
+    "ssd300_vgg16": "ssd",
+}
+STOCK_ARCHS = tuple(arch for arch, family in ARCH_FAMILIES.items() if arch not in (family, "custom"))
+
+
+@dataclass
+class RetinaNetOptions:
+    """``model.retinanet``: torchvision ``RetinaNet`` settings; defaults are that class's.
+    The last three shape a custom-backbone head (``arch: retinanet``; None: as
+    ``retinanet_resnet50_fpn``, no norm, L1 box loss, P6 from P5); the stock builders fix them
+    (v1 as said, v2 GroupNorm(32), GIoU, P6 from C5)."""
+
+    score_thresh: float = option(0.05, ge=0, le=1)
+    nms_thresh: float = option(0.5, ge=0, le=1)
+    detections_per_img: int = option(300, gt=0)
+    topk_candidates: int = option(1000, gt=0)  # per level, before NMS
+    fg_iou_thresh: float = option(0.5, ge=0, le=1)
+    bg_iou_thresh: float = option(0.4, ge=0, le=1)
+    head_norm: Optional[Literal["none", "group_norm"]] = None
+    box_loss: Optional[Literal["l1", "smooth_l1", "giou", "diou", "ciou"]] = None
+    p6_input: Optional[Literal["p5", "c5"]] = None  # what LastLevelP6P7's P6 convolves
+
+
+@dataclass
+class FCOSOptions:
+    """``model.fcos``: torchvision ``FCOS`` settings; defaults are that class's (its head is
+    always GroupNorm(32) towers, so ``model.out_channels`` must be a multiple of 32)."""
+
+    score_thresh: float = option(0.2, ge=0, le=1)
+    nms_thresh: float = option(0.6, ge=0, le=1)
+    detections_per_img: int = option(100, gt=0)
+    topk_candidates: int = option(1000, gt=0)
+    center_sampling_radius: float = option(1.5, gt=0)  # in strides
+    p6_input: Optional[Literal["p5", "c5"]] = None  # custom backbones; None: P5 (fcos_resnet50_fpn)
+
+
+@dataclass
+class SSDOptions:
+    """``model.ssd``: torchvision ``SSD`` settings; defaults are ``ssd300_vgg16``'s. The input
+    is warped to ``size`` x ``size`` (``model.min_size``/``max_size`` do not apply). None:
+    the builder's own (stock: torchvision's; custom: ImageNet mean/std, ``[2, 3]`` ratios on
+    every map, scales from ``min_ratio``/``max_ratio``). ``extra_channels``: the widths of the
+    extra layers after the backbone's two maps (custom backbones)."""
+
+    size: int = option(300, gt=0)
+    score_thresh: float = option(0.01, ge=0, le=1)
+    nms_thresh: float = option(0.45, ge=0, le=1)
+    detections_per_img: int = option(200, gt=0)
+    topk_candidates: int = option(400, gt=0)
+    iou_thresh: float = option(0.5, ge=0, le=1)  # default-box matching
+    positive_fraction: float = option(0.25, gt=0, le=1)  # hard negative mining keeps 3 negatives per positive
+    image_mean: Optional[list[float]] = None
+    image_std: Optional[list[float]] = None
+    aspect_ratios: Optional[list[list[int]]] = None  # per feature map
+    scales: Optional[list[float]] = None  # one per map + 1
+    steps: Optional[list[int]] = None  # one per map
+    min_ratio: float = option(0.15, ge=0, le=1)
+    max_ratio: float = option(0.9, ge=0, le=1)
+    extra_channels: list[int] = field(default_factory=lambda: [512, 256, 256, 256])
+
+
+@dataclass
+class SSDliteOptions(SSDOptions):
+    """``model.ssdlite``: SSDlite (depthwise heads and extra layers); defaults are
+    ``ssdlite320_mobilenet_v3_large``'s."""
+
+    size: int = option(320, gt=0)
+    score_thresh: float = option(0.001, ge=0, le=1)
+    nms_thresh: float = option(0.55, ge=0, le=1)
+    detections_per_img: int = option(300, gt=0)
+    topk_candidates: int = option(300, gt=0)
+    image_mean: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    min_ratio: float = option(0.2, ge=0, le=1)
+    max_ratio: float = option(0.95, ge=0, le=1)
+    extra_channels: list[int] = field(default_factory=lambda: [512, 256, 256, 128])
+
+
+# model.<family> sections (the family's options); Faster R-CNN's keys are ModelConfig's own.
+FAMILY_OPTIONS: dict[str, Optional[type]] = {
+    "faster_rcnn": None,
+    "retinanet": RetinaNetOptions,
+    "fcos": FCOSOptions,
+    "ssdlite": SSDliteOptions,
+    "ssd": SSDOptions,
+}
 
 
 @dataclass
 class ModelConfig:
-    """A torchvision Faster R-CNN.
+    """A torchvision detector.
 
-    ``arch`` is one of torchvision's stock builders or ``custom`` (backbone + FPN built
-    from the fields below). All RPN/RoI settings apply to both kinds.
+    ``arch`` (a key of :data:`ARCH_FAMILIES`) picks the family and the builder: a family name
+    (``faster_rcnn``, alias ``custom``; ``retinanet``, ``fcos``, ``ssdlite``, ``ssd``) builds
+    it on a detkd backbone from the fields below, a torchvision builder name builds the stock
+    model. The RPN/RoI keys are Faster R-CNN's; the other families read ``model.<family>``
+    (filled with its defaults when left out). See docs/models.md.
     """
 
-    arch: Literal[
-        "custom",
-        "fasterrcnn_resnet50_fpn",
-        "fasterrcnn_resnet50_fpn_v2",
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        "fasterrcnn_mobilenet_v3_large_320_fpn",
-    ] = "custom"
+    arch: Literal[tuple(ARCH_FAMILIES)] = "custom"
     num_classes: int = 91  # including background (index 0)
     # torchvision weight enum name ("DEFAULT", "COCO_V1", ...) or a local file path.
     weights: Optional[str] = None
@@ -47,7 +143,7 @@ class ModelConfig:
         "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
     ] = "resnet50"
     trainable_backbone_layers: int = 3
-    returned_layers: Optional[list[int]] = None  # backbone stages feeding the FPN
+    returned_layers: Optional[list[int]] = None  # backbone stages feeding the FPN (None: the family's)
     out_channels: int = 256
     extra_pool_level: bool = True  # FPN "pool" level (LastLevelMaxPool)
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"  # backbone normalization
@@ -79,6 +175,17 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    # --- the other families' options (model.<family>; see FAMILY_OPTIONS) ---
+    retinanet: Optional[RetinaNetOptions] = None
+    fcos: Optional[FCOSOptions] = None
+    ssdlite: Optional[SSDliteOptions] = None
+    ssd: Optional[SSDOptions] = None
+
+    def __post_init__(self) -> None:
+        # The arch's own section defaults to its family's options, so a dumped config shows them.
+        section = ARCH_FAMILIES.get(self.arch)
+        if FAMILY_OPTIONS.get(section) is not None and getattr(self, section) is None:
+            setattr(self, section, FAMILY_OPTIONS[section]())
 
 
 @dataclass

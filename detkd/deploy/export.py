@@ -6,13 +6,15 @@ the model resizes internally to its ``min_size``/``max_size``) and return
 
 * ONNX: ``torch.onnx.export(dynamo=False)``, the TorchScript-based exporter that torchvision
   tests Faster R-CNN with (opset 17; ``dynamic_axes`` on H and W). Run with onnxruntime.
-* TorchScript: ``torch.jit.script`` (torchvision supports scripting FasterRCNN); load it with
+* TorchScript: ``torch.jit.script`` (torchvision supports scripting its detectors); load it with
   ``torch.jit.load`` (torchvision imported, for its compiled ``nms``/``roi_align`` ops; no detkd).
   torch 2.14 marks TorchScript deprecated in favour of ``torch.export``; it still works.
 
 detkd's :class:`~detkd.modeling.sampling.KeyedSampler` is a training-only component (it picks
 the anchors/proposals of the loss); the exported copy gets torchvision's own sampler of the
-same sizes, which inference never calls.
+same sizes, which inference never calls. One-stage models (RetinaNet, FCOS) may return label-0
+(background) detections, as torchvision's do; detkd's ``predict`` and evaluation drop them
+(:func:`detkd.modeling.families.foreground`).
 
 Parity (:func:`check_parity`): on each check image the exported model must give the same number
 of detections with the same labels, boxes within ``BOX_ATOL`` pixels and scores within
@@ -54,7 +56,8 @@ class _EagerSingle(nn.Module):
 
 
 class _ScriptSingle(nn.Module):
-    """The same interface for torch.jit.script, where FasterRCNN returns (losses, detections)."""
+    """The same interface for torch.jit.script, where every torchvision detector returns
+    (losses, detections)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -67,13 +70,9 @@ class _ScriptSingle(nn.Module):
 
 def exportable_copy(model: nn.Module) -> nn.Module:
     """An eval-mode CPU copy with torchvision's sampler in place of detkd's keyed one."""
-    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+    from detkd.modeling.sampling import plain_samplers
 
-    model = copy.deepcopy(model).cpu().eval()
-    for part in (model.rpn, model.roi_heads):
-        old = part.fg_bg_sampler
-        part.fg_bg_sampler = BalancedPositiveNegativeSampler(old.batch_size_per_image, old.positive_fraction)
-    return model
+    return plain_samplers(copy.deepcopy(model).cpu().eval())
 
 
 def check_writable(out: Path, flag: str = "--out") -> None:
@@ -115,7 +114,7 @@ def export_torchscript(model: nn.Module, out: Path) -> None:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "RCNN always returns a (Losses, Detections) tuple in scripting"
+        warnings.simplefilter("ignore")  # "RCNN/RetinaNet/... always returns a (Losses, Detections) tuple"
         scripted = torch.jit.script(_ScriptSingle(model))
     scripted.save(str(out))
 
@@ -146,7 +145,7 @@ def torchscript_runner(path: Path) -> Callable[[Tensor], tuple[Tensor, Tensor, T
 
     def run(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="RCNN always returns")
+            warnings.filterwarnings("ignore", message=".* always returns")
             return scripted(image)
 
     return run

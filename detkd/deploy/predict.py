@@ -51,11 +51,13 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def set_score_thresh(model: nn.Module, score_thresh: float | None) -> None:
-    """Keep detections scoring above ``score_thresh`` (None: the model's own box_score_thresh)."""
+    """Keep detections scoring above ``score_thresh`` (None: the model's own score threshold)."""
+    from detkd.modeling.families import family_of_model
+
     if score_thresh is not None:
         if not 0.0 <= score_thresh <= 1.0:
             raise DetkdError(f"--score-thresh must be in [0, 1], got {score_thresh}")
-        model.roi_heads.score_thresh = float(score_thresh)
+        family_of_model(model).set_score_thresh(model, float(score_thresh))
 
 
 def to_record(file: str, width: int, height: int, output: dict[str, torch.Tensor],
@@ -71,8 +73,11 @@ def to_record(file: str, width: int, height: int, output: dict[str, torch.Tensor
 @torch.inference_mode()
 def predict_files(model: nn.Module, class_names: Sequence[str], files: Sequence[Path], device: torch.device | str,
                   batch_size: int = 1, progress: bool = False) -> list[dict[str, Any]]:
-    """Records for ``files``, in order (``model`` in eval mode on ``device``)."""
+    """Records for ``files``, in order (``model`` in eval mode on ``device``); label-0
+    (background) detections of one-stage models are dropped, as evaluation does."""
     from tqdm import tqdm
+
+    from detkd.modeling.families import foreground
 
     if batch_size < 1:
         raise DetkdError(f"--batch-size must be at least 1, got {batch_size}")
@@ -84,7 +89,7 @@ def predict_files(model: nn.Module, class_names: Sequence[str], files: Sequence[
         images = [image_to_tensor(load_rgb_image(p)) for p in chunk]
         outputs = model([img.to(device) for img in images])
         for path, img, out in zip(chunk, images, outputs):
-            out = {k: v.cpu() for k, v in out.items()}
+            out = foreground({k: v.cpu() for k, v in out.items()})
             records.append(to_record(str(path), int(img.shape[2]), int(img.shape[1]), out, class_names))
         bar.update(len(chunk))
     bar.close()

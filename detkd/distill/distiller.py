@@ -47,7 +47,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-from detkd.config.schema import Config, DistillConfig, ModelConfig
+from detkd.config.schema import ARCH_FAMILIES, Config, DistillConfig, ModelConfig
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
 from detkd.modeling.adapters import HintAdapters
@@ -492,6 +492,10 @@ def build_distiller(cfg: Config, student: FasterRCNN) -> Distiller:
         raise DetkdError("a distillation run needs both a 'teacher' and a 'distill' section")
     if not cfg.teacher.checkpoint:
         raise DetkdError("'teacher.checkpoint' is required for a distillation run")
+    for role, m in (("student", cfg.model), ("teacher", cfg.teacher.model)):  # issue #21: cross-family Distiller later
+        if ARCH_FAMILIES[m.arch] != "faster_rcnn":
+            raise DetkdError(f"distillation with a {ARCH_FAMILIES[m.arch]} {role} is not supported yet "
+                             f"({'model' if role == 'student' else 'teacher.model'}.arch: {m.arch})")
     teacher = build_detector(cfg.teacher.model)
     path = cfg.teacher.checkpoint
     load_matching(teacher, read_state_dict(path), f"teacher.checkpoint {path}")

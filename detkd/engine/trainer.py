@@ -47,6 +47,7 @@ from detkd.errors import DetkdError
 from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_state
 from detkd.modeling.detector import count_parameters
+from detkd.modeling.families import describe
 from detkd.modeling.sampling import sample_key, set_sampling_keys
 from detkd.utils import dist
 from detkd.utils.atomic import atomic_save, atomic_write_text
@@ -249,7 +250,7 @@ def build_state(cfg: Config, data: DetectionData, device: torch.device, distribu
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, plan.iters_per_epoch, plan.total_iters)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     logger.info("model: %s (%.2fM parameters, %.2fM trainable); device %s x%d; lr %.4g; %d iterations (%d/epoch)",
-                cfg.model.arch if cfg.model.arch != "custom" else f"custom {cfg.model.backbone}-FPN",
+                describe(cfg.model),
                 count_parameters(model.student) / 1e6, sum(p.numel() for p in params) / 1e6,
                 device, world, lr, plan.total_iters, plan.iters_per_epoch)
     return TrainState(model, model, optimizer, scheduler, scaler, params, lr, Position(plan))

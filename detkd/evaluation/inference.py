@@ -23,8 +23,11 @@ from detkd.evaluation.voc_eval import evaluate_voc
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device,
             progress: bool | None = None) -> dict[int, dict[str, np.ndarray]]:
-    """``{image_id: {"boxes", "scores", "labels"}}`` (numpy, original image coordinates)."""
+    """``{image_id: {"boxes", "scores", "labels"}}`` (numpy, original image coordinates),
+    without label-0 (background) detections (:func:`detkd.modeling.families.foreground`)."""
     from tqdm import tqdm
+
+    from detkd.modeling.families import foreground
 
     was_training = model.training
     model.eval()
@@ -35,7 +38,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device,
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=disable, dynamic_ncols=True):
         outputs = model([img.to(device) for img in images])
         for target, out in zip(targets, outputs):
-            preds[int(target["image_id"])] = {k: v.cpu().numpy() for k, v in out.items()}
+            preds[int(target["image_id"])] = {k: v.cpu().numpy() for k, v in foreground(out).items()}
     model.train(was_training)
     return preds
 

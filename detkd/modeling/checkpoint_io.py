@@ -1,7 +1,7 @@
 """Self-describing model files: ``model_final.pth`` rebuilds its model without the YAML.
 
-The file is still a plain torchvision ``FasterRCNN`` state dict (an ``OrderedDict`` of
-tensors), so ``FasterRCNN(...).load_state_dict(torch.load(f))`` and every reader of bare
+The file is still a plain torchvision state dict (``FasterRCNN``, ``RetinaNet``, ``FCOS`` or
+``SSD``; an ``OrderedDict`` of tensors), so ``FasterRCNN(...).load_state_dict(torch.load(f))`` and every reader of bare
 state dicts keep working. What is needed to rebuild the model rides in the state dict's
 own ``_metadata`` mapping (where torch keeps each module's version, and which
 ``torch.save``/``torch.load(weights_only=True)`` round-trip), under the key ``"detkd"``:
@@ -17,7 +17,8 @@ in files written before it) is what ``detkd export`` checks its parity on when g
 and those files are still there.
 
 Only str/int/float/bool/None/lists/dicts, so ``weights_only=True`` loading stays safe.
-``class_names[i]`` is the name of label ``i + 1`` (label 0 is the background).
+``class_names[i]`` is the name of label ``i + 1`` (label 0 is the background). The ``input``
+sizes are those of the model's transform (SSD and SSDlite warp to a fixed square).
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ from detkd.errors import DetkdError
 META_KEY = "detkd"
 FORMAT = "detkd.model/1"
 VAL_IMAGES_KEPT = 20  # as many as detkd export checks by default (--check-count)
-# torchvision's stock builders that swap BatchNorm for FrozenBatchNorm2d when any weights are given.
-_FROZEN_WHEN_PRETRAINED = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-                           "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 
 def _plain(value: Any) -> Any:
@@ -50,14 +48,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def model_info(model_cfg: ModelConfig, class_names: list[str],
-               val_images: Iterable[str | Path] = ()) -> dict[str, Any]:
-    """The ``detkd`` metadata record of a model built from ``model_cfg`` (and validated on
-    ``val_images``, of which the first :data:`VAL_IMAGES_KEPT` are kept)."""
+def model_info(model_cfg: ModelConfig, class_names: list[str], val_images: Iterable[str | Path] = (), *,
+               model: nn.Module | None = None) -> dict[str, Any]:
+    """The ``detkd`` metadata record of a model built from ``model_cfg`` (its input sizes from
+    ``model``'s transform when given, else from the config's min/max_size), validated on
+    ``val_images``, of which the first :data:`VAL_IMAGES_KEPT` are kept."""
     import torchvision
 
     import detkd
 
+    transform = getattr(model, "transform", None)
+    if transform is not None:
+        sizes = {"min_size": int(transform.min_size[-1]), "max_size": int(transform.max_size),
+                 "image_mean": [float(v) for v in transform.image_mean],
+                 "image_std": [float(v) for v in transform.image_std]}
+    else:
+        sizes = {"min_size": model_cfg.min_size, "max_size": model_cfg.max_size,
+                 "image_mean": list(model_cfg.image_mean), "image_std": list(model_cfg.image_std)}
     return {
         "format": FORMAT,
         "detkd_version": str(detkd.__version__),
@@ -65,9 +72,7 @@ def model_info(model_cfg: ModelConfig, class_names: list[str],
         "torchvision_version": str(torchvision.__version__),
         "model": _plain(dataclasses.asdict(model_cfg)),
         "class_names": [str(n) for n in class_names],
-        "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32",
-                  "min_size": model_cfg.min_size, "max_size": model_cfg.max_size,
-                  "image_mean": list(model_cfg.image_mean), "image_std": list(model_cfg.image_std)},
+        "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32", **sizes},
         "val_images": [str(Path(p).resolve()) for p in itertools.islice(val_images, VAL_IMAGES_KEPT)],
     }
 
@@ -79,7 +84,7 @@ def model_state(model: nn.Module, model_cfg: ModelConfig, class_names: list[str]
     meta = getattr(state, "_metadata", None)
     if meta is None:
         meta = state._metadata = {}  # type: ignore[attr-defined]
-    meta[META_KEY] = model_info(model_cfg, class_names, val_images)
+    meta[META_KEY] = model_info(model_cfg, class_names, val_images, model=model)
     return state
 
 
@@ -128,34 +133,19 @@ def _config_from_info(info: dict[str, Any], path: Path) -> ModelConfig:
     return cfg
 
 
-def _freeze_batchnorm(module: nn.Module, eps: float | None) -> None:
-    """Replace every BatchNorm2d under ``module`` by a FrozenBatchNorm2d (same buffers)."""
-    from torchvision.ops import FrozenBatchNorm2d
-
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features) if eps is None else FrozenBatchNorm2d(child.num_features,
-                                                                                                 eps=eps)
-            setattr(module, name, frozen)
-        else:
-            _freeze_batchnorm(child, eps)
-
-
 def build_architecture(cfg: ModelConfig) -> nn.Module:
     """The model ``build_detector(cfg)`` builds, with random weights and no download: the
-    weights come from the file. torchvision's stock builders pick FrozenBatchNorm2d only
-    when given weights (and eps 0 for the COCO_V1 resnet50 weights), so that is redone here."""
-    from detkd.modeling.detector import build_detector
+    weights come from the file. Each family rebuilds what its weights would have changed
+    (torchvision's stock builders pick FrozenBatchNorm2d only when given weights, SSDlite's a
+    shorter backbone tail without them)."""
+    from detkd.modeling.families import family_of
 
-    model = build_detector(dataclasses.replace(cfg, weights=None, weights_backbone=None))
-    if cfg.arch in _FROZEN_WHEN_PRETRAINED and (cfg.weights or cfg.weights_backbone):
-        coco_v1 = cfg.arch == "fasterrcnn_resnet50_fpn" and cfg.weights in ("DEFAULT", "COCO_V1")
-        _freeze_batchnorm(model.backbone.body, 0.0 if coco_v1 else None)
-    return model
+    return family_of(cfg).build(cfg, False)
 
 
 def load_model(path: str | Path, config: Any = None, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
-    """``(model, class_names)``: a torchvision ``FasterRCNN`` in eval mode on ``device``,
+    """``(model, class_names)``: the torchvision detector (``FasterRCNN``, ``RetinaNet``, ``FCOS``
+    or ``SSD``) in eval mode on ``device``,
     rebuilt from a self-describing ``model_final.pth`` alone.
 
     ``config`` (a YAML path, a Config or a ModelConfig) is needed only for an old bare state

@@ -67,9 +67,27 @@ def install_keyed_samplers(model: nn.Module) -> nn.Module:
     return model
 
 
+def _sampling_parts(model: nn.Module) -> list[nn.Module]:
+    """The parts of ``model`` that sample (a Faster R-CNN's RPN and RoI heads; none for the
+    one-stage families, whose losses use every anchor)."""
+    return [part for part in (getattr(model, "rpn", None), getattr(model, "roi_heads", None))
+            if part is not None and hasattr(part, "fg_bg_sampler")]
+
+
 def set_sampling_keys(model: nn.Module, keys: Optional[Sequence[int]]) -> None:
-    """Set (or clear, with None) the per-image keys for the next training forward."""
-    for part in (model.rpn, model.roi_heads):
+    """Set (or clear, with None) the per-image keys for the next training forward (nothing
+    to set on a model without keyed samplers)."""
+    for part in _sampling_parts(model):
         sampler = part.fg_bg_sampler
         if isinstance(sampler, KeyedSampler):
             sampler.keys = None if keys is None else list(keys)
+
+
+def plain_samplers(model: nn.Module) -> nn.Module:
+    """Put torchvision's own sampler of the same sizes back in place of every KeyedSampler
+    (a training-only part that an exported model must not carry)."""
+    for part in _sampling_parts(model):
+        old = part.fg_bg_sampler
+        if isinstance(old, KeyedSampler):
+            part.fg_bg_sampler = BalancedPositiveNegativeSampler(old.batch_size_per_image, old.positive_fraction)
+    return model

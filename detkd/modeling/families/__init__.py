@@ -1,0 +1,47 @@
+"""The detector families: one file each, one entry in :data:`FAMILIES`.
+
+``model.arch`` names a family or one of its torchvision stock builders
+(:data:`detkd.config.schema.ARCH_FAMILIES`); :func:`family_of` finds its builder. Everything
+that differs between families (what to build, which config keys apply, where the score
+threshold lives) is in the family's file; see docs/models.md.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from detkd.config.schema import ARCH_FAMILIES, ModelConfig
+from detkd.errors import DetkdError
+from detkd.modeling.families import faster_rcnn, fcos, retinanet, ssd, ssdlite
+from detkd.modeling.families.common import Family, foreground, is_stock
+
+__all__ = ["FAMILIES", "Family", "family_of", "family_of_model", "describe", "foreground", "is_stock"]
+
+FAMILIES: dict[str, Family] = {
+    "faster_rcnn": faster_rcnn.FAMILY,
+    "retinanet": retinanet.FAMILY,
+    "fcos": fcos.FAMILY,
+    "ssdlite": ssdlite.FAMILY,
+    "ssd": ssd.FAMILY,
+}
+
+
+def family_of(cfg: ModelConfig) -> Family:
+    """The family that builds ``cfg.arch``."""
+    name = ARCH_FAMILIES.get(cfg.arch)
+    if name not in FAMILIES:
+        raise DetkdError(f"unknown model.arch '{cfg.arch}' (choose one of: {', '.join(ARCH_FAMILIES)})")
+    return FAMILIES[name]
+
+
+def family_of_model(model: nn.Module) -> Family:
+    """The family of a built model (by its torchvision class; SSD and SSDlite share ``SSD``)."""
+    for family in FAMILIES.values():
+        if isinstance(model, family.model_class):
+            return family
+    raise DetkdError(f"{type(model).__name__} is not a model of a detkd family ({', '.join(FAMILIES)})")
+
+
+def describe(cfg: ModelConfig) -> str:
+    """A short name for logs: the stock builder, or ``<family> <backbone>``."""
+    return cfg.arch if is_stock(cfg) else f"{family_of(cfg).name} {cfg.backbone}"

@@ -1,0 +1,314 @@
+"""What the detector families share: the :class:`Family` record, detkd's backbones (a torchvision
+classifier cut into an FPN body or into SSD's two maps), anchor sizes, torchvision's stock builders
+with detkd's weight handling, and the check that a config sets no key its family ignores.
+
+A family file (``faster_rcnn.py``, ``retinanet.py`` ...) defines ``FAMILY = Family(...)``; the
+``FAMILIES`` dict of this package lists them, and everything else derives from that dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+
+from detkd.config.schema import ARCH_FAMILIES, FAMILY_OPTIONS, ModelConfig
+from detkd.errors import DetkdError
+from detkd.modeling.weights import enum_state_dict, is_local_path, load_matching, read_state_dict, resolve_enum
+
+_RESNET_LAYERS = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+# ModelConfig keys every family reads; the others are listed by each family (Family.reads).
+COMMON_KEYS = frozenset({"arch", "num_classes", "weights", "weights_backbone", "trainable_backbone_layers"})
+# Keys only detkd's own backbones read (a stock builder fixes them).
+BACKBONE_KEYS = frozenset({"backbone", "returned_layers", "out_channels", "norm"})
+TRANSFORM_KEYS = frozenset({"min_size", "max_size", "image_mean", "image_std"})
+
+
+@dataclass(frozen=True)
+class Family:
+    """One detector family: how to build it and what of the config it reads.
+
+    ``build(cfg, pretrained)``: the torchvision model; with ``pretrained=False`` the same
+    architecture without loading or downloading any weights (``load_model`` then loads a file).
+    ``reads`` / ``reads_stock``: the ModelConfig keys the custom / stock builders use
+    (None: every key; a key outside them left at its default is fine, changed it is refused).
+    ``set_score_thresh(model, t)``: where inference's score threshold lives."""
+
+    name: str
+    model_class: type
+    build: Callable[[ModelConfig, bool], nn.Module]
+    reads: Optional[frozenset[str]]
+    reads_stock: Optional[frozenset[str]]
+    set_score_thresh: Callable[[nn.Module, float], None]
+
+    def stock_archs(self) -> tuple[str, ...]:
+        return tuple(a for a, f in ARCH_FAMILIES.items() if f == self.name and a not in (self.name, "custom"))
+
+
+def is_stock(cfg: ModelConfig) -> bool:
+    return cfg.arch not in (ARCH_FAMILIES[cfg.arch], "custom")
+
+
+def options(cfg: ModelConfig) -> Any:
+    """The ``model.<family>`` section of the config's family (its defaults if unset)."""
+    family = ARCH_FAMILIES[cfg.arch]
+    section = getattr(cfg, family, None) if FAMILY_OPTIONS[family] is not None else None
+    return section if section is not None else FAMILY_OPTIONS[family]()
+
+
+def check_reads(cfg: ModelConfig, reads: Optional[frozenset[str]], prefix: str = "model") -> None:
+    """Refuse a ModelConfig key the builder does not read, set to other than its default, and
+    the options section of another family (config.load checks both at load time too)."""
+    family = ARCH_FAMILIES[cfg.arch]
+    for name, section in FAMILY_OPTIONS.items():
+        if section is not None and name != family and getattr(cfg, name) is not None:
+            raise DetkdError(f"{prefix}.{name} is set but {prefix}.arch '{cfg.arch}' is a {family}")
+    if reads is None:
+        return
+    defaults = ModelConfig(arch=cfg.arch)
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in reads or f.name == ARCH_FAMILIES[cfg.arch] or f.name in FAMILY_OPTIONS:
+            continue  # family sections are checked by config.load.check_family_options
+        if getattr(cfg, f.name) != getattr(defaults, f.name):
+            hint = f"; arch: {ARCH_FAMILIES[cfg.arch]} builds on detkd's backbones" if is_stock(cfg) else ""
+            raise DetkdError(f"{prefix}.{f.name} does not apply to arch '{cfg.arch}' (a {ARCH_FAMILIES[cfg.arch]}"
+                             f"{', stock builder' if is_stock(cfg) else ''}){hint}")
+
+
+def require_default(cfg: Any, names: tuple[str, ...], key: str, why: str) -> None:
+    """Refuse options of ``cfg`` (a dataclass) changed from their defaults, e.g. custom-only
+    options given to a stock builder."""
+    defaults = type(cfg)()
+    for name in names:
+        if getattr(cfg, name) != getattr(defaults, name):
+            raise DetkdError(f"{key}.{name} {why}")
+
+
+# ----------------------------------------------------------------------------- detkd's backbones
+
+
+def classifier(cfg: ModelConfig) -> nn.Module:
+    """The torchvision classification network whose features become the backbone,
+    with ImageNet weights loaded when ``weights_backbone`` is set."""
+    norm = FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d
+    net = getattr(torchvision.models, cfg.backbone)(weights=None, norm_layer=norm)
+    if cfg.weights_backbone:
+        if is_local_path(cfg.weights_backbone):
+            state, source = read_state_dict(cfg.weights_backbone), cfg.weights_backbone
+        else:
+            enum = resolve_enum(cfg.backbone, cfg.weights_backbone)
+            state, source = enum_state_dict(enum), str(enum)
+        load_matching(net, state, f"backbone weights {source}")
+    return net
+
+
+def trainable_layers(cfg: ModelConfig, net: nn.Module) -> int:
+    """How many backbone stages train: ``trainable_backbone_layers`` for pretrained ones, all
+    otherwise (torchvision does the same), capped at the stage count."""
+    trainable = cfg.trainable_backbone_layers if cfg.weights_backbone else 99
+    if cfg.backbone.startswith("resnet"):
+        return min(trainable, 5)
+    return min(trainable, len(mobilenet_stages(net.features)))
+
+
+def mobilenet_stages(features: nn.Module) -> list[int]:
+    """Indices of the blocks that start a stage: strided blocks, and the first and last blocks."""
+    return [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+
+
+def freeze(modules: list[nn.Module]) -> None:
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def freeze_resnet(cfg: ModelConfig, net: nn.Module, trainable: int) -> None:
+    if not 0 <= trainable <= 5:
+        raise DetkdError(f"model.trainable_backbone_layers must be in [0, 5] for {cfg.backbone}, got {trainable}")
+    train_names = _RESNET_LAYERS[:trainable] + (["bn1"] if trainable == 5 else [])
+    for name, p in net.named_parameters():
+        if not name.startswith(tuple(train_names)):
+            p.requires_grad_(False)
+
+
+def freeze_mobilenet(cfg: ModelConfig, features: nn.Module, trainable: int) -> list[int]:
+    stages = mobilenet_stages(features)
+    if not 0 <= trainable <= len(stages):
+        raise DetkdError(
+            f"model.trainable_backbone_layers must be in [0, {len(stages)}] for {cfg.backbone}, got {trainable}"
+        )
+    freeze_before = len(features) if trainable == 0 else stages[len(stages) - trainable]
+    freeze(list(features[:freeze_before]))
+    return stages
+
+
+def out_channels_of(block: nn.Module) -> int:
+    if hasattr(block, "out_channels"):
+        return block.out_channels
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+@dataclass
+class FPNBody:
+    """A classifier trunk and the maps it gives an FPN: their names, widths and strides."""
+
+    module: nn.Module
+    return_layers: dict[str, str]
+    in_channels: list[int]
+    strides: list[int]
+
+
+def fpn_body(cfg: ModelConfig, net: nn.Module, trainable: int, default_returned: Optional[list[int]]) -> FPNBody:
+    """The stages of ``net`` that feed the FPN (``model.returned_layers``, else ``default_returned``,
+    else all four ResNet stages / the last two MobileNet stages), the rest frozen by ``trainable``."""
+    if cfg.backbone.startswith("resnet"):
+        freeze_resnet(cfg, net, trainable)
+        returned = cfg.returned_layers or default_returned or [1, 2, 3, 4]
+        if min(returned) < 1 or max(returned) > 4:
+            raise DetkdError(f"model.returned_layers must be within [1, 4] for {cfg.backbone}, got {returned}")
+        stage2 = net.inplanes // 8  # channels of layer1's output (64 or 256)
+        return FPNBody(net, {f"layer{k}": str(v) for v, k in enumerate(returned)},
+                       [stage2 * 2 ** (i - 1) for i in returned], [2 ** (k + 1) for k in returned])
+    features = net.features
+    stages = freeze_mobilenet(cfg, features, trainable)
+    returned = cfg.returned_layers or default_returned or [len(stages) - 2, len(stages) - 1]
+    if min(returned) < 0 or max(returned) >= len(stages):
+        raise DetkdError(f"model.returned_layers must be within [0, {len(stages) - 1}] for {cfg.backbone}, "
+                         f"got {returned}")
+    # Stage k starts with a stride-2 block (k >= 1); the last entry is the last block (no stride).
+    return FPNBody(features, {str(stages[k]): str(v) for v, k in enumerate(returned)},
+                   [out_channels_of(features[stages[i]]) for i in returned],
+                   [2 ** (min(k, len(stages) - 2) + 1) for k in returned])
+
+
+def fpn_backbone(body: FPNBody, out_channels: int, extra: Optional[nn.Module]) -> BackboneWithFPN:
+    """``BackboneWithFPN`` with exactly the ``extra`` block given (torchvision puts a
+    LastLevelMaxPool where None is given; None here means no extra level)."""
+    backbone = BackboneWithFPN(body.module, body.return_layers, body.in_channels, out_channels, extra_blocks=extra)
+    if extra is None:
+        backbone.fpn.extra_blocks = None
+    return backbone
+
+
+def anchor_sizes(cfg: ModelConfig, num_levels: int, default: list[list[int]], per_level: Optional[int] = None,
+                 why: str = "") -> tuple[tuple[int, ...], ...]:
+    """``model.anchor_sizes`` (else ``default``), one tuple per feature level, every level with
+    the same number of sizes (torchvision's heads predict the same number at every level)."""
+    sizes = cfg.anchor_sizes or default
+    if len(sizes) != num_levels:
+        raise DetkdError(
+            f"model.anchor_sizes has {len(sizes)} levels but the backbone gives {num_levels} feature maps"
+        )
+    if len({len(lvl) for lvl in sizes}) != 1:
+        raise DetkdError(f"model.anchor_sizes must give every level the same number of sizes, got {sizes}")
+    if per_level is not None and len(sizes[0]) != per_level:
+        raise DetkdError(f"model.anchor_sizes must give {per_level} size(s) per level{why}, got {sizes}")
+    return tuple(tuple(int(s) for s in lvl) for lvl in sizes)
+
+
+def anchor_generator(cfg: ModelConfig, sizes: tuple[tuple[int, ...], ...]) -> AnchorGenerator:
+    ratios = tuple(float(r) for r in cfg.aspect_ratios)
+    return AnchorGenerator(sizes, (ratios,) * len(sizes))
+
+
+# ----------------------------------------------------------------------------- torchvision's stock builders
+
+
+@dataclass(frozen=True)
+class Stock:
+    """What detkd needs to know of one torchvision builder: the weight enum of its backbone,
+    its most trainable stages, the module a backbone weight file loads into (None: no file),
+    and whether it swaps BatchNorm for FrozenBatchNorm2d when given weights (eps 0 for the
+    COCO weights named in ``eps0_weights``)."""
+
+    backbone: str
+    max_trainable: int
+    body: Optional[Callable[[nn.Module], nn.Module]] = None
+    frozen_bn_when_pretrained: bool = False
+    eps0_weights: tuple[str, ...] = ()
+
+
+def build_stock(cfg: ModelConfig, stock: Stock, kwargs: dict[str, Any],
+                replace_classifier: Callable[[nn.Module, int], None], pretrained: bool = True) -> nn.Module:
+    """``torchvision.models.detection.<arch>(...)`` with ``kwargs``: COCO weights (an enum name)
+    with ``num_classes != 91`` load the 91-class model and ``replace_classifier`` gives it
+    ``num_classes`` outputs; a backbone weight *file* loads into ``stock.body(model)``.
+    ``pretrained=False``: no weights loaded, the architecture they would give."""
+    if not pretrained:
+        model = build_stock(dataclasses.replace(cfg, weights=None, weights_backbone=None), stock, kwargs,
+                            replace_classifier)
+        if stock.frozen_bn_when_pretrained and (cfg.weights or cfg.weights_backbone):
+            eps = 0.0 if cfg.weights in stock.eps0_weights else None
+            freeze_batchnorm(stock.body(model), eps)
+        return model
+    builder = getattr(torchvision.models.detection, cfg.arch)
+    weights = cfg.weights if cfg.weights and not is_local_path(cfg.weights) else None
+    weights_backbone = cfg.weights_backbone
+    backbone_file = None
+    if weights_backbone and is_local_path(weights_backbone):
+        if stock.body is None:
+            raise DetkdError(f"model.weights_backbone: {cfg.arch} takes a torchvision weight name; a file path "
+                             f"needs arch: {ARCH_FAMILIES[cfg.arch]} (detkd's backbones)")
+        backbone_file, weights_backbone = weights_backbone, None
+    trainable = cfg.trainable_backbone_layers if (weights or weights_backbone) else None
+    if trainable is not None and not 0 <= trainable <= stock.max_trainable:
+        raise DetkdError(f"model.trainable_backbone_layers must be in [0, {stock.max_trainable}] for {cfg.arch}, "
+                         f"got {trainable}")
+    num_classes = cfg.num_classes
+    if weights is not None:
+        weights = resolve_enum(cfg.arch, weights)
+        num_classes = len(weights.meta["categories"])
+    elif weights_backbone is not None:
+        weights_backbone = resolve_enum(stock.backbone, weights_backbone)
+    model = builder(weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+                    trainable_backbone_layers=trainable, **kwargs)
+    if backbone_file is not None:
+        body = stock.body(model)
+        state = {k: v for k, v in read_state_dict(backbone_file).items() if not k.startswith(("fc.", "classifier."))}
+        missing = [k for k in body.state_dict() if k not in state]
+        if missing:
+            raise DetkdError(f"{backbone_file} does not match the {cfg.arch} backbone: "
+                             f"missing {', '.join(missing[:3])}")
+        body.load_state_dict({k: v for k, v in state.items() if k in body.state_dict()}, strict=False)
+    if num_classes != cfg.num_classes:
+        replace_classifier(model, cfg.num_classes)
+    return model
+
+
+def freeze_batchnorm(module: nn.Module, eps: float | None) -> None:
+    """Replace every BatchNorm2d under ``module`` by a FrozenBatchNorm2d (same buffers)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features) if eps is None else FrozenBatchNorm2d(child.num_features,
+                                                                                                 eps=eps)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child, eps)
+
+
+def without_weights(build: Callable[[ModelConfig], nn.Module], cfg: ModelConfig) -> nn.Module:
+    """A custom-backbone family's architecture without loading weights (weights only pick
+    which stages train, not the modules)."""
+    return build(dataclasses.replace(cfg, weights=None, weights_backbone=None))
+
+
+def set_attr_score_thresh(model: nn.Module, value: float) -> None:
+    """RetinaNet, FCOS and SSD keep the threshold on the model itself."""
+    model.score_thresh = float(value)
+
+
+def foreground(output: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One image's detections without label 0. torchvision's one-stage heads score the
+    background channel 0 like every class (per-class sigmoids: RetinaNet, FCOS); detkd's label
+    0 is the background and never a ground-truth label, so such detections mean nothing."""
+    keep = output["labels"] > 0
+    if bool(keep.all()):
+        return output
+    return {k: (v[keep] if k in ("boxes", "labels", "scores") else v) for k, v in output.items()}
