@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import detkd.data  # noqa: F401  registers the dataset formats with the config loader (detkd.config.load)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))

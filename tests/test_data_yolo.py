@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import tiny_opts
 from detkd.recipe import load_config
-from detkd.config.schema import DATASET_TYPES
+from detkd.recipe import registries
 from detkd.data.build import DATASETS, build_dataset, build_eval_loader
 from detkd.data.coco import CocoDetection
 from detkd.data.yolo import YoloDatasetConfig, YoloDetection
@@ -226,7 +226,7 @@ def test_config_rejects_options_of_another_type_and_builds_yolo(tmp_path, demo_c
     assert dataset.summary() == ("YOLO data.yaml/train: images=1, boxes=1, clipped=0, dropped_degenerate=0, "
                                  "missing_label_files=0, empty_images=0, empty_images_skipped=0")
     # One registry: the loader's options classes are the formats' own (a builder per options class).
-    assert DATASET_TYPES == {name: fmt.options for name, fmt in DATASETS.items()} and "yolo" in DATASETS
+    assert registries()["datasets"] == {name: fmt.options for name, fmt in DATASETS.items()} and "yolo" in DATASETS
 
 
 def test_image_file_is_the_items_own_file(tiny_demo_dir, yolo_copy):

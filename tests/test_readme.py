@@ -143,14 +143,15 @@ def script_flags(path: Path) -> frozenset[str] | None:
 
 def key_classes(tp: typing.Any) -> list[type] | None:
     """The dataclasses whose fields are the keys under a value of type ``tp`` (None: any key)."""
-    from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig
+    from detkd.config.schema import BaseDatasetConfig
+    from detkd.data.build import dataset_types
 
     while typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] -> X
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is dict or tp is typing.Any:
         return None
     if tp is BaseDatasetConfig:  # data.train / data.val: the options of every format
-        return list(DATASET_TYPES.values())
+        return list(dataset_types().values())
     return [tp] if dataclasses.is_dataclass(tp) else []
 
 

@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    import detkd.data  # noqa: F401  registers the dataset formats with the config loader
 
     opts = list(args.opts) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.cfg, opts)

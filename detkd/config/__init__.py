@@ -6,7 +6,6 @@ passed in)."""
 
 from detkd.config.load import build_dataclass, config_hash, dump_config, load_model_config
 from detkd.config.schema import (
-    DATASET_TYPES,
     BaseDatasetConfig,
     Config,
     DataConfig,
@@ -17,6 +16,6 @@ from detkd.config.schema import (
 )
 
 __all__ = [
-    "DATASET_TYPES", "BaseDatasetConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
+    "BaseDatasetConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
     "TrainConfig", "build_dataclass", "config_hash", "dump_config", "load_model_config",
 ]

@@ -9,8 +9,8 @@
   key or a wrong type is a :class:`DetkdError` naming the dotted key and the file (or
   ``--opts``) where it was set.
 * Dataset sections (``data.train``, ``data.val``) are flat: their ``type`` picks the
-  dataclass (:data:`detkd.config.schema.DATASET_TYPES`, filled by ``detkd.data`` from its
-  ``DATASETS`` registry) and an option of another format is an error. When a later source
+  dataclass from the registry ``datasets`` (:mod:`detkd.recipe` passes the options of
+  ``detkd.data.build.DATASETS``) and an option of another format is an error. When a later source
   (a file including the one that set them, or ``--opts``) changes a section's ``type``, the
   earlier options that the new type lacks are dropped,
   so ``--opts data.train.type=voc data.train.root=DIR`` works over a coco config.
@@ -35,16 +35,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from detkd.config.fields import Registry, range_of, registry_of
-from detkd.config.schema import ARCH_FAMILIES, DATASET_TYPES, FAMILY_OPTIONS, BaseDatasetConfig, DataConfig, ModelConfig
+from detkd.config.schema import ARCH_FAMILIES, FAMILY_OPTIONS, BaseDatasetConfig, DataConfig, ModelConfig
 from detkd.errors import DetkdError
 
 OVERRIDE_SOURCE = "--opts"
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-# Dotted paths of the dataset sections ("data.train", "data.val").
-DATASET_SECTIONS = tuple(f"data.{f.name}" for f in dataclasses.fields(DataConfig)
-                         if get_type_hints(DataConfig)[f.name] is BaseDatasetConfig)
 # name -> {entry name -> section dataclass}: what registry fields (detkd.config.fields) are built from.
 Registries = typing.Mapping[str, typing.Mapping[str, type]]
+# Dotted paths of the dataset sections ("data.train", "data.val"): registry "datasets", picked by "type".
+DATASET_SECTIONS = tuple(f"data.{f.name}" for f in dataclasses.fields(DataConfig)
+                         if registry_of(f) is not None and registry_of(f).name == "datasets")
 
 
 def parse_yaml_file(path: Path) -> Any:
@@ -68,30 +68,28 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _dataset_options(kind: Any) -> set[str] | None:
-    """Option names of dataset type ``kind`` (None for an unknown type)."""
-    cls = DATASET_TYPES.get(kind) if isinstance(kind, str) else None
-    return None if cls is None else {f.name for f in dataclasses.fields(cls)}
-
-
-def _retyped(section: dict, kind: Any, keep: typing.Callable[[str], bool] = lambda key: False) -> dict:
+def _retyped(section: dict, kind: Any, registries: Registries,
+             keep: typing.Callable[[str], bool] = lambda key: False) -> dict:
     """``section`` with its ``type`` changed to ``kind``: the options ``kind`` lacks are
-    dropped (but those ``keep`` names, which validation then reports)."""
-    options = _dataset_options(kind)
-    if options is None or kind == section.get("type", BaseDatasetConfig.type):
+    dropped (but those ``keep`` names, which validation then reports). Without the
+    ``datasets`` registry (or for an unknown type, which validation reports) it is unchanged."""
+    cls = registries.get("datasets", {}).get(kind) if isinstance(kind, str) else None
+    if cls is None or kind == section.get("type", BaseDatasetConfig.type):
         return section
+    options = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in section.items() if k in options or keep(k)}
 
 
-def _merge(base: dict, new: dict, origins: dict, source: str, prefix: str = "") -> dict:
-    """Merge ``new`` into ``base`` recursively, recording which file set each key."""
+def _merge(base: dict, new: dict, origins: dict, source: str, prefix: str = "", registries: Registries = {}) -> dict:
+    """Merge ``new`` into ``base`` recursively, recording which file set each key; a dataset
+    section whose ``type`` changes drops the options of the type it had (``registries``)."""
     out = dict(base)
     for key, value in new.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             if path in DATASET_SECTIONS and "type" in value:
-                out[key] = _retyped(out[key], value["type"])
-            out[key] = _merge(out[key], value, origins, source, path + ".")
+                out[key] = _retyped(out[key], value["type"], registries)
+            out[key] = _merge(out[key], value, origins, source, path + ".", registries)
         else:
             out[key] = value
             _record(origins, path, value, source)
@@ -105,7 +103,8 @@ def _record(origins: dict, path: str, value: Any, source: str) -> None:
             _record(origins, f"{path}.{k}", v, source)
 
 
-def load_yaml_tree(path: str | Path, origins: dict | None = None, _stack: tuple = ()) -> dict:
+def load_yaml_tree(path: str | Path, origins: dict | None = None, _stack: tuple = (),
+                   registries: Registries = {}) -> dict:
     """Load ``path`` with its ``_base_`` chain merged in. ``origins`` maps dotted keys to
     the file that set them (for error messages)."""
     path = Path(path).resolve()
@@ -125,9 +124,10 @@ def load_yaml_tree(path: str | Path, origins: dict | None = None, _stack: tuple 
         if not base_path.is_file():
             raise DetkdError(f"{path}: _base_ file not found: {base_path}")
         base_origins: dict = {}
-        merged = _merge(merged, load_yaml_tree(base_path, base_origins, (*_stack, path)), origins, "")
+        merged = _merge(merged, load_yaml_tree(base_path, base_origins, (*_stack, path), registries), origins, "",
+                        registries=registries)
         origins.update(base_origins)
-    return _merge(merged, data, origins, str(path))
+    return _merge(merged, data, origins, str(path), registries=registries)
 
 
 def parse_overrides(opts: list[str]) -> list[tuple[str, Any]]:
@@ -154,7 +154,7 @@ def parse_overrides(opts: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict) -> dict:
+def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict, registries: Registries = {}) -> dict:
     for key, value in pairs:
         node = tree
         parts = key.split(".")
@@ -167,7 +167,7 @@ def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict) -> 
             node = child
         section = ".".join(parts[:-1])
         if parts[-1] == "type" and section in DATASET_SECTIONS:
-            retyped = _retyped(node, value, lambda k: origins.get(f"{section}.{k}") == OVERRIDE_SOURCE)
+            retyped = _retyped(node, value, registries, lambda k: origins.get(f"{section}.{k}") == OVERRIDE_SOURCE)
             node.clear()
             node.update(retyped)
         node[parts[-1]] = value
@@ -220,8 +220,6 @@ def _convert(value: Any, tp: Any, path: str, ctx: _Ctx) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Invalid(f"expected a mapping for section, got {type(value).__name__}")
-        if tp is BaseDatasetConfig:
-            return _build_dataset(value, path, ctx)
         return _build(tp, value, path + ".", ctx)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -334,7 +332,7 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mappin
         try:
             f = next(f for f in fields if f.name == key)
             reg = registry_of(f)
-            kwargs[key] = (_build_picked(value, reg, path, ctx) if reg is not None and reg.by is not None
+            kwargs[key] = (_build_picked(value, f, path, ctx) if reg is not None and reg.by is not None
                            else _convert(value, hints[key], path, ctx))
         except _Invalid as exc:
             raise DetkdError(f"{ctx.where(path)}: '{path}': {exc}") from None
@@ -353,57 +351,46 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mappin
     return obj
 
 
-def _build_picked(value: Any, reg: Registry, path: str, ctx: _Ctx) -> Any:
-    """A discriminated registry field: the dataclass named by the value's ``reg.by`` key."""
+def _build_picked(value: Any, f: dataclasses.Field, path: str, ctx: _Ctx) -> Any:
+    """A discriminated registry field ``f``: the dataclass its value's ``by`` key names (left
+    out: the one of the field's default), which must have every key given."""
+    reg = registry_of(f)
     entries = ctx.registries.get(reg.name, {})
+    if not entries:
+        raise DetkdError(f"{ctx.source}: '{path}': the config loader was given no '{reg.name}' registry "
+                         f"(load detection configs with detkd.recipe.load_config)")
     if not isinstance(value, dict):
         raise _Invalid(f"expected a mapping for section, got {type(value).__name__}")
-    if reg.by not in value:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    if reg.by not in value and not hasattr(default, reg.by):
         raise DetkdError(f"{ctx.where(path)}: '{path}' needs '{reg.by}' (one of {', '.join(entries)})")
-    kind = value[reg.by]
+    kind = value.get(reg.by, getattr(default, reg.by, None))
     try:
         _convert(kind, Literal[tuple(entries)], f"{path}.{reg.by}", ctx)
     except _Invalid as exc:
         raise DetkdError(f"{ctx.where(f'{path}.{reg.by}')}: '{path}.{reg.by}': {exc}") from None
-    return _build(entries[kind], value, path + ".", ctx, entries, kind)
-
-
-def _other_format_default(key: str) -> tuple[bool, Any]:
-    """(True, value) when every dataset type that has option ``key`` defaults it to that value."""
-    defaults = {repr(f.default) for cls in DATASET_TYPES.values() for f in dataclasses.fields(cls)
-                if f.name == key and f.default is not dataclasses.MISSING}
-    if len(defaults) != 1:
-        return False, None
-    cls = next(c for c in DATASET_TYPES.values() if key in {f.name for f in dataclasses.fields(c)})
-    return True, next(f.default for f in dataclasses.fields(cls) if f.name == key)
-
-
-def _build_dataset(data: dict, path: str, ctx: _Ctx) -> BaseDatasetConfig:
-    """A dataset section: the dataclass of its ``type``, which must have every key given."""
-    kind = data.get("type", BaseDatasetConfig.type)
-    if not DATASET_TYPES:
-        raise DetkdError("no dataset formats are registered with the config loader: import detkd.data first")
-    try:
-        _convert(kind, Literal[tuple(DATASET_TYPES)], f"{path}.type", ctx)
-    except _Invalid as exc:
-        raise DetkdError(f"{ctx.where(path + '.type')}: '{path}.type': {exc}") from None
-    cls = DATASET_TYPES[kind]
-    own = [f.name for f in dataclasses.fields(cls)]
-    common = [f.name for f in dataclasses.fields(BaseDatasetConfig)]
-    of_any_type = {f.name for c in DATASET_TYPES.values() for f in dataclasses.fields(c)}
+    own = _options(entries[kind])
+    of_any = {k for cls in entries.values() for k in _options(cls)}
     kept = {}
-    for key, value in data.items():
-        if key not in own and key in of_any_type:
-            # The one dataset dataclass of earlier versions had every format's options: its
-            # config.yaml files carry the other formats' defaults ("not set") in every section.
-            known, default = _other_format_default(key)
-            if known and (value, type(value)) == (default, type(default)):
+    for key, v in value.items():
+        if key not in own and key in of_any:
+            # A section saved by an earlier version, whose one dataclass had every entry's
+            # options, carries the other entries' options at their defaults ("not set").
+            if _at_others_default(key, v, entries):
                 continue
-            options = [n for n in own if n not in common] + [n for n in common if n != "type"]
-            raise DetkdError(f"{ctx.where(f'{path}.{key}')}: '{path}.{key}' is not an option of "
-                             f"type '{kind}' (options: {', '.join(options)})")
-        kept[key] = value  # an unknown key: _build names it
-    return _build(cls, kept, path + ".", ctx)
+            common = [k for k in own if all(k in _options(cls) for cls in entries.values())]
+            options = [k for k in own if k not in common] + [k for k in common if k != reg.by]
+            raise DetkdError(f"{ctx.where(f'{path}.{key}')}: '{path}.{key}' is not an option of {reg.by} "
+                             f"'{kind}' (options: {', '.join(options)})")
+        kept[key] = v
+    return _build(entries[kind], kept, path + ".", ctx, entries, kind)
+
+
+def _at_others_default(key: str, value: Any, entries: typing.Mapping[str, type]) -> bool:
+    """Whether every entry that has option ``key`` defaults it to ``value`` (same type too)."""
+    defaults = [g.default for cls in entries.values() for g in dataclasses.fields(cls) if g.name == key]
+    return bool(defaults) and all(d is not dataclasses.MISSING and (d, type(d)) == (value, type(value))
+                                  for d in defaults)
 
 
 def build_dataclass(cls: type, tree: dict, source: str, origins: dict | None = None,
@@ -415,11 +402,13 @@ def build_dataclass(cls: type, tree: dict, source: str, origins: dict | None = N
     return _build(cls, tree, prefix, _Ctx(origins or {}, source, registries or {}))
 
 
-def load_tree(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, dict]:
-    """``(tree, origins)`` of a config file: its ``_base_`` chain merged, the overrides applied."""
+def load_tree(path: str | Path, overrides: list[str] | None = None,
+              registries: Registries = {}) -> tuple[dict, dict]:
+    """``(tree, origins)`` of a config file: its ``_base_`` chain merged, the overrides applied
+    (``registries``: what a dataset section's change of ``type`` is checked against)."""
     origins: dict = {}
-    tree = load_yaml_tree(path, origins)
-    return apply_overrides(tree, parse_overrides(overrides or []), origins), origins
+    tree = load_yaml_tree(path, origins, registries=registries)
+    return apply_overrides(tree, parse_overrides(overrides or []), origins, registries), origins
 
 
 def load_model_config(path: str | Path, overrides: list[str] | None = None) -> ModelConfig:

@@ -236,7 +236,7 @@ class BaseDatasetConfig:
     ``data.demo`` says).
 
     The YAML is flat: ``data.train: {type: coco, image_dir: ..., ann_file: ...}``; the
-    loader picks the dataclass of ``type`` from :data:`DATASET_TYPES` and rejects options
+    loader picks the dataclass of ``type`` from the registry ``datasets`` and rejects options
     of another format. Each format's options dataclass subclasses this one beside its
     parser in detkd/data (``detkd.data.build.DATASETS`` registers both). ``split`` defaults
     to ``train`` in every section given in YAML (``data.val`` too): give it explicitly where
@@ -253,17 +253,12 @@ class BaseDatasetConfig:
         return ""
 
 
-# data.<split>.type -> its options dataclass, as the config loader sees them. The formats are
-# registered by the layer that owns them: detkd.data.build fills this from its DATASETS on import
-# (config cannot import data). Interim: issue #19's detkd/recipe passes the registries to the
-# loader as an argument instead (NOTES-mechanism.md); then this slot goes.
-DATASET_TYPES: dict[str, type[BaseDatasetConfig]] = {}
-
-
 @dataclass
 class DataConfig:
-    train: BaseDatasetConfig = field(default_factory=BaseDatasetConfig)
-    val: BaseDatasetConfig = field(default_factory=lambda: BaseDatasetConfig(split="val"))
+    # data.<split>.type picks the section's dataclass from the registry "datasets", which
+    # detkd.recipe passes to the loader from detkd.data.build.DATASETS (config cannot import data).
+    train: BaseDatasetConfig = registry("datasets", by="type", default_factory=BaseDatasetConfig)
+    val: BaseDatasetConfig = registry("datasets", by="type", default_factory=lambda: BaseDatasetConfig(split="val"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detkd.config.schema import DATASET_TYPES, BaseDatasetConfig, DataConfig
+from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.csv import CsvDetection
@@ -49,18 +49,16 @@ def dataset_types() -> dict[str, type[BaseDatasetConfig]]:
     return {name: fmt.options for name, fmt in DATASETS.items()}
 
 
-def _register() -> None:
+def _check_formats() -> None:
     """Check that each format's options default to its name (a new format's slip is caught on
-    import, not in a user's run) and hand the options to the config loader."""
+    import, not in a user's run)."""
     for name, fmt in DATASETS.items():
         if fmt.options.type != name:
             raise TypeError(f"DATASETS['{name}'] is {fmt.__name__}, whose options {fmt.options.__name__} "
                             f"default to type '{fmt.options.type}'")
-    DATASET_TYPES.clear()
-    DATASET_TYPES.update(dataset_types())
 
 
-_register()
+_check_formats()
 
 
 def DatasetConfig(type: str = "demo", **options: Any) -> BaseDatasetConfig:  # noqa: N802 (the former class)

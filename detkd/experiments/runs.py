@@ -18,7 +18,6 @@ import yaml
 
 from detkd.config.load import config_hash, dump_config
 from detkd.recipe import config_from_dict, load_config
-import detkd.data  # noqa: F401  registers the dataset formats with the config loader
 from detkd.errors import DetkdError
 
 __all__ = ["RUN_SECTIONS", "finished", "as_saved", "check_finished_run", "check_same_config", "train_or_reuse"]

@@ -25,6 +25,7 @@ import yaml
 from detkd.config.load import (build_dataclass, check_model, fraction, key_source, load_tree, positive,
                                resolve_teacher_config)
 from detkd.config.schema import Config
+from detkd.data.build import dataset_types
 from detkd.distill.methods import METHODS
 from detkd.errors import DetkdError
 
@@ -37,8 +38,9 @@ FLAT_METHOD = "chen"
 
 
 def registries() -> dict[str, dict[str, type]]:
-    """What the loader builds the open sections from: ``distill.<name>`` from ``METHODS``."""
-    return {"methods": {name: method.config for name, method in METHODS.items()}}
+    """What the loader builds the open sections from: ``distill.<name>`` from ``METHODS``,
+    ``data.<split>`` (picked by its ``type``) from ``DATASETS``."""
+    return {"methods": {name: method.config for name, method in METHODS.items()}, "datasets": dataset_types()}
 
 
 def _flat_keys() -> list[str]:
@@ -85,7 +87,7 @@ def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<di
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load, merge, override and validate a config file."""
-    tree, origins = load_tree(path, overrides)
+    tree, origins = load_tree(path, overrides, registries())
     tree = resolve_teacher_config(tree, origins, str(Path(path)))
     return config_from_dict(tree, origins, str(Path(path)))
 
