@@ -56,3 +56,17 @@ def tiny_opts(demo_dir: Path, output_dir: Path, **extra: object) -> list[str]:
 @pytest.fixture
 def demo_cfg_path() -> Path:
     return REPO / "configs" / "demo" / "faster_rcnn_demo.yaml"
+
+
+def scores_on(model, data_cfg, splits, metric: str) -> list[dict]:
+    """The metrics of ``model`` on each dataset section of ``splits`` (e.g. a format's copy of
+    the demo val split and the COCO copy), evaluated the same way."""
+    from detkd.data.build import build_dataset, build_eval_loader
+    from detkd.evaluation.inference import evaluate_detector
+
+    scores = []
+    for ds_cfg in splits:
+        dataset = build_dataset(ds_cfg, data_cfg, train=False)
+        scores.append(evaluate_detector(model, build_eval_loader(dataset, 4, 0), dataset, metric,
+                                        torch.device("cpu"), progress=False))
+    return scores

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, tiny_opts
+from conftest import REPO, scores_on, tiny_opts
 from detkd.recipe import load_config
-from detkd.data.build import DATASETS, build_dataset, build_eval_loader
+from detkd.data.build import DATASETS, build_dataset
 from detkd.data.coco import CocoDetection
 from detkd.data.csv import CsvDatasetConfig, CsvDetection
 from detkd.errors import DetkdError
-from detkd.evaluation.inference import evaluate_detector, load_detector, score_predictions
+from detkd.evaluation.inference import load_detector, score_predictions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,11 +108,7 @@ def test_train_and_evaluate_on_the_csv_copy(tiny_demo_dir, csv_copy, tmp_path, d
     # The trained model scores the same on the CSV and the COCO copy of the validation set.
     model = load_detector(cfg.model, str(out / "model_final.pth"))
     coco_cfg = load_config(demo_cfg_path, tiny_opts(tiny_demo_dir, out))
-    scores = []
-    for ds_cfg in (cfg.data.val, coco_cfg.data.val):
-        dataset = build_dataset(ds_cfg, cfg.data, train=False)
-        scores.append(evaluate_detector(model, build_eval_loader(dataset, 4, 0), dataset, "both",
-                                        torch.device("cpu"), progress=False))
+    scores = scores_on(model, cfg.data, (cfg.data.val, coco_cfg.data.val), "both")
     assert scores[0]["AP"] == pytest.approx(metrics["AP"], abs=1e-9)
     for key in ("AP", "AP50", "VOC_mAP"):
         assert scores[0][key] == pytest.approx(scores[1][key], abs=1e-9), key

@@ -13,14 +13,14 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import tiny_opts
+from conftest import scores_on, tiny_opts
 from detkd.recipe import load_config
 from detkd.recipe import registries
-from detkd.data.build import DATASETS, build_dataset, build_eval_loader
+from detkd.data.build import DATASETS, build_dataset
 from detkd.data.coco import CocoDetection
 from detkd.data.yolo import YoloDatasetConfig, YoloDetection
 from detkd.errors import DetkdError
-from detkd.evaluation.inference import evaluate_detector, load_detector, score_predictions
+from detkd.evaluation.inference import load_detector, score_predictions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,11 +112,7 @@ def test_train_and_evaluate_on_the_yolo_copy(tiny_demo_dir, yolo_copy, tmp_path,
     # The trained model scores the same on the YOLO and the COCO copy of the validation set.
     model = load_detector(cfg.model, str(out / "model_final.pth"))
     coco_cfg = load_config(demo_cfg_path, tiny_opts(tiny_demo_dir, out))
-    scores = []
-    for ds_cfg in (cfg.data.val, coco_cfg.data.val):
-        dataset = build_dataset(ds_cfg, cfg.data, train=False)
-        scores.append(evaluate_detector(model, build_eval_loader(dataset, 4, 0), dataset, "coco",
-                                        torch.device("cpu"), progress=False))
+    scores = scores_on(model, cfg.data, (cfg.data.val, coco_cfg.data.val), "coco")
     assert scores[0]["AP"] == pytest.approx(metrics["AP"], abs=1e-9)
     assert (scores[0]["AP"], scores[0]["AP50"]) == pytest.approx((scores[1]["AP"], scores[1]["AP50"]), abs=1e-9)
 
