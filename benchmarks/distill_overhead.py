@@ -49,13 +49,14 @@ from detkd.utils.cli import add_config_args, run_cli  # noqa: E402
 MODES = ("student", "teacher", "distill")
 
 
-def method_opts() -> dict[str, list[str]]:
-    """--each-method: the overrides that turn each method of METHODS on alone at its default
-    section (Chen et al.: the config's own sections, as configured)."""
+def method_opts(families: tuple[str, str] = ("faster_rcnn", "faster_rcnn")) -> dict[str, list[str]]:
+    """--each-method: the overrides that turn each method of METHODS that distils this pair of
+    detector families (student, teacher) on alone at its default section (Chen et al.: the
+    config's own sections, as configured)."""
     from detkd.distill.methods import METHODS
 
     alone = {name: [*(f"distill.{other}=null" for other in METHODS if other != name), f"distill.{name}={{}}"]
-             for name in METHODS if name != "chen"}
+             for name in METHODS if name != "chen" and METHODS[name].applies_to(*families)}
     return {"chen": [], **alone}
 
 
@@ -247,8 +248,12 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def each_method(args: argparse.Namespace) -> int:
+    from detkd.config.schema import ARCH_FAMILIES
+    from detkd.recipe import load_config
+
+    cfg = load_config(args.cfg, args.opts)
     results = {}
-    for name, extra in method_opts().items():
+    for name, extra in method_opts((ARCH_FAMILIES[cfg.model.arch], ARCH_FAMILIES[cfg.teacher.model.arch])).items():
         run = copy.copy(args)
         run.opts, run.no_memory = [*args.opts, *extra], True
         results[name] = measure(run)

@@ -35,10 +35,13 @@ from test_distiller import HARD_KEYS, batch, build, count_calls, mcfg, run, torc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Derived from METHODS: every method at weight 0; the methods that read only the teacher's FPN maps.
-ZERO = {name: method.zero_config() for name, method in METHODS.items()}
+# Derived from METHODS: every method for Faster R-CNN pairs at weight 0; those that read only the
+# teacher's FPN maps (the one-stage pairs: test_distill_families.py).
+ZERO = {name: method.zero_config() for name, method in METHODS.items()
+        if method.applies_to("faster_rcnn", "faster_rcnn")}
 SECTIONS = {name: method.config() for name, method in METHODS.items()
-            if not (method.needs_teacher_rpn or method.needs_teacher_rcn)}
+            if not (method.needs_teacher_rpn or method.needs_teacher_rcn) and method.applies_to("faster_rcnn",
+                                                                                                  "faster_rcnn")}
 
 
 def methods(chen: dict | None = None, **sections) -> DistillConfig:
@@ -181,17 +184,28 @@ def test_chen_and_pkd_together_keep_chens_numbers():
 # --------------------------------------------------------------------------- heterogeneous pairs
 
 
-def test_levels_of_other_strides_need_a_level_map():
+def test_levels_pair_by_stride_and_a_level_map_of_other_strides_is_refused():
     images, targets = batch()
-    student = build(mcfg(returned_layers=[2, 3, 4], out_channels=16), 0)  # "0" is stride 8
-    teacher = build(mcfg(returned_layers=[1, 2, 3, 4]), 1)  # "0" is stride 4, "1" stride 8
+    student = build(mcfg(returned_layers=[2, 3, 4], out_channels=16), 0)  # "0" s8, "1" s16, "2" s32, "pool" s64
+    teacher = build(mcfg(returned_layers=[1, 2, 3, 4]), 1)  # "0" s4, "1" s8, "2" s16, "3" s32, "pool" s64
+    # By default each student map meets the teacher's map of its stride (names differ here).
+    d = Distiller(student, teacher, methods(pkd=PKDConfig(), cwd=CWDConfig()))
+    assert [(p.student, p.teacher, p.student_channels, p.teacher_channels) for p in d.methods["pkd"].pairs] == \
+        [("0", "1", 16, 32), ("1", "2", 16, 32), ("2", "3", 16, 32)]  # PKD leaves "pool" out
+    assert [(p.student, p.teacher) for p in d.methods["cwd"].pairs][-1] == ("pool", "pool")
     with pytest.raises(DetkdError, match=r"distill.pkd.levels: student level '0' and teacher level '0' have "
-                                         r"different strides.*level_map \{'0': '1'\}"):
-        Distiller(student, teacher, methods(pkd=PKDConfig()))
+                                         r"different strides \(8 vs 4.*level_map \{'0': '1'\}"):
+        Distiller(student, teacher, methods(level_map={"0": "0"}, pkd=PKDConfig()))
     with pytest.raises(DetkdError, match=r"distill.cwd.levels: 'p9' is not a student feature map"):
         Distiller(student, teacher, methods(cwd=CWDConfig(levels=["p9"])))
     with pytest.raises(DetkdError, match=r"teacher level 'x', which is not a teacher feature map"):
         Distiller(student, teacher, methods(level_map={"0": "x"}, cwd=CWDConfig(levels=["0"])))
+    narrow = build(mcfg(returned_layers=[3, 4]), 1)  # "0" s16, "1" s32, "pool" s64: nothing at s8
+    with pytest.raises(DetkdError, match=r"distill.pkd.levels: student level '0' \(stride 8\) has no teacher map of "
+                                         r"the same stride"):
+        Distiller(student, narrow, methods(pkd=PKDConfig(levels=["0"])))
+    assert [(p.student, p.teacher) for p in Distiller(student, narrow, methods(pkd=PKDConfig())).methods["pkd"].pairs] \
+        == [("1", "0"), ("2", "1")]  # "0" (s8) has no partner: skipped
     mapping = {"0": "1", "1": "2", "2": "3"}
     t_maps = capture(teacher.backbone)
     d = Distiller(student, teacher, methods(level_map=mapping, chen=dict(hint_levels=["1"], rpn_soft=False,

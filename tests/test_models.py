@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -272,18 +273,6 @@ def test_a_section_of_another_family_is_refused_at_build_too():
             build_detector(ModelConfig(arch=arch, num_classes=3, fcos=FCOSOptions()))
 
 
-def test_distillation_with_a_one_stage_model_is_refused_before_training(tmp_path):
-    from detkd.distill.distiller import build_distiller
-
-    teacher = {"arch": "custom", "backbone": "resnet18", "num_classes": 3}
-    student = {"arch": "retinanet", "backbone": "resnet18", "num_classes": 3, "out_channels": 32}
-    for s, t, role in ((student, teacher, "retinanet student"), (teacher, {**student, "arch": "fcos"}, "fcos teacher")):
-        cfg = config_from_dict({"model": s, "teacher": {"model": t, "checkpoint": str(tmp_path / "none.pth")},
-                                "distill": {"pkd": {}}})
-        with pytest.raises(DetkdError, match=f"distillation with a {role} is not supported yet"):
-            build_distiller(cfg, build_detector(cfg.model))
-
-
 # ----------------------------------------------------------------------------- end to end
 
 FAMILY_RUNS = {
@@ -384,3 +373,41 @@ def test_report_times_every_family_on_one_plot(family_runs, tmp_path):
         assert r["params"] > 0 and r["gflops"] > 0 and r["latency"]["median_ms"] > 0
         assert 0.0 <= r["metrics"]["AP50"] <= 1.0
     assert (tmp_path / "report.png").is_file()
+
+
+@pytest.mark.slow
+def test_one_stage_students_distil_end_to_end(family_runs, tiny_demo_dir, tmp_path):
+    """`detkd train` with a distill section: an FCOS student with CrossKD + PKD from the FCOS run,
+    and a RetinaNet student with PKD from a Faster R-CNN teacher (maps paired by stride): every term
+    is logged, the methods' parts are in last.pth and not in model_final.pth, which loads as the
+    student's torchvision class."""
+    import detkd
+
+    frcnn = {"arch": "custom", "backbone": "resnet18", "num_classes": 11, "out_channels": 32, "min_size": 96,
+             "max_size": 96, "representation_size": 64}
+    torch.manual_seed(0)
+    torch.save(build_detector(ModelConfig(**frcnn)).state_dict(), tmp_path / "frcnn.pth")
+    cases = {
+        "fcos": ({"config": str(family_runs["fcos"] / "config.yaml"),
+                  "checkpoint": str(family_runs["fcos"] / "model_final.pth")},
+                 {"crosskd": {}, "pkd": {}}, ["loss_crosskd_cls", "loss_crosskd_reg", "loss_pkd"], "FCOS"),
+        "retinanet": ({"model": frcnn, "checkpoint": str(tmp_path / "frcnn.pth")}, {"pkd": {}}, ["loss_pkd"],
+                      "RetinaNet"),
+    }
+    for name, (teacher, distill, terms, cls) in cases.items():
+        cfg_file = tmp_path / f"{name}.yaml"
+        cfg_file.write_text(yaml.safe_dump({
+            "_base_": [str(REPO / "configs/_base_/demo_data.yaml"), str(REPO / "configs/_base_/demo_schedule.yaml")],
+            "model": {"num_classes": 11, **FAMILY_RUNS[name]}, "teacher": teacher, "distill": distill}))
+        out = tmp_path / f"distilled_{name}"
+        opts = [o for o in tiny_opts(tiny_demo_dir, out, **{"train.max_iters": 6}) if not o.startswith("model.")]
+        assert run_cli_tool("train", ["--cfg", str(cfg_file), "--no-progress", "--opts", *opts]) == 0
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        logged = [m for m in lines if m.get("type") == "train"]
+        assert logged and all(all(t in m and math.isfinite(m[t]) for t in terms) for m in logged), name
+        saved = torch.load(out / "last.pth", weights_only=False, map_location="cpu")
+        if name == "retinanet":  # 64 -> 32 channels: PKD's 1x1 alignment convs (equal widths need none)
+            assert saved["distill"] and all(k.startswith("pkd.") for k in saved["distill"])
+        model, _ = detkd.load_model(out / "model_final.pth")
+        assert type(model).__name__ == cls
+        assert not any(k.startswith(("pkd", "crosskd", "methods")) for k in model.state_dict())

@@ -11,7 +11,7 @@ import sys
 
 # command -> (module under detkd.cli, one-line summary)
 COMMANDS = {
-    "train": ("train", "train a Faster R-CNN, plain or distilled from a teacher"),
+    "train": ("train", "train a detector (Faster R-CNN, RetinaNet, FCOS, SSDlite, SSD), plain or distilled"),
     "eval": ("eval", "evaluate a detector checkpoint on its config's validation split"),
     "predict": ("predict", "run a trained detector on images: detections.json and pictures"),
     "export": ("export", "export a trained detector to ONNX or TorchScript, checked against eager"),

@@ -1,4 +1,4 @@
-"""Train a torchvision Faster R-CNN, plain or distilled from a teacher (Chen et al. 2017).
+"""Train a torchvision detector (Faster R-CNN, RetinaNet, FCOS, SSDlite, SSD), plain or distilled from a teacher.
 
 Examples:
   python tools/train_det.py --cfg configs/demo/faster_rcnn_demo.yaml

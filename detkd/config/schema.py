@@ -351,9 +351,12 @@ class DistillConfig:
     # transformed batch (every term), "auto" is "own" unless an enabled method compares anchors
     # (Chen et al.'s RPN terms).
     teacher_input: Literal["auto", "own", "student"] = "auto"
-    # Heterogeneous pairs: student level -> teacher level (e.g. {"0": "2"}: the student's
-    # stride-16 map against the teacher's stride-16 one); unnamed levels match by name.
+    # Heterogeneous pairs: student level -> teacher level (e.g. {"p6": "pool"}); the levels it does
+    # not name pair by ``pairing``: "stride" (each student map with the teacher's map of the same
+    # stride) or "index" (the i-th map of the method's levels on each side, the student's map resized
+    # to the teacher's: MMRazor's heterogeneous PKD config; never the default).
     level_map: Optional[dict[str, str]] = None
+    pairing: Literal["stride", "index"] = "stride"
     # name -> the method's config section (in METHODS order); YAML: distill.<name>.
     methods: dict[str, Any] = registry("methods")
 

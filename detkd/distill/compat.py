@@ -34,7 +34,8 @@ from detkd.errors import DetkdError
 if TYPE_CHECKING:  # for annotations only: chen.py imports this module
     from detkd.distill.methods.chen import ChenConfig
 
-__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "probe_features", "check_compatible", "check_label_map", "teacher_class_names"]
+__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "probe_features", "probe_size", "stride_of",
+           "check_compatible", "check_label_map", "teacher_class_names"]
 
 TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
 RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
@@ -64,12 +65,35 @@ def enabled_terms(cfg: "ChenConfig") -> frozenset[str]:
     return frozenset(name for name, (switch, w) in weights.items() if switch and w > 0)
 
 
-def probe_features(model: nn.Module, size: int = PROBE_SIZE) -> "OrderedDict[str, tuple[int, ...]]":
-    """``level -> (channels, H, W)`` of ``model.backbone`` on one ``size x size`` zero image.
+def probe_size(model: nn.Module) -> int:
+    """The side of the zero image a model's maps are probed on: :data:`PROBE_SIZE`, or the size
+    a model that warps its input to a fixed square (SSD, SSDlite) works at."""
+    fixed = getattr(getattr(model, "transform", None), "fixed_size", None)
+    return int(max(fixed)) if fixed else PROBE_SIZE
+
+
+def stride_of(cells: int, size: int) -> Optional[int]:
+    """The stride of a map with ``cells`` rows on a ``size``-pixel input: the smallest power of two
+    ``s`` with ``ceil(size / s) == cells`` (stride-2 convolutions round up); None for a 1-cell map
+    (any stride >= ``size``) or no such power."""
+    if cells <= 1:
+        return None
+    s = 1
+    while s <= size:
+        if -(-size // s) == cells:
+            return s
+        s *= 2
+    return None
+
+
+def probe_features(model: nn.Module, size: Optional[int] = None) -> "OrderedDict[str, tuple[int, ...]]":
+    """``level -> (channels, H, W)`` of ``model.backbone`` on one ``size x size`` zero image
+    (default :func:`probe_size`).
 
     Runs in eval mode under ``no_grad`` (and restores every module's mode afterwards), so
     BatchNorm running statistics are not touched.
     """
+    size = probe_size(model) if size is None else size
     backbone = model.backbone
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     device = ref.device if ref is not None else torch.device("cpu")

@@ -1,20 +1,23 @@
-r"""Knowledge distillation of torchvision Faster R-CNN: one frozen teacher, one student, and
-a family of methods (docs/methods.md; docs/distillation_methods.md).
+r"""Knowledge distillation of torchvision detectors: one frozen teacher, one student, of any
+detector family (Faster R-CNN, RetinaNet, FCOS, SSDlite, SSD), and a family of methods
+(docs/methods.md; docs/distillation_methods.md).
 
 Each training step the Distiller runs
 
-1. the student's training pipeline step by step with torchvision's own component methods,
-   in torchvision's order (so its hard losses and random sampling are exactly torchvision's),
-   keeping its FPN maps, anchors, sampled anchor rows and sampled proposals;
-2. the frozen teacher, only as far as the enabled methods need: its backbone + FPN on the
+1. the student's training forward, its family's ``train_step`` (torchvision's own component
+   methods in torchvision's order, so its hard losses and random draws are exactly
+   torchvision's), keeping its maps, anchors, matched indices, sampled rows and proposals, and
+   the outputs of the student modules a method taps (``student_taps``);
+2. the frozen teacher, only as far as the enabled methods need: its backbone (+ FPN) on the
    student's transformed batch (re-normalized if the two configs' mean/std differ) or, when
-   the teacher's config has another input size, on the images at its own size; its RPN head
-   at the student's anchors only for RPN terms; its box head on the student's sampled
-   proposals (scaled into the teacher's frame) only for RoI terms;
+   the teacher's config has another input size, on the images at its own size; for Chen et
+   al.'s terms (Faster R-CNN pairs) its RPN head at the student's anchors and its box head on
+   the student's sampled proposals (scaled into the teacher's frame);
 3. every enabled method (:data:`detkd.distill.methods.METHODS`) on the
    :class:`~detkd.distill.methods.DistillRecord` of that step: Chen et al. (NeurIPS 2017;
-   hint, soft CE, bounded regression) and the FPN-feature methods PKD, CWD, MGD, FGD and
-   fine-grained imitation, several at once if configured.
+   hint, soft CE, bounded regression), the FPN-feature methods PKD, CWD, MGD, FGD, fine-grained
+   imitation and mimic (maps paired by stride, across families), and CrossKD (one-stage pairs
+   of one family), several at once if configured.
 
 Conventions:
 
@@ -36,30 +39,28 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-from detkd.config.schema import ARCH_FAMILIES, Config, DistillConfig, ModelConfig
+from detkd.config.schema import Config, DistillConfig, ModelConfig
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
 from detkd.modeling.adapters import HintAdapters
 from detkd.modeling.detector import build_detector
-from detkd.modeling.sampling import KeyedSampler
+from detkd.modeling.families import TrainStep, family_of_model
+from detkd.modeling.families.common import feature_dict
+from detkd.modeling.sampling import KeyedSampler, set_sampling_keys
 from detkd.modeling.weights import load_matching, read_state_dict
 
 __all__ = ["Distiller", "build_distiller"]
 
 log = logging.getLogger(__name__)
-
-HARD_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
 def _scale(x: Tensor, w: float) -> Tensor:
@@ -67,52 +68,41 @@ def _scale(x: Tensor, w: float) -> Tensor:
     return x if w == 1.0 else x * w
 
 
-def _features(out: Any) -> "OrderedDict[str, Tensor]":
-    # torchvision accepts a backbone returning a single tensor (GeneralizedRCNN.forward).
-    return OrderedDict([("0", out)]) if isinstance(out, Tensor) else out
+@contextmanager
+def _tapped(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[Tensor]]]:
+    """Record ``name -> [output of each call]`` of ``modules`` while the block runs. Outputs are
+    cloned as they come out (still in the graph): an in-place activation after the module (the
+    ``ReLU(inplace=True)`` of torchvision's RetinaNet towers) would overwrite them."""
+    out: dict[str, list[Tensor]] = {name: [] for name in modules}
+    handles = [module.register_forward_hook(lambda _m, _i, o, name=name: out[name].append(o.clone()))
+               for name, module in modules.items()]
+    try:
+        yield out
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
-def _check_targets(images: Sequence[Tensor], targets: Optional[list[dict[str, Tensor]]]) -> None:
-    """The input checks torchvision's GeneralizedRCNN / RoIHeads make in training."""
-    if targets is None:
-        torch._assert(False, "targets should not be none when in training mode")
-        return
-    for target in targets:
-        boxes = target["boxes"]
-        if not isinstance(boxes, Tensor):
-            torch._assert(False, f"Expected target boxes to be of type Tensor, got {type(boxes)}.")
-        torch._assert(
-            len(boxes.shape) == 2 and boxes.shape[-1] == 4,
-            f"Expected target boxes to be a tensor of shape [N, 4], got {boxes.shape}.",
-        )
-    for img in images:
-        torch._assert(len(img.shape[-2:]) == 2, "expecting the last two dimensions of the Tensor to be H and W")
-
-
-def _check_transformed_targets(targets: list[dict[str, Tensor]]) -> None:
-    for target_idx, target in enumerate(targets):
-        boxes = target["boxes"]
-        degenerate = boxes[:, 2:] <= boxes[:, :2]
-        if degenerate.any():
-            bb_idx = torch.where(degenerate.any(dim=1))[0][0]
-            torch._assert(
-                False,
-                "All bounding boxes should have positive height and width."
-                f" Found invalid box {boxes[bb_idx].tolist()} for target at index {target_idx}.",
-            )
-        if boxes.dtype not in (torch.float, torch.double, torch.half):
-            raise TypeError(f"target boxes must of float type, instead got {boxes.dtype}")
-        if target["labels"].dtype != torch.int64:
-            raise TypeError(f"target labels must of int64 type, instead got {target['labels'].dtype}")
-
-
-def _input_size(model: FasterRCNN) -> tuple[tuple[int, ...], int]:
+def _input_size(model: nn.Module) -> tuple[tuple[int, ...], int]:
     t = model.transform
     return tuple(int(v) for v in t.min_size), int(t.max_size)
 
 
-def _teacher_at_own_size(cfg: DistillConfig, student: FasterRCNN, teacher: FasterRCNN) -> bool:
+def _warps(model: nn.Module) -> bool:
+    """Whether the model warps every image to one fixed size (SSD, SSDlite)."""
+    return bool(getattr(model.transform, "fixed_size", None))
+
+
+def _teacher_at_own_size(cfg: DistillConfig, student: nn.Module, teacher: nn.Module) -> bool:
     """``distill.teacher_input``: does the teacher run its own transform on the raw images?"""
+    if _warps(student):  # its maps cover the warped image, the teacher's a padded batch of other shapes
+        if cfg.teacher_input == "own":
+            raise DetkdError("distill.teacher_input: own is not supported for a student that warps its input to a "
+                             "fixed size (SSD/SSDlite); the teacher sees the student's warped batch (student/auto)")
+        if _input_size(student) != _input_size(teacher):
+            log.info("the teacher sees the student's %dx%d batch (an SSD student warps every image to that size)",
+                     *student.transform.fixed_size)
+        return False
     if _input_size(student) == _input_size(teacher) or cfg.teacher_input == "student":
         return False
     anchored = [name for name, section in _sections(cfg) if METHODS[name].compares_anchors(section)]
@@ -141,15 +131,16 @@ def _scale_boxes(boxes: list[Tensor], src: list[tuple[int, int]], dst: list[tupl
 
 
 class Distiller(nn.Module):
-    r"""A torchvision Faster R-CNN student trained against a frozen Faster R-CNN teacher with
-    the methods that ``cfg`` enables (see the module docstring).
+    r"""A torchvision detector student trained against a frozen teacher (any two detector
+    families) with the methods that ``cfg`` enables (see the module docstring).
 
     Args:
-        student: the ``FasterRCNN`` being trained (``self.student``; save its
-            ``state_dict()`` as the model).
-        teacher: a ``FasterRCNN`` (for Chen et al.'s terms: the same classes and, for the RPN
-            terms, the same anchors and strides). It is frozen here (``requires_grad=False``)
-            and kept in eval mode whatever ``train()`` is called with.
+        student: the detector being trained (``self.student``; save its ``state_dict()`` as
+            the model): ``FasterRCNN``, ``RetinaNet``, ``FCOS`` or ``SSD``.
+        teacher: a detector of any family (each method checks what it needs: Chen et al. a
+            Faster R-CNN with the same classes and, for the RPN terms, the same anchors and
+            strides; CrossKD one of the student's family). It is frozen here
+            (``requires_grad=False``) and kept in eval mode whatever ``train()`` is called with.
         cfg: the distillation config (run-wide keys and one section per method).
         teacher_renorm: ``(mean_s, std_s, mean_t, std_t)`` (3 values each) to map the
             student's normalized batch into the teacher's normalization,
@@ -170,17 +161,20 @@ class Distiller(nn.Module):
             which the teacher bound is active.
 
     Training ``forward(images, targets)`` returns the loss terms, already weighted, whose
-    sum is the objective: ``loss_classifier``, ``loss_box_reg``, ``loss_objectness``,
-    ``loss_rpn_box_reg`` (the student's own, in torchvision's order), then each enabled
-    method's terms (Chen et al.: ``loss_rcn_soft``, ``loss_rcn_bound``, ``loss_rpn_soft``,
-    ``loss_rpn_bound``, ``loss_hint``; ``loss_pkd``, ``loss_cwd``, ``loss_mgd``,
-    ``loss_fgd``, ``loss_fgfi``). In eval mode it is the student's inference.
+    sum is the objective: the student's own (torchvision's keys in torchvision's order: Faster
+    R-CNN ``loss_classifier``, ``loss_box_reg``, ``loss_objectness``, ``loss_rpn_box_reg``;
+    RetinaNet/FCOS ``classification``, ``bbox_regression`` (FCOS ``bbox_ctrness``); SSD
+    ``bbox_regression``, ``classification``), then each enabled method's terms (Chen et al.:
+    ``loss_rcn_soft``, ``loss_rcn_bound``, ``loss_rpn_soft``, ``loss_rpn_bound``,
+    ``loss_hint``; ``loss_pkd``, ``loss_cwd``, ``loss_mgd``, ``loss_fgd``, ``loss_fgfi``,
+    ``loss_mimic``; ``loss_crosskd_cls``, ``loss_crosskd_reg``). In eval mode it is the
+    student's inference.
     """
 
     def __init__(
         self,
-        student: FasterRCNN,
-        teacher: FasterRCNN,
+        student: nn.Module,
+        teacher: nn.Module,
         cfg: DistillConfig,
         teacher_renorm: Optional[tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]] = None,
         *,
@@ -194,9 +188,10 @@ class Distiller(nn.Module):
         teacher.requires_grad_(False)
         teacher.eval()
         for model, who in ((student, "student"), (teacher, "teacher")):
-            heads = model.roi_heads
-            if heads.has_mask() or heads.has_keypoint():
-                raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills Faster R-CNN box detectors only")
+            heads = getattr(model, "roi_heads", None)
+            if heads is not None and (heads.has_mask() or heads.has_keypoint()):
+                raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills box detectors only")
+        self.student_family = family_of_model(student)
         self.own_size = _teacher_at_own_size(cfg, student, teacher)
         ctx = BuildContext(cfg, student, teacher, student_cfg, teacher_cfg, self.own_size)
         ref = next(student.parameters())
@@ -217,6 +212,7 @@ class Distiller(nn.Module):
             self.register_buffer(f"_renorm_{name}", value.to(ref.device), persistent=False)
 
         self.epoch = 0
+        self._keys: Optional[list[int]] = None
         self._stats: dict[str, Tensor] = {}
         if self.renorm:
             log.info("teacher input re-normalized from the student's mean/std %s/%s to %s/%s",
@@ -233,6 +229,13 @@ class Distiller(nn.Module):
         """Called by the trainer each epoch; ``start_epoch <= epoch < stop_epoch``
         switches the distillation terms on."""
         self.epoch = int(epoch)
+
+    def set_image_keys(self, keys: Optional[Sequence[int]]) -> None:
+        """Per-image keys (run seed, epoch, image id) for the next training forward: the
+        student's keyed RPN/RoI samplers and the methods' random draws (MGD's masks) follow the
+        image, whatever the batch split or process."""
+        self._keys = None if keys is None else [int(k) for k in keys]
+        set_sampling_keys(self.student, keys)
 
     @property
     def distilling(self) -> bool:
@@ -294,45 +297,36 @@ class Distiller(nn.Module):
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None) -> Any:
         if not self.training:
             return self.student(images, targets)
-        _check_targets(images, targets)
         if self.teacher.training:  # someone called teacher.train() directly
             self.teacher.eval()
-        s = self.student
         methods = self.active_methods()
         self._stats = {}
+        taps = {name: module for m in methods for name, module in m.student_taps().items()}
+        with _tapped(taps) as tapped:
+            step = self.student_family.train_step(self.student, images, targets)
 
-        # --- student, exactly GeneralizedRCNN.forward's training path
-        raw_images = images
-        image_list, targets = s.transform(images, targets)
-        _check_transformed_targets(targets)
-        features = _features(s.backbone(image_list.tensors))
-        rpn = self._student_rpn(image_list, features, targets)
-        rcn = self._student_rcn(features, rpn["proposals"], image_list.image_sizes, targets)
-
-        weights = dict.fromkeys(HARD_KEYS, 1.0)
+        weights: dict[str, float] = {}
         for method in self.methods.values():
             weights.update(method.hard_weights(self.distilling))
-        # torchvision's key order (detector losses, then RPN losses): with every
-        # distillation term off, sum(losses.values()) is torchvision's sum bit for bit.
-        hard = {"loss_classifier": rcn["loss_classifier"], "loss_box_reg": rcn["loss_box_reg"],
-                "loss_objectness": rpn["loss_objectness"], "loss_rpn_box_reg": rpn["loss_rpn_box_reg"]}
-        losses: dict[str, Tensor] = {k: _scale(hard[k], weights[k]) for k in HARD_KEYS}
+        # The student's own terms in torchvision's order: with every distillation term off,
+        # sum(losses.values()) is torchvision's sum bit for bit.
+        losses: dict[str, Tensor] = {k: _scale(v, weights.get(k, 1.0)) for k, v in step.losses.items()}
         if not methods:
             return losses
 
-        record = self._record(raw_images, image_list, features, targets, rpn, rcn, methods)
+        record = self._record(images, step, tapped, methods)
         for method in methods:
             losses.update(method(record))
             self._stats.update(method.stats)
         return losses
 
-    def _record(self, raw_images: list[Tensor], image_list: ImageList, features: "OrderedDict[str, Tensor]",
-                targets: list[dict[str, Tensor]], rpn: dict[str, Any], rcn: dict[str, Any],
+    def _record(self, raw_images: list[Tensor], step: TrainStep, taps: dict[str, list[Tensor]],
                 methods: list[DistillMethod]) -> DistillRecord:
         """Run the teacher as far as ``methods`` need and collect what they read."""
         need_rpn = any(m.needs_teacher_rpn for m in methods)
         need_rcn = any(m.needs_teacher_rcn for m in methods)
         levels = list(dict.fromkeys(level for m in methods for level in m.teacher_levels()))
+        image_list, targets, rcn = step.images, step.targets, step.rcn
         sizes = image_list.image_sizes
         with torch.inference_mode():
             if self.own_size:  # the teacher's own transform (eval mode: its test size, no randomness)
@@ -340,8 +334,8 @@ class Distiller(nn.Module):
                 t_input, t_sizes = t_list.tensors, t_list.image_sizes
             else:
                 t_input, t_sizes = self._teacher_input(image_list), sizes
-            t_features = _features(self.teacher.backbone(t_input))
-            t_rpn = self._teacher_rpn(t_features, rpn) if need_rpn else None
+            t_features = feature_dict(self.teacher.backbone(t_input))
+            t_rpn = self._teacher_rpn(t_features, step.grids) if need_rpn else None
             t_rcn = None
             if need_rcn:
                 proposals = rcn["proposals"] if not self.own_size else _scale_boxes(rcn["proposals"], sizes, t_sizes)
@@ -350,94 +344,27 @@ class Distiller(nn.Module):
         # methods use into normal tensors (cheap next to the teacher's forward).
         boxes = [t["boxes"] for t in targets]
         return DistillRecord(
-            features=features,
+            features=step.features,
             teacher_features={k: t_features[k].clone() for k in levels},
             targets=targets, image_sizes=sizes, batch_shape=tuple(image_list.tensors.shape[-2:]),
             teacher_boxes=boxes if not self.own_size else _scale_boxes(boxes, sizes, t_sizes),
             teacher_image_sizes=t_sizes, teacher_batch_shape=tuple(t_input.shape[-2:]),
             keys=self._image_keys(len(targets)) if any(m.needs_keys for m in methods) else [],
-            rpn=rpn, rcn=rcn,
+            rpn=step.rpn, rcn=rcn, step=step, taps=taps,
             teacher_rpn=None if t_rpn is None else (t_rpn[0].clone(), t_rpn[1].clone()),
             teacher_rcn=None if t_rcn is None else (t_rcn[0].clone(), t_rcn[1].clone()),
         )
 
     def _image_keys(self, num_images: int) -> list[int]:
-        """The per-image keys the trainer set for the student's samplers (so random masks
-        follow the image, not the batch split); else fresh draws from the global RNG."""
-        sampler = self.student.rpn.fg_bg_sampler
+        """The per-image keys the trainer set (:meth:`set_image_keys`, or on the student's keyed
+        samplers), so random masks follow the image, not the batch split; else fresh draws from
+        the global RNG."""
+        if self._keys is not None and len(self._keys) == num_images:
+            return list(self._keys)
+        sampler = getattr(getattr(self.student, "rpn", None), "fg_bg_sampler", None)
         if isinstance(sampler, KeyedSampler) and sampler.keys is not None:
             return list(sampler.keys)
         return [int(k) for k in torch.randint(0, 2**62, (num_images,))]
-
-    # ------------------------------------------------------------------ student pieces
-
-    def _student_rpn(self, images: ImageList, features: "OrderedDict[str, Tensor]",
-                     targets: list[dict[str, Tensor]]) -> dict[str, Any]:
-        """RegionProposalNetwork.forward + compute_loss (torchvision 0.2x), keeping the
-        sampled anchor indices. Same calls in the same order, so the same RNG draws."""
-        rpn = self.student.rpn
-        feats = list(features.values())
-        objectness, pred_bbox_deltas = rpn.head(feats)
-        anchors = rpn.anchor_generator(images, feats)
-        num_images = len(anchors)
-        grids = [tuple(o.shape[-2:]) for o in objectness]
-        num_anchors_per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
-        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
-        # Proposals do not backprop (torchvision detaches the deltas here too).
-        proposals = rpn.box_coder.decode(pred_bbox_deltas.detach(), anchors)
-        proposals = proposals.view(num_images, -1, 4)
-        boxes, _scores = rpn.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
-
-        labels, matched_gt_boxes = rpn.assign_targets_to_anchors(anchors, targets)
-        regression_targets = rpn.box_coder.encode(matched_gt_boxes, anchors)
-        # --- RegionProposalNetwork.compute_loss, restated to keep the indices
-        sampled_pos_inds, sampled_neg_inds = rpn.fg_bg_sampler(labels)
-        sampled_pos_inds = torch.where(torch.cat(sampled_pos_inds, dim=0))[0]
-        sampled_neg_inds = torch.where(torch.cat(sampled_neg_inds, dim=0))[0]
-        sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
-        objectness = objectness.flatten()
-        labels = torch.cat(labels, dim=0)
-        regression_targets = torch.cat(regression_targets, dim=0)
-        box_loss = F.smooth_l1_loss(
-            pred_bbox_deltas[sampled_pos_inds],
-            regression_targets[sampled_pos_inds],
-            beta=1 / 9,
-            reduction="sum",
-        ) / (sampled_inds.numel())
-        objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled_inds], labels[sampled_inds])
-        return {
-            "proposals": boxes,
-            "objectness": objectness,
-            "pred_bbox_deltas": pred_bbox_deltas,
-            "regression_targets": regression_targets,
-            "sampled_inds": sampled_inds,
-            "sampled_pos_inds": sampled_pos_inds,
-            "grids": grids,
-            "anchors": anchors,
-            "anchors_per_location": rpn.anchor_generator.num_anchors_per_location()[0],
-            "loss_objectness": objectness_loss,
-            "loss_rpn_box_reg": box_loss,
-        }
-
-    def _student_rcn(self, features: "OrderedDict[str, Tensor]", proposals: list[Tensor],
-                     image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]) -> dict[str, Any]:
-        """RoIHeads.forward's training path, keeping the sampled proposals and labels."""
-        heads = self.student.roi_heads
-        proposals, _matched_idxs, labels, regression_targets = heads.select_training_samples(proposals, targets)
-        box_features = heads.box_roi_pool(features, proposals, image_sizes)
-        box_features = heads.box_head(box_features)
-        class_logits, box_regression = heads.box_predictor(box_features)
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        out = {
-            "proposals": proposals,
-            "class_logits": class_logits,
-            "box_regression": box_regression,
-            "labels": torch.cat(labels, dim=0),
-            "regression_targets": torch.cat(regression_targets, dim=0),
-            "loss_classifier": loss_classifier,
-            "loss_box_reg": loss_box_reg,
-        }
-        return out
 
     # ------------------------------------------------------------------ teacher pieces
 
@@ -460,13 +387,14 @@ class Distiller(nn.Module):
                 x_t[i, :, :, w:] = 0
         return x_t
 
-    def _teacher_rpn(self, t_features: "OrderedDict[str, Tensor]", rpn: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def _teacher_rpn(self, t_features: "OrderedDict[str, Tensor]",
+                     student_grids: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         """Teacher objectness and deltas for every student anchor (same anchor order)."""
         t_obj, t_deltas = self.teacher.rpn.head(list(t_features.values()))
         grids = [tuple(o.shape[-2:]) for o in t_obj]
-        if grids != rpn["grids"]:  # check_compatible makes this unreachable for sane models
+        if grids != list(student_grids):  # check_compatible makes this unreachable for sane models
             raise DetkdError(
-                f"RPN distillation: teacher feature grids {grids} differ from the student's {rpn['grids']}"
+                f"RPN distillation: teacher feature grids {grids} differ from the student's {list(student_grids)}"
             )
         t_obj, t_deltas = concat_box_prediction_layers(t_obj, t_deltas)
         return t_obj.flatten(), t_deltas
@@ -484,7 +412,7 @@ class Distiller(nn.Module):
         return f"methods={list(self.methods)}, terms={sorted(self.terms)}, renorm={self.renorm}, own_size={self.own_size}"
 
 
-def build_distiller(cfg: Config, student: FasterRCNN) -> Distiller:
+def build_distiller(cfg: Config, student: nn.Module) -> Distiller:
     """Build the teacher from ``cfg.teacher.model``, load ``cfg.teacher.checkpoint``
     (a mismatch is a one-line :class:`DetkdError` naming the file), freeze it, check
     compatibility (each method's ``build``) and wrap ``student`` in a :class:`Distiller`."""
@@ -492,10 +420,6 @@ def build_distiller(cfg: Config, student: FasterRCNN) -> Distiller:
         raise DetkdError("a distillation run needs both a 'teacher' and a 'distill' section")
     if not cfg.teacher.checkpoint:
         raise DetkdError("'teacher.checkpoint' is required for a distillation run")
-    for role, m in (("student", cfg.model), ("teacher", cfg.teacher.model)):  # issue #21: cross-family Distiller later
-        if ARCH_FAMILIES[m.arch] != "faster_rcnn":
-            raise DetkdError(f"distillation with a {ARCH_FAMILIES[m.arch]} {role} is not supported yet "
-                             f"({'model' if role == 'student' else 'teacher.model'}.arch: {m.arch})")
     teacher = build_detector(cfg.teacher.model)
     path = cfg.teacher.checkpoint
     load_matching(teacher, read_state_dict(path), f"teacher.checkpoint {path}")

@@ -7,6 +7,7 @@ A plain torchvision detector (wrapped in :class:`PlainDetector`) and a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from detkd.config.schema import Config
 from detkd.modeling.detector import build_detector
+from detkd.modeling.sampling import set_sampling_keys
 
 
 class TrainModel(Protocol):
@@ -25,6 +27,9 @@ class TrainModel(Protocol):
       ``model_final.pth``, and it is the one evaluated; ``teacher``: the frozen teacher
       (``eval.evaluate_teacher`` scores it), None for a plain detector;
     * ``set_epoch(epoch)`` at the start of every epoch (terms scheduled by epoch);
+    * ``set_image_keys(keys)`` before each training forward: one key per image (run seed,
+      epoch, image id) for the random draws that must follow the image, not the batch split
+      (Faster R-CNN's RPN/RoI sampling, MGD's masks);
     * ``log_stats()``: extra floats for the log line of the last step (may be empty);
     * ``extra_state()``: learnable state beside the student's, saved as ``last.pth["distill"]``
       (None: nothing, and no such entry); ``load_extra_state(ckpt, path)`` restores it from a
@@ -39,6 +44,8 @@ class TrainModel(Protocol):
     def train(self, mode: bool = True) -> Any: ...
 
     def set_epoch(self, epoch: int) -> None: ...
+
+    def set_image_keys(self, keys: Sequence[int] | None) -> None: ...
 
     def log_stats(self) -> dict[str, float]: ...
 
@@ -61,6 +68,9 @@ class PlainDetector(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         pass
+
+    def set_image_keys(self, keys: Sequence[int] | None) -> None:
+        set_sampling_keys(self.student, keys)
 
     def log_stats(self) -> dict[str, float]:
         return {}

@@ -48,7 +48,7 @@ from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_state
 from detkd.modeling.detector import count_parameters
 from detkd.modeling.families import describe
-from detkd.modeling.sampling import sample_key, set_sampling_keys
+from detkd.modeling.sampling import sample_key
 from detkd.utils import dist
 from detkd.utils.atomic import atomic_save, atomic_write_text
 from detkd.utils.logger import MetricsWriter, format_terms, open_log_file, require_tensorboard, setup_logging
@@ -348,9 +348,8 @@ def run_step(run: Run, state: TrainState, images: list[torch.Tensor],
     """One optimizer step: ``(loss terms, their sum)``, or None when the loss was not finite
     and the policy skipped the step (gradients dropped, weights untouched)."""
     cfg, pos = run.cfg, state.pos
-    # Per-image RPN/RoI sampling keys: the same rows whatever the batch split or rank.
-    set_sampling_keys(state.model.student, [sample_key(cfg.train.seed, pos.epoch, int(t["image_id"]))
-                                            for t in targets])
+    # Per-image keys (RPN/RoI sampling, random masks): the same draws whatever the batch split or rank.
+    state.model.set_image_keys([sample_key(cfg.train.seed, pos.epoch, int(t["image_id"])) for t in targets])
     images, targets = to_device(images, targets, run.device)
     with torch.autocast("cuda", enabled=True) if run.amp else nullcontext():
         losses = state.forward(images, targets)

@@ -24,7 +24,7 @@ import yaml
 
 from detkd.config.load import (build_dataclass, check_model, fraction, key_source, load_tree, positive,
                                resolve_teacher_config)
-from detkd.config.schema import Config
+from detkd.config.schema import ARCH_FAMILIES, Config, ModelConfig
 from detkd.data.build import dataset_types
 from detkd.distill.methods import METHODS
 from detkd.errors import DetkdError
@@ -76,10 +76,27 @@ def migrate_flat_distill(tree: dict, origins: dict, source: str) -> dict:
                      f"a method is on when its section is there): {', '.join(moved)}")
 
 
+def family_defaults(tree: dict) -> dict:
+    """``tree`` with each method section's options that depend on the student's detector family
+    (``METHODS[name].family_defaults``, e.g. PKD's weight 10 for a RetinaNet student) filled in
+    where the section leaves them out, so the run's saved config.yaml shows the values it used."""
+    d, model = tree.get("distill"), tree.get("model")
+    if not isinstance(d, dict):
+        return tree
+    arch = model.get("arch", ModelConfig.arch) if isinstance(model, dict) else ModelConfig.arch
+    family = ARCH_FAMILIES.get(arch) if isinstance(arch, str) else None
+    filled = dict(d)
+    for name, section in d.items():
+        defaults = METHODS[name].family_defaults.get(family) if name in METHODS else None
+        if defaults and isinstance(section, dict):
+            filled[name] = {**defaults, **section}
+    return {**tree, "distill": filled}
+
+
 def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<dict>") -> Config:
     """A checked :class:`Config` from a merged YAML tree (``origins``: dotted key -> file)."""
     origins = origins or {}
-    tree = migrate_flat_distill(tree, origins, source)
+    tree = family_defaults(migrate_flat_distill(tree, origins, source))
     cfg = build_dataclass(Config, tree, source, origins, registries())
     check_config(cfg, source)
     return cfg
@@ -132,3 +149,11 @@ def check_config(cfg: Config, source: str) -> None:
         raise DetkdError(f"{source}: a distillation run needs both a 'teacher' and a 'distill' section")
     if cfg.distill is not None and not cfg.teacher.checkpoint:
         raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
+    if cfg.distill is not None:  # pairs of detector families a method cannot distil
+        families = ARCH_FAMILIES[cfg.model.arch], ARCH_FAMILIES[cfg.teacher.model.arch]
+        for name, section in cfg.distill.methods.items():
+            if name in METHODS and section is not None:
+                try:
+                    METHODS[name].check_families(section, *families)
+                except DetkdError as exc:
+                    raise DetkdError(f"{source}: {exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord, LevelPair
 from detkd.distill.methods.chen import ChenConfig, ChenMethod
+from detkd.distill.methods.crosskd import CrossKDMethod
 from detkd.distill.methods.cwd import CWDMethod
 from detkd.distill.methods.fgd import FGDMethod
 from detkd.distill.methods.fgfi import FGFIMethod
@@ -26,6 +27,7 @@ METHODS: dict[str, type[DistillMethod]] = {
     "fgd": FGDMethod,
     "fgfi": FGFIMethod,
     "mimic": MimicMethod,
+    "crosskd": CrossKDMethod,
 }
 
 __all__ = ["METHODS", "BuildContext", "ChenConfig", "DistillMethod", "DistillRecord", "LevelPair"]

@@ -19,28 +19,31 @@ How to add a method: docs/distillation_methods.md.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from torch import Tensor, nn
 
 from detkd.config.fields import weights_of
 from detkd.config.schema import DistillConfig, ModelConfig
-from detkd.distill.compat import PROBE_SIZE, probe_features
+from detkd.distill.compat import probe_features, probe_size, stride_of
 from detkd.errors import DetkdError
+from detkd.modeling.families import TrainStep, family_of_model
 
-__all__ = ["DistillRecord", "DistillMethod", "BuildContext", "LevelPair", "resolve_levels"]
+__all__ = ["DistillRecord", "DistillMethod", "BuildContext", "LevelPair", "LevelInfo", "resolve_levels"]
 
 
 @dataclass
 class DistillRecord:
     """One training step, as the methods read it (teacher tensors detached, no grad).
 
-    Frames: ``features``/``targets``/``rpn``/``rcn`` are in the student's transformed frame
+    Frames: ``features``/``targets``/``step`` are in the student's transformed frame
     (``batch_shape`` the padded batch tensor's (H, W)); ``teacher_*`` in the teacher's, which
     is the same frame unless the teacher's config has another input size (then the teacher
     ran its own transform on the raw images and ``teacher_boxes`` are the ground-truth boxes
-    scaled into it).
+    scaled into it). ``step`` is the student's whole training forward (its family's
+    :class:`~detkd.modeling.families.TrainStep`: anchors, matched indices, head outputs...);
+    ``rpn``/``rcn`` are its Faster R-CNN parts (empty dicts for a one-stage student).
     """
 
     features: "OrderedDict[str, Tensor]"  # student maps (receive gradient)
@@ -54,13 +57,15 @@ class DistillRecord:
     keys: list[int]  # per-image keys (run seed, epoch, image id) where a method needs_keys, else []
     rpn: dict[str, Any]  # student RPN: anchors, objectness, deltas, sampled rows, targets, grids
     rcn: dict[str, Any]  # student RoI head: sampled proposals, logits, regression, labels
+    step: Optional[TrainStep] = None  # the student's training forward
+    taps: dict[str, list[Tensor]] = field(default_factory=dict)  # student_taps outputs, one per call
     teacher_rpn: Optional[tuple[Tensor, Tensor]] = None  # teacher objectness/deltas at every student anchor
     teacher_rcn: Optional[tuple[Tensor, Tensor]] = None  # teacher logits/deltas of the student's RoIs
 
 
 @dataclass
 class LevelPair:
-    """A student FPN level matched with a teacher level (names may differ: distill.level_map)."""
+    """A student map matched with a teacher map of the same stride (names may differ)."""
 
     student: str
     teacher: str
@@ -68,15 +73,27 @@ class LevelPair:
     teacher_channels: int
 
 
+@dataclass(frozen=True)
+class LevelInfo:
+    """One map of a backbone on the probe image: width, cells, stride (None: unknown, 1-cell map)."""
+
+    channels: int
+    height: int
+    width: int
+    stride: Optional[int]
+
+
 class BuildContext:
-    """What a method's ``build`` may read: the two models, their configs (only for naming
-    keys in messages) and their feature maps probed once on a zero image."""
+    """What a method's ``build`` may read: the two models, their families, their configs (only
+    for naming keys in messages) and their feature maps probed once on a zero image."""
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
                  student_cfg: Optional[ModelConfig], teacher_cfg: Optional[ModelConfig], own_size: bool) -> None:
         self.cfg, self.student, self.teacher = cfg, student, teacher
         self.student_cfg, self.teacher_cfg = student_cfg, teacher_cfg
         self.own_size = own_size  # the teacher runs at its own input size
+        self.student_family = family_of_model(student).name
+        self.teacher_family = family_of_model(teacher).name
         self.name = ""  # the METHODS key of the method being built (its config section distill.<name>)
         self._probe: Optional[tuple[OrderedDict, OrderedDict]] = None
 
@@ -84,49 +101,117 @@ class BuildContext:
     def level_map(self) -> dict[str, str]:
         return dict(self.cfg.level_map or {})
 
-    def shapes(self) -> tuple["OrderedDict[str, tuple[int, ...]]", "OrderedDict[str, tuple[int, ...]]"]:
-        """``level -> (C, H, W)`` of the student and the teacher on a PROBE_SIZE image."""
+    def levels(self) -> tuple["OrderedDict[str, LevelInfo]", "OrderedDict[str, LevelInfo]"]:
+        """The student's and the teacher's maps (:class:`LevelInfo`), probed once."""
         if self._probe is None:
-            self._probe = (probe_features(self.student), probe_features(self.teacher))
+            self._probe = tuple(_probe(model) for model in (self.student, self.teacher))
         return self._probe
 
+    def shapes(self) -> tuple["OrderedDict[str, tuple[int, ...]]", "OrderedDict[str, tuple[int, ...]]"]:
+        """``level -> (C, H, W)`` of the student and the teacher on their probe images."""
+        return tuple(OrderedDict((k, (v.channels, v.height, v.width)) for k, v in side.items())
+                     for side in self.levels())
 
-def resolve_levels(method: str, levels: Optional[list[str]], ctx: BuildContext,
-                   include_pool: bool = True) -> list[LevelPair]:
-    """The (student, teacher) level pairs of ``distill.<method>.levels``.
 
-    ``None``: every student level (without ``"pool"`` unless ``include_pool``). Each student
-    level is matched with ``distill.level_map[level]`` (default: the same name). Refused with
-    one line: a level missing on either side, or two matched maps of different strides (on
-    the same probe image their sizes differ), with the teacher level of the same stride as
-    the suggested fix."""
-    f_s, f_t = ctx.shapes()
-    mapping = ctx.level_map
-    key = f"distill.{method}.levels"
-    if levels is None:
-        names = [k for k in f_s if include_pool or k != "pool"]
-    else:
-        names = [str(level) for level in levels]
+def _probe(model: nn.Module) -> "OrderedDict[str, LevelInfo]":
+    size = probe_size(model)
+    return OrderedDict((k, LevelInfo(c, h, w, stride_of(h, size))) for k, (c, h, w) in probe_features(model).items())
+
+
+# A parameter-free subsample of the level below it (Faster R-CNN's LastLevelMaxPool): matched by
+# default only with the other net's map of the same name; distill.level_map may pair it with any map.
+SUBSAMPLED_LEVELS = ("pool",)
+
+
+def _describe(levels: "OrderedDict[str, LevelInfo]") -> str:
+    return ", ".join(f"{k} (stride {v.stride or '?'})" for k, v in levels.items())
+
+
+def _partner(level: str, info: LevelInfo, teacher: "OrderedDict[str, LevelInfo]") -> Optional[str]:
+    """The teacher map of the same stride as a student map, by default (see :func:`resolve_levels`)."""
+    if info.stride is None:
+        return level if level in teacher and teacher[level].stride is None else None
+    # A subsampled map on either side pairs only with its namesake, by default.
+    same = [k for k, v in teacher.items() if v.stride == info.stride
+            and (k == level or (k not in SUBSAMPLED_LEVELS and level not in SUBSAMPLED_LEVELS))]
+    return level if level in same else (same[0] if same else None)
+
+
+def _pairs_by_index(key: str, names: list[str], defaulted: bool, skip: tuple[str, ...],
+                    ctx: BuildContext) -> list[LevelPair]:
+    """``distill.pairing: index``: the i-th of the method's student maps with the i-th of the
+    teacher's (``distill.level_map`` first), whatever their strides."""
+    f_s, f_t = ctx.levels()
+    partner = dict(zip([k for k in f_s if k not in skip], [k for k in f_t if k not in skip]))
+    partner.update(ctx.level_map)
     pairs = []
     for level in names:
         if level not in f_s:
             raise DetkdError(f"{key}: '{level}' is not a student feature map; available: {', '.join(f_s)}")
-        t_level = mapping.get(level, level)
-        size_s = f_s[level][1:]
-        same_stride = [k for k, v in f_t.items() if v[1:] == size_s]
-        hint = (f"; the teacher's map of the same stride is '{same_stride[0]}': set distill.level_map "
-                f"{{'{level}': '{same_stride[0]}'}}") if same_stride else ""
+        t_level = partner.get(level)
+        if t_level is None and defaulted:
+            continue
         if t_level not in f_t:
-            raise DetkdError(f"{key}: student level '{level}' is matched with teacher level '{t_level}', which is "
-                             f"not a teacher feature map (available: {', '.join(f_t)}){hint}")
-        size_t = f_t[t_level][1:]
-        if size_s != size_t:
-            raise DetkdError(
-                f"{key}: student level '{level}' and teacher level '{t_level}' have different strides "
-                f"({size_s[0]}x{size_s[1]} vs {size_t[0]}x{size_t[1]} on a {PROBE_SIZE}x{PROBE_SIZE} image){hint}")
-        pairs.append(LevelPair(level, t_level, f_s[level][0], f_t[t_level][0]))
+            raise DetkdError(f"{key}: student level '{level}' has no teacher map at its position (distill.pairing: "
+                             f"index; teacher: {', '.join(f_t)})")
+        pairs.append(LevelPair(level, t_level, f_s[level].channels, f_t[t_level].channels))
     if not pairs:
         raise DetkdError(f"{key}: no feature level to distill")
+    return pairs
+
+
+def resolve_levels(method: str, levels: Optional[list[str]], ctx: BuildContext,
+                   skip: tuple[str, ...] = ()) -> list[LevelPair]:
+    """The (student, teacher) map pairs of ``distill.<method>.levels``.
+
+    Maps pair by equal stride, never by position (docs/methods.md, section 4): each student map
+    is matched with ``distill.level_map[level]`` if given, else with the teacher's map of the
+    same stride (the one of the same name if several; a teacher ``pool`` map, a parameter-free
+    subsample, only with a student ``pool``). ``levels`` None: every student map but ``skip``
+    (the method's default, e.g. PKD leaves out the FPN's last extra map), those without a
+    partner skipped; a level named in ``levels`` without a partner is refused. Refused with one
+    line too: a map missing on either side, a ``level_map`` pair of different strides (with the
+    teacher map of the same stride as the fix), and a method left with no pair."""
+    f_s, f_t = ctx.levels()
+    mapping = ctx.level_map
+    key = f"distill.{method}.levels"
+    names = [k for k in f_s if k not in skip] if levels is None else [str(level) for level in levels]
+    if ctx.cfg.pairing == "index":
+        return _pairs_by_index(key, names, levels is None, skip, ctx)
+    pairs = []
+    for level in names:
+        if level not in f_s:
+            raise DetkdError(f"{key}: '{level}' is not a student feature map; available: {', '.join(f_s)}")
+        info = f_s[level]
+        same = _partner(level, info, f_t)
+        hint = f"; the teacher's map of the same stride is '{same}': set distill.level_map {{'{level}': '{same}'}}" \
+            if same is not None else ""
+        if level in mapping:
+            t_level = mapping[level]
+            if t_level not in f_t:
+                raise DetkdError(f"{key}: student level '{level}' is matched with teacher level '{t_level}', which "
+                                 f"is not a teacher feature map (available: {', '.join(f_t)}){hint}")
+            t_info = f_t[t_level]
+            if info.stride is not None and t_info.stride is not None:
+                differ = info.stride != t_info.stride
+            else:  # a 1-cell map: only another 1-cell map
+                differ = (info.height, info.width) != (t_info.height, t_info.width)
+            if differ:
+                raise DetkdError(
+                    f"{key}: student level '{level}' and teacher level '{t_level}' have different strides "
+                    f"({info.stride or '?'} vs {t_info.stride or '?'}: {info.height}x{info.width} vs "
+                    f"{t_info.height}x{t_info.width} on the probe image){hint}")
+        elif same is not None:
+            t_level = same
+        elif levels is None:
+            continue  # no teacher map of this stride: not distilled
+        else:
+            raise DetkdError(f"{key}: student level '{level}' (stride {info.stride or '?'}) has no teacher map of "
+                             f"the same stride (teacher: {_describe(f_t)}); pair it in distill.level_map")
+        pairs.append(LevelPair(level, t_level, info.channels, f_t[t_level].channels))
+    if not pairs:
+        raise DetkdError(f"{key}: no student map has a teacher map of the same stride (student: {_describe(f_s)}; "
+                         f"teacher: {_describe(f_t)}); pair maps in distill.level_map")
     return pairs
 
 
@@ -139,6 +224,10 @@ class DistillMethod(nn.Module):
     needs_teacher_rpn = False
     needs_teacher_rcn = False
     needs_keys = False  # per-image keys for random draws (DistillRecord.keys; else left empty)
+    # Defaults that depend on the student's family (docs/methods.md, section 4): family name ->
+    # {option: value}, filled in by the config loader where the section leaves the option out
+    # (so a saved config.yaml shows the values used).
+    family_defaults: dict[str, dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,9 +251,28 @@ class DistillMethod(nn.Module):
         teacher must see the student's input: ``distill.teacher_input: auto`` picks that)."""
         return False
 
+    @classmethod
+    def check_families(cls, section: Any, student_family: str, teacher_family: str) -> None:
+        """Refuse, with a one-line :class:`DetkdError`, a student/teacher pair of detector families
+        the method cannot distil (the config loader calls it before any model is built)."""
+
+    @classmethod
+    def applies_to(cls, student_family: str, teacher_family: str) -> bool:
+        """Whether the method, at its defaults, distils this pair of families."""
+        try:
+            cls.check_families(cls.config(), student_family, teacher_family)
+        except DetkdError:
+            return False
+        return True
+
     def teacher_levels(self) -> list[str]:
         """Teacher FPN levels this method reads (the only ones cloned out of inference mode)."""
         return []
+
+    def student_taps(self) -> dict[str, nn.Module]:
+        """Student modules whose outputs the method reads (``DistillRecord.taps[name]``: one
+        tensor per call in the training forward, cloned as they come out, with gradient)."""
+        return {}
 
     def hard_weights(self, distilling: bool) -> dict[str, float]:
         """Multipliers of the student's own loss terms, at an epoch where the methods run

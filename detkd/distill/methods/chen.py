@@ -102,12 +102,21 @@ class ChenMethod(DistillMethod):
         return bool(enabled_terms(section) & RPN_TERMS)
 
     @classmethod
+    def check_families(cls, section: ChenConfig, student_family: str, teacher_family: str) -> None:
+        if student_family != "faster_rcnn" or teacher_family != "faster_rcnn":
+            raise DetkdError(
+                f"distill.chen: Chen et al.'s terms read the RPN and RoI heads of a Faster R-CNN student and teacher; "
+                f"this pair is {student_family} <- {teacher_family}: use an FPN-feature method (pkd, cwd, mgd, fgd, "
+                "fgfi, mimic)" + (" or crosskd" if student_family == teacher_family else ""))
+
+    @classmethod
     def build(cls, section: ChenConfig, ctx: BuildContext) -> Optional["ChenMethod"]:
         if section.bound_kind not in ("bounded", "l2"):  # a config built in code skips the loader's check
             raise DetkdError(f"distill.chen.bound_kind must be 'bounded' or 'l2', got {section.bound_kind!r}")
         terms = enabled_terms(section)
         if not terms and section.lam == 1.0:
             return None  # every term off and the student's loss untouched
+        cls.check_families(section, ctx.student_family, ctx.teacher_family)
         if ctx.own_size and terms & RPN_TERMS:
             switch = "/".join(f"distill.chen.{t}" for t in sorted(terms & RPN_TERMS))
             raise DetkdError(

@@ -1,7 +1,11 @@
 """Fine-grained feature imitation (Wang et al., "Distilling Object Detectors with
-Fine-grained Feature Imitation", CVPR 2019; spec docs/methods.md, section 3):
+Fine-grained Feature Imitation", CVPR 2019; spec docs/methods.md, sections 3 and 4):
 L = weight * sum_levels sum I (adapt(S) - T)^2 / (2 N_p), I the locations whose anchors
-overlap a ground-truth box by more than psi times that box's best anchor IoU."""
+overlap a ground-truth box by more than psi times that box's best anchor IoU.
+
+The mask comes from the student's own anchors on its own grid (teacher anchors are never used):
+Faster R-CNN's RPN anchors, RetinaNet's anchors, SSD's default boxes; FCOS is anchor-free, so
+there I marks the points its own assignment makes foreground (psi unused)."""
 
 from __future__ import annotations
 
@@ -39,33 +43,43 @@ class FGFIMethod(LevelMethod):
 
     config = FGFIConfig
 
-    def __init__(self, pairs, weight: float, psi: float, level_index: dict[str, int]) -> None:
+    def __init__(self, pairs, weight: float, psi: float, level_index: dict[str, int], points: bool = False) -> None:
         super().__init__(pairs, weight)
         self.psi = float(psi)
-        self.level_index = level_index  # student level -> position among the RPN's levels
+        self.level_index = level_index  # student level -> position among the student's maps
+        self.points = points  # anchor-free student (FCOS): I = its foreground points
 
     @classmethod
     def build(cls, section: FGFIConfig, ctx: BuildContext) -> Optional["FGFIMethod"]:
         if section.weight == 0:
             return None
-        per_location = set(ctx.student.rpn.anchor_generator.num_anchors_per_location())
-        if len(per_location) != 1:
-            raise DetkdError(f"distill.{ctx.name} needs the same number of anchors per location on every level, the "
-                             f"student has {sorted(per_location)}: align model.anchor_sizes/aspect_ratios")
+        points = ctx.student_family == "fcos"
+        if not points:
+            owner = ctx.student.rpn if hasattr(ctx.student, "rpn") else ctx.student  # Faster R-CNN: the RPN's
+            generator = owner.anchor_generator
+            per_location = set(generator.num_anchors_per_location())
+            if len(per_location) != 1:
+                raise DetkdError(f"distill.{ctx.name} needs the same number of anchors per location on every level, "
+                                 f"the student has {sorted(per_location)}: align its anchor sizes/aspect ratios")
         pairs = resolve_levels(ctx.name, section.levels, ctx)
         levels = list(ctx.shapes()[0])
-        method = cls(pairs, section.weight, section.psi, {p.student: levels.index(p.student) for p in pairs})
+        method = cls(pairs, section.weight, section.psi, {p.student: levels.index(p.student) for p in pairs}, points)
         for p in pairs:
             method.per_level[module_key(p.student)] = nn.Conv2d(p.student_channels, p.teacher_channels, 3,
                                                                 padding=1)
         return method
 
     def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
-        grids = rec.rpn["grids"]
-        per_location = rec.rpn["anchors_per_location"]
+        step = rec.step
+        grids = step.grids
         with torch.no_grad():
-            masks = [fgfi_masks(anchors, target["boxes"], grids, per_location, self.psi)
-                     for anchors, target in zip(rec.rpn["anchors"], rec.targets)]
+            if self.points:
+                sizes = [h * w for h, w in grids]
+                masks = [[part.view(h, w).to(torch.float32) for part, (h, w) in zip((m >= 0).split(sizes), grids)]
+                         for m in step.matched_idxs]
+            else:
+                masks = [fgfi_masks(anchors, target["boxes"], grids, step.anchors_per_location[0], self.psi)
+                         for anchors, target in zip(step.anchors, rec.targets)]
         total = None
         for pair in self.pairs:
             t = rec.teacher_features[pair.teacher]

@@ -4,17 +4,25 @@ with detkd's weight handling, and the check that a config sets no key its family
 
 A family file (``faster_rcnn.py``, ``retinanet.py`` ...) defines ``FAMILY = Family(...)``; the
 ``FAMILIES`` dict of this package lists them, and everything else derives from that dict.
+
+Each family also restates its model's training forward as ``train_step`` (a :class:`TrainStep`):
+the same torchvision calls in the same order, so the losses and random draws are torchvision's bit
+for bit (tested), keeping what distillation reads (maps, anchors, matched indices, head outputs).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
+import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -30,6 +38,31 @@ BACKBONE_KEYS = frozenset({"backbone", "returned_layers", "out_channels", "norm"
 TRANSFORM_KEYS = frozenset({"min_size", "max_size", "image_mean", "image_std"})
 
 
+@dataclass
+class TrainStep:
+    """One training forward of a detector, as torchvision computes it, and what distillation reads.
+
+    ``anchors``: per image, every anchor of every level (Faster R-CNN: the RPN's; FCOS: one box of
+    the level's stride per point; SSD: the default boxes), levels concatenated, each level in the
+    head's ``(H, W, A)`` row order, in the transformed frame. ``matched_idxs`` (one-stage models):
+    per image and anchor, the ground-truth index its loss assigned, ``-1`` background, ``-2``
+    ignored (between RetinaNet's IoU thresholds). ``head_outputs``: the one-stage head's rows
+    (``cls_logits`` ``[N, R, C]``, ``bbox_regression`` ``[N, R, 4]``, FCOS ``bbox_ctrness``).
+    ``rpn`` / ``rcn``: Faster R-CNN's RPN and RoI-head tensors (sampled rows, logits, targets)."""
+
+    losses: "OrderedDict[str, Tensor]"  # the model's own loss terms, torchvision's keys and order
+    images: ImageList
+    targets: list[dict[str, Tensor]]  # transformed ground truth
+    features: "OrderedDict[str, Tensor]"
+    anchors: list[Tensor]
+    grids: list[tuple[int, int]]
+    anchors_per_location: list[int]  # per level
+    matched_idxs: Optional[list[Tensor]] = None
+    head_outputs: dict[str, Tensor] = field(default_factory=dict)
+    rpn: dict[str, Any] = field(default_factory=dict)
+    rcn: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Family:
     """One detector family: how to build it and what of the config it reads.
@@ -38,7 +71,8 @@ class Family:
     architecture without loading or downloading any weights (``load_model`` then loads a file).
     ``reads`` / ``reads_stock``: the ModelConfig keys the custom / stock builders use
     (None: every key; a key outside them left at its default is fine, changed it is refused).
-    ``set_score_thresh(model, t)``: where inference's score threshold lives."""
+    ``set_score_thresh(model, t)``: where inference's score threshold lives.
+    ``train_step(model, images, targets)``: the training forward as a :class:`TrainStep`."""
 
     name: str
     model_class: type
@@ -46,6 +80,7 @@ class Family:
     reads: Optional[frozenset[str]]
     reads_stock: Optional[frozenset[str]]
     set_score_thresh: Callable[[nn.Module, float], None]
+    train_step: Callable[[nn.Module, list[Tensor], list[dict[str, Tensor]]], TrainStep]
 
     def stock_archs(self) -> tuple[str, ...]:
         return tuple(a for a, f in ARCH_FAMILIES.items() if f == self.name and a not in (self.name, "custom"))
@@ -312,3 +347,92 @@ def foreground(output: dict[str, Tensor]) -> dict[str, Tensor]:
     if bool(keep.all()):
         return output
     return {k: (v[keep] if k in ("boxes", "labels", "scores") else v) for k, v in output.items()}
+
+
+# ----------------------------------------------------------------------------- training forwards
+
+
+def feature_dict(out: Any) -> "OrderedDict[str, Tensor]":
+    """A backbone's output as torchvision's detectors read it (a single tensor is level "0")."""
+    return OrderedDict([("0", out)]) if isinstance(out, Tensor) else out
+
+
+def check_training_inputs(images: Sequence[Tensor], targets: Optional[list[dict[str, Tensor]]]) -> None:
+    """The input checks torchvision's detectors make in training."""
+    if targets is None:
+        torch._assert(False, "targets should not be none when in training mode")
+        return
+    for target in targets:
+        boxes = target["boxes"]
+        if not isinstance(boxes, Tensor):
+            torch._assert(False, f"Expected target boxes to be of type Tensor, got {type(boxes)}.")
+        torch._assert(
+            len(boxes.shape) == 2 and boxes.shape[-1] == 4,
+            f"Expected target boxes to be a tensor of shape [N, 4], got {boxes.shape}.",
+        )
+    for img in images:
+        torch._assert(len(img.shape[-2:]) == 2, "expecting the last two dimensions of the Tensor to be H and W")
+
+
+def check_transformed_targets(targets: list[dict[str, Tensor]]) -> None:
+    """torchvision's degenerate-box check after the transform (and the RoI heads' dtype checks)."""
+    for target_idx, target in enumerate(targets):
+        boxes = target["boxes"]
+        degenerate = boxes[:, 2:] <= boxes[:, :2]
+        if degenerate.any():
+            bb_idx = torch.where(degenerate.any(dim=1))[0][0]
+            torch._assert(
+                False,
+                "All bounding boxes should have positive height and width."
+                f" Found invalid box {boxes[bb_idx].tolist()} for target at index {target_idx}.",
+            )
+        if boxes.dtype not in (torch.float, torch.double, torch.half):
+            raise TypeError(f"target boxes must of float type, instead got {boxes.dtype}")
+        if target["labels"].dtype != torch.int64:
+            raise TypeError(f"target labels must of int64 type, instead got {target['labels'].dtype}")
+
+
+def unmatched(anchors: Tensor) -> Tensor:
+    """Every anchor background (-1): an image without boxes, as torchvision marks it."""
+    return torch.full((anchors.size(0),), -1, dtype=torch.int64, device=anchors.device)
+
+
+def match_by_iou(model: nn.Module, anchors: list[Tensor], targets: list[dict[str, Tensor]],
+                 grids: list[tuple[int, int]]) -> list[Tensor]:
+    """RetinaNet's and SSD's assignment: ``model.proposal_matcher`` on the box/anchor IoU matrix
+    (the -1 / -2 codes of torchvision's ``Matcher``), every anchor background without boxes."""
+    return [unmatched(a) if t["boxes"].numel() == 0 else model.proposal_matcher(box_iou(t["boxes"], a))
+            for a, t in zip(anchors, targets)]
+
+
+DenseLoss = Callable[[nn.Module, list[dict[str, Tensor]], dict[str, Tensor], list[Tensor], list[Tensor]],
+                     dict[str, Tensor]]
+
+
+def dense_train_step(model: nn.Module, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]],
+                     match: Callable[..., list[Tensor]], loss: DenseLoss) -> TrainStep:
+    """The training forward every torchvision one-stage detector (RetinaNet, FCOS, SSD) shares:
+    transform, backbone, head, anchors, then the family's ``match`` (anchors -> ground truth) and
+    ``loss`` (torchvision's own, given those matched indices)."""
+    check_training_inputs(images, targets)
+    image_list, targets = model.transform(images, targets)
+    check_transformed_targets(targets)
+    features = feature_dict(model.backbone(image_list.tensors))
+    maps = list(features.values())
+    head_outputs = model.head(maps)
+    anchors = model.anchor_generator(image_list, maps)
+    grids = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+    matched = match(model, anchors, targets, grids)
+    losses = loss(model, targets, head_outputs, anchors, matched)
+    per_location = head_outputs["cls_logits"].shape[1] // sum(h * w for h, w in grids)
+    return TrainStep(losses=OrderedDict(losses), images=image_list, targets=targets, features=features,
+                     anchors=anchors, grids=grids, anchors_per_location=anchors_per_level(model, len(grids),
+                                                                                         per_location),
+                     matched_idxs=matched, head_outputs=head_outputs)
+
+
+def anchors_per_level(model: nn.Module, num_levels: int, default: int) -> list[int]:
+    """Anchors per location of each level (the generator's own count where it has one)."""
+    gen = getattr(model, "anchor_generator", None)
+    counts = gen.num_anchors_per_location() if gen is not None and hasattr(gen, "num_anchors_per_location") else []
+    return [int(c) for c in counts] if len(counts) == num_levels else [default] * num_levels

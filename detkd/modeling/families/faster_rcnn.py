@@ -16,11 +16,17 @@ The RPN and RoI heads sample with detkd's per-image keyed sampler
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -31,9 +37,13 @@ from detkd.modeling.families.common import (
     Stock,
     anchor_generator,
     anchor_sizes,
+    TrainStep,
     build_stock,
     check_reads,
+    check_training_inputs,
+    check_transformed_targets,
     classifier,
+    feature_dict,
     fpn_backbone,
     fpn_body,
     is_stock,
@@ -131,5 +141,95 @@ def set_score_thresh(model: nn.Module, value: float) -> None:
     model.roi_heads.score_thresh = float(value)
 
 
+# ----------------------------------------------------------------------------- the training forward
+
+
+def train_step(model: FasterRCNN, images: list[Tensor], targets: list[dict[str, Tensor]]) -> TrainStep:
+    """``GeneralizedRCNN.forward`` in training, step by step with torchvision's own component
+    methods in torchvision's order (so the losses and random draws are torchvision's), keeping
+    the RPN's anchors and sampled rows and the RoI head's sampled proposals and outputs."""
+    check_training_inputs(images, targets)
+    image_list, targets = model.transform(images, targets)
+    check_transformed_targets(targets)
+    features = feature_dict(model.backbone(image_list.tensors))
+    rpn = _rpn(model, image_list, features, targets)
+    rcn = _rcn(model, features, rpn["proposals"], image_list.image_sizes, targets)
+    # torchvision's key order (detector losses, then RPN losses)
+    losses = OrderedDict([("loss_classifier", rcn["loss_classifier"]), ("loss_box_reg", rcn["loss_box_reg"]),
+                          ("loss_objectness", rpn["loss_objectness"]), ("loss_rpn_box_reg", rpn["loss_rpn_box_reg"])])
+    per_location = [int(a) for a in model.rpn.anchor_generator.num_anchors_per_location()]
+    return TrainStep(losses=losses, images=image_list, targets=targets, features=features, anchors=rpn["anchors"],
+                     grids=rpn["grids"], anchors_per_location=per_location, rpn=rpn, rcn=rcn)
+
+
+def _rpn(model: FasterRCNN, images: ImageList, features: "OrderedDict[str, Tensor]",
+         targets: list[dict[str, Tensor]]) -> dict[str, Any]:
+    """RegionProposalNetwork.forward + compute_loss (torchvision 0.2x), keeping the sampled
+    anchor indices. Same calls in the same order, so the same RNG draws."""
+    rpn = model.rpn
+    feats = list(features.values())
+    objectness, pred_bbox_deltas = rpn.head(feats)
+    anchors = rpn.anchor_generator(images, feats)
+    num_images = len(anchors)
+    grids = [tuple(o.shape[-2:]) for o in objectness]
+    num_anchors_per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+    objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+    # Proposals do not backprop (torchvision detaches the deltas here too).
+    proposals = rpn.box_coder.decode(pred_bbox_deltas.detach(), anchors)
+    proposals = proposals.view(num_images, -1, 4)
+    boxes, _scores = rpn.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+
+    labels, matched_gt_boxes = rpn.assign_targets_to_anchors(anchors, targets)
+    regression_targets = rpn.box_coder.encode(matched_gt_boxes, anchors)
+    # --- RegionProposalNetwork.compute_loss, restated to keep the indices
+    sampled_pos_inds, sampled_neg_inds = rpn.fg_bg_sampler(labels)
+    sampled_pos_inds = torch.where(torch.cat(sampled_pos_inds, dim=0))[0]
+    sampled_neg_inds = torch.where(torch.cat(sampled_neg_inds, dim=0))[0]
+    sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
+    objectness = objectness.flatten()
+    labels = torch.cat(labels, dim=0)
+    regression_targets = torch.cat(regression_targets, dim=0)
+    box_loss = F.smooth_l1_loss(
+        pred_bbox_deltas[sampled_pos_inds],
+        regression_targets[sampled_pos_inds],
+        beta=1 / 9,
+        reduction="sum",
+    ) / (sampled_inds.numel())
+    objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled_inds], labels[sampled_inds])
+    return {
+        "proposals": boxes,
+        "objectness": objectness,
+        "pred_bbox_deltas": pred_bbox_deltas,
+        "regression_targets": regression_targets,
+        "sampled_inds": sampled_inds,
+        "sampled_pos_inds": sampled_pos_inds,
+        "grids": grids,
+        "anchors": anchors,
+        "anchors_per_location": rpn.anchor_generator.num_anchors_per_location()[0],
+        "loss_objectness": objectness_loss,
+        "loss_rpn_box_reg": box_loss,
+    }
+
+
+def _rcn(model: FasterRCNN, features: "OrderedDict[str, Tensor]", proposals: list[Tensor],
+         image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]) -> dict[str, Any]:
+    """RoIHeads.forward's training path, keeping the sampled proposals and labels."""
+    heads = model.roi_heads
+    proposals, _matched_idxs, labels, regression_targets = heads.select_training_samples(proposals, targets)
+    box_features = heads.box_roi_pool(features, proposals, image_sizes)
+    box_features = heads.box_head(box_features)
+    class_logits, box_regression = heads.box_predictor(box_features)
+    loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+    return {
+        "proposals": proposals,
+        "class_logits": class_logits,
+        "box_regression": box_regression,
+        "labels": torch.cat(labels, dim=0),
+        "regression_targets": torch.cat(regression_targets, dim=0),
+        "loss_classifier": loss_classifier,
+        "loss_box_reg": loss_box_reg,
+    }
+
+
 FAMILY = Family(name="faster_rcnn", model_class=FasterRCNN, build=build, reads=None, reads_stock=None,
-                set_score_thresh=set_score_thresh)
+                set_score_thresh=set_score_thresh, train_step=train_step)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead
 
@@ -23,13 +25,16 @@ from detkd.modeling.families.common import (
     anchor_sizes,
     build_stock,
     check_reads,
+    dense_train_step,
     is_stock,
     options,
     require_default,
     set_attr_score_thresh,
+    unmatched,
     without_weights,
 )
-from detkd.modeling.families.retinanet import custom_fpn, group_norm_fits, one_stage_kwargs, replace_cls_logits
+from detkd.modeling.families.retinanet import custom_fpn, group_norm_fits, head_loss, one_stage_kwargs, \
+    replace_cls_logits
 
 _STOCK = {"fcos_resnet50_fpn": Stock("resnet50", 5, lambda m: m.backbone.body, True)}
 READS = COMMON_KEYS | BACKBONE_KEYS | TRANSFORM_KEYS | {"anchor_sizes"}
@@ -69,5 +74,47 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> FCOS:
     return build_stock(cfg, _STOCK[cfg.arch], kwargs, _replace_classifier, pretrained)
 
 
+def match_points(model: FCOS, anchors: list[Tensor], targets: list[dict[str, Tensor]],
+                 grids: list[tuple[int, int]]) -> list[Tensor]:
+    """FCOS's assignment (torchvision ``FCOS.compute_loss``), per image: a point of a level of
+    stride s (its anchor box is s wide) is foreground for box g iff
+
+    * ``|point - centre(g)|_inf < r s`` (center sampling, ``r = center_sampling_radius``),
+    * the point is strictly inside g,
+    * ``max(l, t, r, b)`` lies in ``(4 s, 8 s)`` (lower bound 0 on the first level, upper
+      infinite on the last);
+
+    among several such boxes the smallest one (area) wins; -1 elsewhere."""
+    out = []
+    first = grids[0][0] * grids[0][1]
+    last = grids[-1][0] * grids[-1][1]
+    for points, target in zip(anchors, targets):
+        boxes = target["boxes"]
+        if boxes.numel() == 0:
+            out.append(unmatched(points))
+            continue
+        centres = (points[:, :2] + points[:, 2:]) / 2
+        size = points[:, 2] - points[:, 0]
+        near = (centres[:, None, :] - ((boxes[:, :2] + boxes[:, 2:]) / 2)[None]).abs().max(dim=2).values \
+            < model.center_sampling_radius * size[:, None]
+        ltrb = torch.stack([centres[:, None, 0] - boxes[None, :, 0], centres[:, None, 1] - boxes[None, :, 1],
+                            boxes[None, :, 2] - centres[:, None, 0], boxes[None, :, 3] - centres[:, None, 1]], dim=2)
+        lower, upper = size * 4, size * 8
+        lower[:first] = 0
+        upper[-last:] = float("inf")
+        reach = ltrb.max(dim=2).values
+        fg = near & (ltrb.min(dim=2).values > 0) & (reach > lower[:, None]) & (reach < upper[:, None])
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        best, idx = (fg.to(torch.float32) * (1e8 - area[None, :])).max(dim=1)  # smallest box: largest 1e8 - area
+        idx[best < 1e-5] = -1
+        out.append(idx)
+    return out
+
+
+def train_step(model: FCOS, images, targets):
+    """``FCOS.forward`` in training (center sampling and scale ranges: :func:`match_points`)."""
+    return dense_train_step(model, images, targets, match_points, head_loss)
+
+
 FAMILY = Family(name="fcos", model_class=FCOS, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh)
+                set_score_thresh=set_attr_score_thresh, train_step=train_step)

@@ -35,9 +35,11 @@ from detkd.modeling.families.common import (
     build_stock,
     check_reads,
     classifier,
+    dense_train_step,
     fpn_backbone,
     fpn_body,
     is_stock,
+    match_by_iou,
     options,
     require_default,
     set_attr_score_thresh,
@@ -148,5 +150,16 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> RetinaNet:
     return build_stock(cfg, _STOCK[cfg.arch], kwargs, _replace_classifier, pretrained)
 
 
+def head_loss(model: nn.Module, targets, head_outputs, anchors, matched_idxs) -> dict:
+    """RetinaNet's and FCOS's losses given the matched indices (what their ``compute_loss`` does
+    after matching): focal loss and the box loss of the regression head."""
+    return model.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+
+def train_step(model: RetinaNet, images, targets):
+    """``RetinaNet.forward`` in training: matched indices by IoU (``proposal_matcher``)."""
+    return dense_train_step(model, images, targets, match_by_iou, head_loss)
+
+
 FAMILY = Family(name="retinanet", model_class=RetinaNet, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh)
+                set_score_thresh=set_attr_score_thresh, train_step=train_step)

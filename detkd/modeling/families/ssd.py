@@ -40,6 +40,7 @@ from detkd.modeling.families.ssdlite import (
     default_boxes,
     replace_ssd_classifier,
     ssd_kwargs,
+    train_step,
     trunk,
 )
 from detkd.modeling.weights import is_local_path
@@ -91,4 +92,4 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> SSD:
 
 
 FAMILY = Family(name="ssd", model_class=SSD, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh)
+                set_score_thresh=set_attr_score_thresh, train_step=train_step)

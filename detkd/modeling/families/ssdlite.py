@@ -37,10 +37,12 @@ from detkd.modeling.families.common import (
     Family,
     check_reads,
     classifier,
+    dense_train_step,
     freeze,
     freeze_mobilenet,
     freeze_resnet,
     is_stock,
+    match_by_iou,
     mobilenet_stages,
     options,
     require_default,
@@ -233,5 +235,15 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> SSD:
     return _build_custom(cfg, pretrained)
 
 
+def ssd_loss(model: SSD, targets, head_outputs, anchors, matched_idxs) -> dict:
+    """SSD's losses given the matched indices (hard negative mining inside)."""
+    return model.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+
+def train_step(model: SSD, images, targets):
+    """``SSD.forward`` in training (SSD and SSDlite): IoU matching of the default boxes."""
+    return dense_train_step(model, images, targets, match_by_iou, ssd_loss)
+
+
 FAMILY = Family(name="ssdlite", model_class=SSD, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh)
+                set_score_thresh=set_attr_score_thresh, train_step=train_step)
