@@ -5,6 +5,9 @@ issue #19 refactor of the method configs). A refactor that changes any recipe's 
 weights or numbers fails here.
 
 Regenerate (only when a loss is meant to change): ``python tests/test_golden_losses.py --write``.
+A recipe added since is recorded when it is added, leaving every existing entry as it is, with
+``python tests/test_golden_losses.py --write-missing [RECIPE ...]`` (no RECIPE: every recipe
+without an entry).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden_losses.json"
 OFFLINE = ["model.weights_backbone=null", "model.weights=null", "teacher.model.weights=null",
            "teacher.model.weights_backbone=null"]
-# Small RPN/RoI sample sizes for both nets (the teacher's only matter for its sizes).
+# Small RPN/RoI sample sizes for Faster R-CNN nets (the teacher's only matter for its sizes).
 SMALL = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
          "rpn_post_nms_top_n_test": 50, "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 16,
          "representation_size": 64}
 SIDE = 96  # the larger of the two nets' min_size after shrinking
+WARPS = ("ssd", "ssdlite")  # families that warp every image to model.<family>.size (no min/max_size)
 
 
 def _load(path, opts):
@@ -48,13 +52,26 @@ def distill_recipes() -> list[str]:
 
 
 def shrink_opts(cfg) -> list[str]:
-    """Overrides scaling both nets' input sizes so the larger min_size is SIDE (ratios kept)."""
-    ref = max(cfg.model.min_size, cfg.teacher.model.min_size)
+    """Overrides scaling both nets' input sizes so the larger min_size is SIDE (ratios kept), with
+    small RPN/RoI samples for a Faster R-CNN net: only the keys that apply to each net's family. An
+    SSD/SSDlite warps to its fixed size: detkd's (arch ssd/ssdlite) is shrunk to at most SIDE, the
+    stock builders' (ssdlite320: 320, ssd300: 300) is fixed and kept."""
+    from detkd.config.schema import ARCH_FAMILIES
+
+    nets = (("model", cfg.model), ("teacher.model", cfg.teacher.model))
+    sized = [m.min_size for _, m in nets if ARCH_FAMILIES[m.arch] not in WARPS]
+    ref = max(sized) if sized else SIDE
     opts = list(OFFLINE)
-    for prefix, m in (("model", cfg.model), ("teacher.model", cfg.teacher.model)):
+    for prefix, m in nets:
+        family = ARCH_FAMILIES[m.arch]
+        if family in WARPS:
+            if m.arch == family:
+                opts.append(f"{prefix}.{family}.size={min(getattr(m, family).size, SIDE)}")
+            continue
         opts += [f"{prefix}.min_size={max(16, round(m.min_size * SIDE / ref))}",
                  f"{prefix}.max_size={max(16, round(m.max_size * SIDE / ref))}"]
-        opts += [f"{prefix}.{k}={v}" for k, v in SMALL.items() if m.arch == "custom" or k != "representation_size"]
+        if family == "faster_rcnn":
+            opts += [f"{prefix}.{k}={v}" for k, v in SMALL.items() if m.arch == "custom" or k != "representation_size"]
     return opts
 
 
@@ -128,9 +145,21 @@ def test_recipe_losses_are_the_golden_ones(recipe):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
+    mode, recipes = (sys.argv[1], sys.argv[2:]) if sys.argv[1:] else ("", [])
+    if mode not in ("--write", "--write-missing") or (mode == "--write" and recipes):
         sys.exit(__doc__)
     torch.set_num_threads(1)
-    values = {r: losses_of(r) for r in distill_recipes()}
-    GOLDEN.write_text(json.dumps(values, indent=1) + "\n")  # distill_recipes() is sorted
-    print(f"wrote {len(values)} recipes to {GOLDEN}")
+    if mode == "--write":
+        values = {r: losses_of(r) for r in distill_recipes()}
+        GOLDEN.write_text(json.dumps(values, indent=1) + "\n")  # distill_recipes() is sorted
+        print(f"wrote {len(values)} recipes to {GOLDEN}")
+    else:  # add entries, never rewrite one (the existing ones were recorded at older commits)
+        values = _golden()
+        shipped = distill_recipes()
+        todo = recipes or [r for r in shipped if r not in values]
+        for r in todo:
+            if r in values or r not in shipped:
+                sys.exit(f"{r}: {'has an entry already' if r in values else 'not a shipped distillation recipe'}")
+        values.update({r: losses_of(r) for r in todo})
+        GOLDEN.write_text(json.dumps(dict(sorted(values.items())), indent=1) + "\n")
+        print(f"added {len(todo)} recipes to {GOLDEN}: {', '.join(todo)}")
