@@ -166,8 +166,8 @@ def resolve_levels(method: str, levels: Optional[list[str]], ctx: BuildContext,
 
     Maps pair by equal stride, never by position (docs/methods.md, section 4): each student map
     is matched with ``distill.level_map[level]`` if given, else with the teacher's map of the
-    same stride (the one of the same name if several; a teacher ``pool`` map, a parameter-free
-    subsample, only with a student ``pool``). ``levels`` None: every student map but ``skip``
+    same stride (the one of the same name if several; a ``pool`` map, a parameter-free
+    subsample, on either side only with its namesake). ``levels`` None: every student map but ``skip``
     (the method's default, e.g. PKD leaves out the FPN's last extra map), those without a
     partner skipped; a level named in ``levels`` without a partner is refused. Refused with one
     line too: a map missing on either side, a ``level_map`` pair of different strides (with the

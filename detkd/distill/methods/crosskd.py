@@ -229,7 +229,7 @@ class CrossKDMethod(DistillMethod):
 
     def _losses(self, step, z_x: Tensor, z_t: Tensor, d_x: Tensor, d_t: Tensor) -> dict[str, Tensor]:
         cfg, classes = self.cfg, z_x.shape[2]
-        mask, scale, z = self._normalizer(step)
+        mask, scale, z = self._normalizer(step, torch.float64 if z_x.dtype == torch.float64 else torch.float32)
         weight = (mask * scale).reshape(-1)
         losses, self.stats = {}, {f"{self.name}_z": z.detach()}
         if cfg.weight_cls > 0:
@@ -250,23 +250,23 @@ class CrossKDMethod(DistillMethod):
             return coder.decode(deltas, torch.stack(anchors))
         return torch.stack([coder.decode_single(d, a) for d, a in zip(deltas, anchors)])
 
-    def _normalizer(self, step) -> tuple[Tensor, Tensor, Tensor]:
+    def _normalizer(self, step, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """(m [N, R], per-row scale [N, R], Z) from the student's own assignment."""
         matched = torch.stack(step.matched_idxs)
         positives = matched >= 0
-        ones = torch.ones_like(matched, dtype=torch.float32)
+        ones = torch.ones_like(matched, dtype=dtype)
         if self.family == "retinanet":
-            mask = (matched != -2).to(torch.float32)  # anchors between the IoU thresholds: ignored
-            per_image = positives.sum(dim=1).clamp(min=1).to(torch.float32)
+            mask = (matched != -2).to(dtype)  # anchors between the IoU thresholds: ignored
+            per_image = positives.sum(dim=1).clamp(min=1).to(dtype)
             if self.cfg.normalizer == "torchvision":  # per image by max(1, P_n), then the mean over images
-                return mask, ones / (per_image[:, None] * matched.shape[0]), torch.ones((), device=matched.device)
+                return mask, ones / (per_image[:, None] * matched.shape[0]), ones.new_ones(())
             z = per_image.sum()
         else:
             mask = ones
             if self.cfg.normalizer == "torchvision":
-                z = positives.sum().clamp(min=1).to(torch.float32)
+                z = positives.sum().clamp(min=1).to(dtype)
             else:
-                z = self._centerness(step, matched, positives)
+                z = self._centerness(step, matched, positives).to(dtype)
         if self.cfg.sync_normalizer and dist.get_world_size() > 1:
             z = z.detach().clone()
             torch.distributed.all_reduce(z)
@@ -277,7 +277,7 @@ class CrossKDMethod(DistillMethod):
         """Sum of FCOS's centerness targets sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) over the
         positive points (1 when there are none: the authors' 1e-6 floor would scale the loss by 1e6)."""
         if not bool(positives.any()):
-            return torch.ones((), device=matched.device)
+            return torch.ones((), device=matched.device)  # the caller casts it
         boxes = torch.stack([t["boxes"][m.clamp(min=0)] if t["boxes"].numel() else
                              t["boxes"].new_zeros((m.numel(), 4)) for t, m in zip(step.targets, matched)])
         ltrb = self._student["model"].box_coder.encode(torch.stack(step.anchors), boxes)[positives]
