@@ -57,7 +57,8 @@ def method_opts(families: tuple[str, str] = ("faster_rcnn", "faster_rcnn")) -> d
 
     alone = {name: [*(f"distill.{other}=null" for other in METHODS if other != name), f"distill.{name}={{}}"]
              for name in METHODS if name != "chen" and METHODS[name].applies_to(*families)}
-    return {"chen": [], **alone}
+    # The config's own sections first: Chen et al. as configured (Faster R-CNN pairs), else the config as it is.
+    return {"chen" if METHODS["chen"].applies_to(*families) else "as configured": [], **alone}
 
 
 def build_parser() -> argparse.ArgumentParser:

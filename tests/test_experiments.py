@@ -142,6 +142,33 @@ def test_plan_covers_every_main_group(tmp_path):
     assert teacher_opts == {"baseline_fpn128": False, "distilled_fpn128": True, "hint_only": True}
 
 
+def test_each_distillation_group_reads_its_own_teacher(tmp_path):
+    """The family groups: the one-stage students read the Faster R-CNN teacher, the CrossKD group
+    its FCOS teacher (a teacher group of its own, one run); gap shares are to the pair's teacher."""
+    args = detection.build_parser().parse_args(
+        ["--output-root", str(tmp_path), "--seeds", "0", "--only", "teacher,fcos_teacher,fcos,fcos_cwd,fcos_crosskd"])
+    runs = plan.plan_runs(args)
+    assert [(r["name"], r["seed"], r["output_dir"]) for r in runs][:2] == [
+        ("teacher", None, tmp_path / "teacher"), ("fcos_teacher", None, tmp_path / "fcos_teacher")]
+    teachers = {r["name"]: [o for o in plan.run_overrides(r, args) if o.startswith("teacher.checkpoint=")]
+                for r in runs}
+    assert teachers["fcos"] == [] and teachers["fcos_teacher"] == []
+    assert teachers["fcos_cwd"] == [f"teacher.checkpoint={(tmp_path / 'teacher').resolve() / 'model_final.pth'}"]
+    assert teachers["fcos_crosskd"] == [
+        f"teacher.checkpoint={(tmp_path / 'fcos_teacher').resolve() / 'model_final.pth'}"]
+    group = lambda name, ap50: {"name": name, "seeds": [0, 1], "AP50": ap50, "AP50_mean": sum(ap50) / 2,  # noqa: E731
+                                "AP50_std": 0.0}
+    gains = tables.distillation_gains([group("teacher", [0.5, 0.5]), group("fcos_teacher", [0.6, 0.6]),
+                                       group("fcos", [0.3, 0.4]), group("fcos_cwd", [0.4, 0.45]),
+                                       group("fcos_crosskd", [0.5, 0.5])])
+    by = {g["distilled"]: g for g in gains}
+    assert by["fcos_cwd"]["teacher"] == "teacher" and by["fcos_cwd"]["AP50_gap_closed"] == pytest.approx(0.5)
+    assert by["fcos_cwd"]["paired_AP50_gap_closed"] == pytest.approx([0.5, 0.5])
+    assert by["fcos_crosskd"]["teacher"] == "fcos_teacher" and by["fcos_crosskd"]["AP50_gap_closed"] == \
+        pytest.approx(0.15 / 0.25)
+    assert "60% of the AP50 gap to fcos_teacher" in tables.format_gain(by["fcos_crosskd"])
+
+
 def test_experiment_table(tmp_path):
     """The classification experiment (tools/run_cls_experiment.py): mean ± std over seeds,
     paired differences, verdicts."""

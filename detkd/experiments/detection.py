@@ -20,6 +20,12 @@ results.json with COCO AP/AP50):
   pkd_fpn128, cwd_fpn128, mgd_fpn128, fgd_fpn128, fgfi_fpn128, chen_pkd_fpn128
                      configs/experiment/methods/*.yaml (--seeds; issue #12's FPN-feature methods on the
                      128-ch student, each against baseline_fpn128; only with --only)
+  retinanet, fcos, ssdlite, *_cwd
+                     configs/experiment/families/*.yaml (--seeds; one-stage students alone and distilled
+                     from the same Faster R-CNN teacher with CWD; only with --only)
+  fcos_teacher       configs/experiment/families/fcos_teacher.yaml (one run, OUTPUT_ROOT/fcos_teacher)
+  fcos_crosskd       configs/experiment/families/fcos_crosskd.yaml (--seeds; fcos distilled from
+                     fcos_teacher with CrossKD; only with --only)
 
 (one run of every main group per seed, seed by seed, so a stopped experiment still has pairs), then
 writes the speed/accuracy report (detkd.evaluation.report.run_report: report.md/.csv/
@@ -32,7 +38,8 @@ config (model, data, train, teacher, distill; a finished run of another config i
 one-line error); an unfinished one is resumed from its last checkpoint (--resume auto), so
 the command can simply be started again after a stop.
 Every distillation run reads its teacher from OUTPUT_ROOT/teacher (config.yaml and
-model_final.pth), i.e. the teacher exactly as it was trained, overrides included.
+model_final.pth), i.e. the teacher exactly as it was trained, overrides included; fcos_crosskd
+reads OUTPUT_ROOT/fcos_teacher.
 
 Examples:
   python tools/run_experiment.py                                   # the default CPU setting (~100 min)
@@ -129,9 +136,9 @@ def train_run(run: dict, args: argparse.Namespace, repo: Path = REPO) -> dict:
 
     out = Path(run["output_dir"])
     label = run["name"] if run["seed"] is None else f"{run['name']} seed {run['seed']}"
-    if distills(run) and not finished(out) and not finished(teacher_dir(args)):
-        raise DetkdError(f"{label} needs the finished teacher in {teacher_dir(args)} (no results.json there); "
-                         "train it first (--only teacher)")
+    if distills(run) and not finished(out) and not finished(teacher_dir(args, run)):
+        raise DetkdError(f"{label} needs the finished teacher in {teacher_dir(args, run)} (no results.json there); "
+                         f"train it first (--only {teacher_dir(args, run).name})")
 
     def say(event: str, where: Path, seconds: float | None) -> None:
         if event == "reused":

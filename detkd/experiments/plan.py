@@ -9,7 +9,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# (group, config, kind): kind "teacher" (one run), "main" (--seeds) or "ablation" (--ablation-seeds).
+# Issue #21's groups (configs/experiment/families/): each one-stage student alone and distilled from
+# the Faster R-CNN teacher with the feature method that did best on it, and the CrossKD pair.
+FAMILY_GROUPS = (
+    ("retinanet", "configs/experiment/families/retinanet.yaml", "main"),
+    ("retinanet_cwd", "configs/experiment/families/retinanet_cwd.yaml", "main"),
+    ("fcos", "configs/experiment/families/fcos.yaml", "main"),
+    ("fcos_cwd", "configs/experiment/families/fcos_cwd.yaml", "main"),
+    ("ssdlite", "configs/experiment/families/ssdlite.yaml", "main"),
+    ("ssdlite_cwd", "configs/experiment/families/ssdlite_cwd.yaml", "main"),
+    ("fcos_teacher", "configs/experiment/families/fcos_teacher.yaml", "teacher"),
+    ("fcos_crosskd", "configs/experiment/families/fcos_crosskd.yaml", "main"),
+)
+FAMILY_PAIRS = (("retinanet", "retinanet_cwd"), ("fcos", "fcos_cwd"), ("ssdlite", "ssdlite_cwd"),
+                ("fcos", "fcos_crosskd"))
+FAMILY_TEACHERS = (("fcos_crosskd", "fcos_teacher"),)
+
+# (group, config, kind): kind "teacher" (one run, in OUTPUT_ROOT/<group>), "main" (--seeds) or
+# "ablation" (--ablation-seeds).
 GROUPS = (
     ("teacher", "configs/experiment/teacher.yaml", "teacher"),
     ("baseline", "configs/experiment/student.yaml", "main"),
@@ -30,18 +47,24 @@ GROUPS = (
     ("fgd_fpn128", "configs/experiment/methods/fgd_fpn128.yaml", "main"),
     ("fgfi_fpn128", "configs/experiment/methods/fgfi_fpn128.yaml", "main"),
     ("chen_pkd_fpn128", "configs/experiment/methods/chen_pkd_fpn128.yaml", "main"),
+    # Issue #21: students of the one-stage families from the same Faster R-CNN teacher, and a
+    # same-family one-stage pair with CrossKD (only with --only).
+    *FAMILY_GROUPS,
 )
 GROUP_NAMES = tuple(g[0] for g in GROUPS)
+# The teacher run a distillation group reads (default: "teacher", the Faster R-CNN one).
+TEACHER_OF = dict(FAMILY_TEACHERS)
 # What runs without --only (about 100 minutes on one CPU thread: teacher 17, the 32-ch pair
 # 20, the 128-ch pair 39, its three term ablations 25): everything but the 256-channel
 # groups (about 50 more minutes for the pair over 3 seeds, 20 for the adapter ablation pair;
 # --only adds them).
 METHOD_GROUPS = ("pkd_fpn128", "cwd_fpn128", "mgd_fpn128", "fgd_fpn128", "fgfi_fpn128", "chen_pkd_fpn128")
-OPTIONAL_GROUPS = ("baseline_fpn256", "distilled_fpn256", "no_adaptation_ref", "no_adaptation", *METHOD_GROUPS)
+OPTIONAL_GROUPS = ("baseline_fpn256", "distilled_fpn256", "no_adaptation_ref", "no_adaptation", *METHOD_GROUPS,
+                   *(g[0] for g in FAMILY_GROUPS))
 DEFAULT_GROUPS = tuple(g for g in GROUP_NAMES if g not in OPTIONAL_GROUPS)
 # (baseline, distilled) groups that differ only in the distillation terms.
 PAIRS = (("baseline", "distilled"), ("baseline_fpn256", "distilled_fpn256"), ("baseline_fpn128", "distilled_fpn128"),
-         *(("baseline_fpn128", group) for group in METHOD_GROUPS))
+         *(("baseline_fpn128", group) for group in METHOD_GROUPS), *FAMILY_PAIRS)
 # Students trained alone (the baselines): no teacher to point at OUTPUT_ROOT/teacher.
 ALONE = tuple(baseline for baseline, _ in PAIRS)
 
@@ -57,11 +80,12 @@ def plan_runs(args: argparse.Namespace) -> list[dict]:
 
     def add(name: str, seed: int | None) -> None:
         cfg, kind = by_name[name]
-        out = root / "teacher" if kind == "teacher" else root / name / f"seed{seed}"
+        out = root / name if kind == "teacher" else root / name / f"seed{seed}"
         runs.append({"name": name, "config": cfg, "kind": kind, "seed": seed, "output_dir": out})
 
-    if "teacher" in args.only:
-        add("teacher", None)
+    for name, _, kind in GROUPS:
+        if kind == "teacher" and name in args.only:
+            add(name, None)
     for seed in args.seeds:
         for name, _, kind in GROUPS:
             if kind == "main" and name in args.only:
@@ -78,9 +102,10 @@ def distills(run: dict) -> bool:
     return run["kind"] != "teacher" and run["name"] not in ALONE
 
 
-def teacher_dir(args: argparse.Namespace) -> Path:
-    """Where every distillation run reads its teacher: OUTPUT_ROOT/teacher."""
-    return Path(args.output_root) / "teacher"
+def teacher_dir(args: argparse.Namespace, run: dict | None = None) -> Path:
+    """Where a distillation run reads its teacher: OUTPUT_ROOT/teacher, or the teacher group
+    :data:`TEACHER_OF` names for it."""
+    return Path(args.output_root) / TEACHER_OF.get(run["name"] if run else "", "teacher")
 
 
 def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
@@ -95,7 +120,7 @@ def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
     if run["seed"] is not None:
         opts.append(f"train.seed={run['seed']}")
     if distills(run):
-        teacher = teacher_dir(args).resolve()
+        teacher = teacher_dir(args, run).resolve()
         opts += [f"teacher.config={teacher / 'config.yaml'}",
                  f"teacher.checkpoint={teacher / 'model_final.pth'}"]
     opts.append(f"output_dir={run['output_dir']}")

@@ -3,8 +3,8 @@ the distilled-minus-baseline gains against the seed-to-seed spread."""
 
 from __future__ import annotations
 
-from detkd.experiments.plan import PAIRS
-from detkd.experiments.stats import format_mean_std, mean_std, paired_differences, spread
+from detkd.experiments.plan import PAIRS, TEACHER_OF
+from detkd.experiments.stats import format_mean_std, gap_fraction, mean_std, paired_differences, spread
 
 METRICS = ("AP", "AP50")
 
@@ -60,14 +60,32 @@ def distillation_gain(groups: list[dict], baseline: str = "baseline", distilled:
 
 
 def distillation_gains(groups: list[dict]) -> list[dict]:
-    """distillation_gain of every (baseline, distilled) pair of PAIRS present in ``groups``."""
-    gains = [distillation_gain(groups, b, d) for b, d in PAIRS]
-    return [g for g in gains if g is not None]
+    """distillation_gain of every (baseline, distilled) pair of PAIRS present in ``groups``, with
+    the share of the AP50 gap to the pair's teacher closed (of the means, and seed for seed)
+    where that teacher's run is there too."""
+    by = {g["name"]: g for g in groups}
+    gains = []
+    for b, d in PAIRS:
+        gain = distillation_gain(groups, b, d)
+        if gain is None:
+            continue
+        teacher = by.get(TEACHER_OF.get(d, "teacher"))
+        if teacher is not None and teacher["AP50_mean"] is not None:
+            t = teacher["AP50_mean"]
+            gain["teacher"] = teacher["name"]
+            gain["AP50_gap_closed"] = gap_fraction(t, by[b]["AP50_mean"], by[d]["AP50_mean"])
+            base = dict(zip(by[b]["seeds"], by[b]["AP50"]))
+            gain["paired_AP50_gap_closed"] = [gap_fraction(t, base[s], v)
+                                              for s, v in zip(by[d]["seeds"], by[d]["AP50"]) if s in base]
+        gains.append(gain)
+    return gains
 
 
 def format_gain(gain: dict) -> str:
     """The printed verdict of one :func:`distillation_gain`."""
     verdict = {True: "exceeds", False: "does NOT exceed", None: "cannot be compared with"}[gain["exceeds_spread"]]
     limit = "n/a" if gain["spread"] is None else f"{gain['spread']:.3f}"
-    return (f"{gain['distilled']} - {gain['baseline']} AP50: {gain['AP50_gain']:+.3f}; it {verdict} the "
+    closed = gain.get("AP50_gap_closed")
+    share = f", {closed:.0%} of the AP50 gap to {gain['teacher']}" if closed is not None else ""
+    return (f"{gain['distilled']} - {gain['baseline']} AP50: {gain['AP50_gain']:+.3f}{share}; it {verdict} the "
             f"seed-to-seed spread ({limit})")
