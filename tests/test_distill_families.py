@@ -440,7 +440,7 @@ def test_crosskd_of_a_student_equal_to_its_teacher_is_zero_and_empty_images_work
     d.train()
     losses = d(images, targets)
     # h~ = h_t up to eps: the cross head is the teacher's own head, q = p and the boxes coincide.
-    assert float(losses["loss_crosskd_cls"]) < 1e-6 and float(losses["loss_crosskd_reg"]) < 1e-4
+    assert losses["loss_crosskd_cls"].item() < 1e-6 and losses["loss_crosskd_reg"].item() < 1e-4
     images, targets = batch(with_empty=True)
     losses = d(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())

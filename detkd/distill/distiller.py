@@ -350,7 +350,7 @@ class Distiller(nn.Module):
             teacher_boxes=boxes if not self.own_size else _scale_boxes(boxes, sizes, t_sizes),
             teacher_image_sizes=t_sizes, teacher_batch_shape=tuple(t_input.shape[-2:]),
             keys=self._image_keys(len(targets)) if any(m.needs_keys for m in methods) else [],
-            rpn=step.rpn, rcn=rcn, step=step, taps=taps,
+            step=step, taps=taps,
             teacher_rpn=None if t_rpn is None else (t_rpn[0].clone(), t_rpn[1].clone()),
             teacher_rcn=None if t_rcn is None else (t_rcn[0].clone(), t_rcn[1].clone()),
         )

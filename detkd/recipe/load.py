@@ -76,7 +76,7 @@ def migrate_flat_distill(tree: dict, origins: dict, source: str) -> dict:
                      f"a method is on when its section is there): {', '.join(moved)}")
 
 
-def family_defaults(tree: dict) -> dict:
+def fill_family_defaults(tree: dict) -> dict:
     """``tree`` with each method section's options that depend on the student's detector family
     (``METHODS[name].family_defaults``, e.g. PKD's weight 10 for a RetinaNet student) filled in
     where the section leaves them out, so the run's saved config.yaml shows the values it used."""
@@ -96,7 +96,7 @@ def family_defaults(tree: dict) -> dict:
 def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<dict>") -> Config:
     """A checked :class:`Config` from a merged YAML tree (``origins``: dotted key -> file)."""
     origins = origins or {}
-    tree = family_defaults(migrate_flat_distill(tree, origins, source))
+    tree = fill_family_defaults(migrate_flat_distill(tree, origins, source))
     cfg = build_dataclass(Config, tree, source, origins, registries())
     check_config(cfg, source)
     return cfg

@@ -55,12 +55,20 @@ class DistillRecord:
     teacher_image_sizes: list[tuple[int, int]]
     teacher_batch_shape: tuple[int, int]
     keys: list[int]  # per-image keys (run seed, epoch, image id) where a method needs_keys, else []
-    rpn: dict[str, Any]  # student RPN: anchors, objectness, deltas, sampled rows, targets, grids
-    rcn: dict[str, Any]  # student RoI head: sampled proposals, logits, regression, labels
-    step: Optional[TrainStep] = None  # the student's training forward
+    step: TrainStep  # the student's training forward
     taps: dict[str, list[Tensor]] = field(default_factory=dict)  # student_taps outputs, one per call
     teacher_rpn: Optional[tuple[Tensor, Tensor]] = None  # teacher objectness/deltas at every student anchor
     teacher_rcn: Optional[tuple[Tensor, Tensor]] = None  # teacher logits/deltas of the student's RoIs
+
+    @property
+    def rpn(self) -> dict[str, Any]:
+        """The student's RPN: anchors, objectness, deltas, sampled rows, targets, grids."""
+        return self.step.rpn
+
+    @property
+    def rcn(self) -> dict[str, Any]:
+        """The student's RoI head: sampled proposals, logits, regression, labels."""
+        return self.step.rcn
 
 
 @dataclass

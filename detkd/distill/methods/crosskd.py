@@ -58,19 +58,29 @@ def _tower(head: nn.Module, tower: str) -> nn.Sequential:
     return (head.classification_head if tower == "cls" else head.regression_head).conv
 
 
-def _depth(tower: nn.Sequential, family: str) -> int:
-    return len(tower) if family == "retinanet" else len(tower) // 3
+Layer = tuple[list[nn.Module], nn.Module]  # (modules up to the pre-activation, the activation)
 
 
-def _tap(tower: nn.Sequential, family: str, layer: int) -> nn.Module:
-    """The module whose output is layer ``layer``'s pre-activation (conv [+ norm]): RetinaNet's
-    towers are ``Conv2dNormActivation`` blocks, FCOS's a flat (conv, GroupNorm, ReLU) list."""
-    return tower[layer - 1][-2] if family == "retinanet" else tower[3 * layer - 2]
+def _layers(tower: nn.Sequential, family: str) -> list[Layer]:
+    """A tower's layers, each as (conv [+ norm], activation): RetinaNet's towers are
+    ``Conv2dNormActivation`` blocks, FCOS's a flat (conv, GroupNorm, ReLU) list."""
+    if family == "retinanet":
+        return [(list(block)[:-1], block[-1]) for block in tower]
+    modules = list(tower)
+    return [(modules[k:k + 2], modules[k + 2]) for k in range(0, len(modules), 3)]
 
 
-def _rest(tower: nn.Sequential, family: str, layer: int) -> nn.Sequential:
-    """Layers ``layer + 1 .. L`` of a tower."""
-    return tower[layer:] if family == "retinanet" else tower[3 * layer:]
+def _run(layers: list[Layer], x: Tensor, tap: int = 0) -> tuple[Tensor, Optional[Tensor]]:
+    """``x`` through ``layers``; also layer ``tap``'s pre-activation (1-based; 0: none), cloned
+    because the activation after it may be in place (RetinaNet's ``ReLU(inplace=True)``)."""
+    h = None
+    for k, (pre, act) in enumerate(layers, start=1):
+        for module in pre:
+            x = module(x)
+        if k == tap:
+            h = x.clone()
+        x = act(x)
+    return x, h
 
 
 def _finals(head: nn.Module) -> dict[str, nn.Module]:
@@ -156,8 +166,8 @@ class CrossKDMethod(DistillMethod):
             raise DetkdError(f"CrossKD: teacher and student anchors differ (sizes {a_t[0]} vs {a_s[0]}, ratios "
                              f"{a_t[1]} vs {a_s[1]}); align model.anchor_sizes/aspect_ratios")
         for tower in TOWERS:
-            depth_s = _depth(_tower(student.head, tower), family)
-            depth_t = _depth(_tower(teacher.head, tower), family)
+            depth_s = len(_layers(_tower(student.head, tower), family))
+            depth_t = len(_layers(_tower(teacher.head, tower), family))
             if section.layer > min(depth_s, depth_t):
                 raise DetkdError(f"distill.crosskd.layer {section.layer} is beyond the {tower} tower (student "
                                  f"{depth_s} layers, teacher {depth_t})")
@@ -175,7 +185,7 @@ class CrossKDMethod(DistillMethod):
         if self.layer == 0:
             return {}
         head = self._student["model"].head
-        return {f"{self.name}.{t}": _tap(_tower(head, t), self.family, self.layer) for t in TOWERS}
+        return {f"{self.name}.{t}": _layers(_tower(head, t), self.family)[self.layer - 1][0][-1] for t in TOWERS}
 
     # ------------------------------------------------------------------ forward
 
@@ -183,15 +193,15 @@ class CrossKDMethod(DistillMethod):
         step, layer, family = rec.step, self.layer, self.family
         t_head = self._teacher["model"].head
         t_feats = [rec.teacher_features[k] for k in self.t_levels]
-        towers = {t: _tower(t_head, t) for t in TOWERS}
+        layers = {t: _layers(_tower(t_head, t), family) for t in TOWERS}
         finals = _finals(t_head)
         h_t: dict[str, list[Tensor]] = {t: [] for t in TOWERS}
         y_t: dict[str, list[Tensor]] = {t: [] for t in TOWERS}
         with torch.no_grad():  # the teacher's own head: its layer-i maps and predictions
             for x in t_feats:
                 for t in TOWERS:
-                    h, out = self._teacher_tower(towers[t], x)
-                    h_t[t].append(h)
+                    out, h = _run(layers[t], x, tap=layer)
+                    h_t[t].append(x if layer == 0 else h)
                     y_t[t].append(self._final(finals[t], out, t))
         cross = {}
         for t in TOWERS:
@@ -201,7 +211,7 @@ class CrossKDMethod(DistillMethod):
                 a = self.adapters[t](h) if t in self.adapters else h
                 g = crosskd_align(a, ht)
                 g = F.relu(g) if layer > 0 else g
-                outs.append(self._final(finals[t], _rest(towers[t], family, layer)(g), t))
+                outs.append(self._final(finals[t], _run(layers[t][layer:], g)[0], t))
             cross[t] = outs
         classes = t_head.classification_head.num_classes
         z_x = torch.cat([_rows(o, classes) for o in cross["cls"]], dim=1)
@@ -209,19 +219,6 @@ class CrossKDMethod(DistillMethod):
         d_x = torch.cat([_rows(o, 4) for o in cross["reg"]], dim=1)
         d_t = torch.cat([_rows(o, 4) for o in y_t["reg"]], dim=1)
         return self._losses(step, z_x, z_t, d_x, d_t)
-
-    def _teacher_tower(self, tower: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(the layer-i pre-activation, the tower's output) of one map."""
-        h = x if self.layer == 0 else None
-        modules = list(tower)
-        step = 1 if self.family == "retinanet" else 3
-        for k in range(0, len(modules), step):
-            parts = list(modules[k]) if self.family == "retinanet" else modules[k:k + 3]
-            for j, module in enumerate(parts):
-                x = module(x)
-                if k // step + 1 == self.layer and j == len(parts) - 2:
-                    h = x.clone()  # the next module is an in-place ReLU in RetinaNet's towers
-        return h, x
 
     def _final(self, conv: nn.Module, x: Tensor, tower: str) -> Tensor:
         out = conv(x)
