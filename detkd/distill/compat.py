@@ -34,8 +34,8 @@ from detkd.errors import DetkdError
 if TYPE_CHECKING:  # for annotations only: chen.py imports this module
     from detkd.distill.methods.chen import ChenConfig
 
-__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "probe_features", "probe_size", "stride_of",
-           "check_compatible", "check_label_map", "teacher_class_names"]
+__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "anchor_layout", "probe_features", "probe_size",
+           "stride_of", "check_compatible", "check_label_map", "teacher_class_names"]
 
 TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
 RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
@@ -119,11 +119,15 @@ def _num_classes(model: nn.Module) -> int:
     raise DetkdError(f"cannot read the class count of box predictor {type(predictor).__name__}")
 
 
-def _anchors(model: nn.Module) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
-    gen = model.rpn.anchor_generator
+def anchor_layout(gen: nn.Module) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+    """(sizes, aspect ratios) per level of a torchvision ``AnchorGenerator``, as plain floats."""
     sizes = tuple(tuple(float(s) for s in lvl) for lvl in gen.sizes)
     ratios = tuple(tuple(float(r) for r in lvl) for lvl in gen.aspect_ratios)
     return sizes, ratios
+
+
+def _anchors(model: nn.Module) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+    return anchor_layout(model.rpn.anchor_generator)
 
 
 def _fmt_levels(shapes: "OrderedDict[str, tuple[int, ...]]") -> str:

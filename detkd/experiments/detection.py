@@ -136,9 +136,10 @@ def train_run(run: dict, args: argparse.Namespace, repo: Path = REPO) -> dict:
 
     out = Path(run["output_dir"])
     label = run["name"] if run["seed"] is None else f"{run['name']} seed {run['seed']}"
-    if distills(run) and not finished(out) and not finished(teacher_dir(args, run)):
-        raise DetkdError(f"{label} needs the finished teacher in {teacher_dir(args, run)} (no results.json there); "
-                         f"train it first (--only {teacher_dir(args, run).name})")
+    teacher = teacher_dir(args, run)
+    if distills(run) and not finished(out) and not finished(teacher):
+        raise DetkdError(f"{label} needs the finished teacher in {teacher} (no results.json there); "
+                         f"train it first (--only {teacher.name})")
 
     def say(event: str, where: Path, seconds: float | None) -> None:
         if event == "reused":

@@ -23,7 +23,8 @@ FAMILY_GROUPS = (
 )
 FAMILY_PAIRS = (("retinanet", "retinanet_cwd"), ("fcos", "fcos_cwd"), ("ssdlite", "ssdlite_cwd"),
                 ("fcos", "fcos_crosskd"))
-FAMILY_TEACHERS = (("fcos_crosskd", "fcos_teacher"),)
+# The teacher run a distillation group reads, where it is not "teacher" (the Faster R-CNN one).
+TEACHER_OF = {"fcos_crosskd": "fcos_teacher"}
 
 # (group, config, kind): kind "teacher" (one run, in OUTPUT_ROOT/<group>), "main" (--seeds) or
 # "ablation" (--ablation-seeds).
@@ -52,8 +53,6 @@ GROUPS = (
     *FAMILY_GROUPS,
 )
 GROUP_NAMES = tuple(g[0] for g in GROUPS)
-# The teacher run a distillation group reads (default: "teacher", the Faster R-CNN one).
-TEACHER_OF = dict(FAMILY_TEACHERS)
 # What runs without --only (about 100 minutes on one CPU thread: teacher 17, the 32-ch pair
 # 20, the 128-ch pair 39, its three term ablations 25): everything but the 256-channel
 # groups (about 50 more minutes for the pair over 3 seeds, 20 for the adapter ablation pair;
@@ -102,10 +101,10 @@ def distills(run: dict) -> bool:
     return run["kind"] != "teacher" and run["name"] not in ALONE
 
 
-def teacher_dir(args: argparse.Namespace, run: dict | None = None) -> Path:
+def teacher_dir(args: argparse.Namespace, run: dict) -> Path:
     """Where a distillation run reads its teacher: OUTPUT_ROOT/teacher, or the teacher group
     :data:`TEACHER_OF` names for it."""
-    return Path(args.output_root) / TEACHER_OF.get(run["name"] if run else "", "teacher")
+    return Path(args.output_root) / TEACHER_OF.get(run["name"], "teacher")
 
 
 def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:

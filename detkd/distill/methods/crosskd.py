@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkd.config.fields import option
+from detkd.distill.compat import anchor_layout
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
 from detkd.losses.crosskd import crosskd_align, crosskd_cls_loss, crosskd_reg_loss
@@ -96,9 +97,7 @@ def _rows(x: Tensor, columns: int) -> Tensor:
 def _anchor_layout(model: nn.Module) -> tuple:
     """(sizes, aspect ratios, anchors per location) of a one-stage model's anchor generator."""
     gen = model.anchor_generator
-    sizes = tuple(tuple(float(s) for s in level) for level in gen.sizes)
-    ratios = tuple(tuple(float(r) for r in level) for level in gen.aspect_ratios)
-    return sizes, ratios, tuple(int(a) for a in gen.num_anchors_per_location())
+    return (*anchor_layout(gen), tuple(int(a) for a in gen.num_anchors_per_location()))
 
 
 class CrossKDMethod(DistillMethod):

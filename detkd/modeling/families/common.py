@@ -424,15 +424,8 @@ def dense_train_step(model: nn.Module, images: list[Tensor], targets: Optional[l
     grids = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
     matched = match(model, anchors, targets, grids)
     losses = loss(model, targets, head_outputs, anchors, matched)
-    per_location = head_outputs["cls_logits"].shape[1] // sum(h * w for h, w in grids)
+    # AnchorGenerator (RetinaNet, FCOS: one point) and DefaultBoxGenerator (SSD) count them per level.
+    per_location = [int(a) for a in model.anchor_generator.num_anchors_per_location()]
     return TrainStep(losses=OrderedDict(losses), images=image_list, targets=targets, features=features,
-                     anchors=anchors, grids=grids, anchors_per_location=anchors_per_level(model, len(grids),
-                                                                                         per_location),
-                     matched_idxs=matched, head_outputs=head_outputs)
-
-
-def anchors_per_level(model: nn.Module, num_levels: int, default: int) -> list[int]:
-    """Anchors per location of each level (the generator's own count where it has one)."""
-    gen = getattr(model, "anchor_generator", None)
-    counts = gen.num_anchors_per_location() if gen is not None and hasattr(gen, "num_anchors_per_location") else []
-    return [int(c) for c in counts] if len(counts) == num_levels else [default] * num_levels
+                     anchors=anchors, grids=grids, anchors_per_location=per_location, matched_idxs=matched,
+                     head_outputs=head_outputs)

@@ -205,7 +205,6 @@ def _rpn(model: FasterRCNN, images: ImageList, features: "OrderedDict[str, Tenso
         "sampled_pos_inds": sampled_pos_inds,
         "grids": grids,
         "anchors": anchors,
-        "anchors_per_location": rpn.anchor_generator.num_anchors_per_location()[0],
         "loss_objectness": objectness_loss,
         "loss_rpn_box_reg": box_loss,
     }
