@@ -70,3 +70,27 @@ def scores_on(model, data_cfg, splits, metric: str) -> list[dict]:
         scores.append(evaluate_detector(model, build_eval_loader(dataset, 4, 0), dataset, metric,
                                         torch.device("cpu"), progress=False))
     return scores
+
+
+def assert_export_of_a_changed_classifier_is_refused(model, image_dir: Path, out: Path) -> None:
+    """The ONNX file of ``model`` with its classification head's weights moved by 1e-2 (noise of
+    that standard deviation: a shift common to every class would leave a softmax as it is), checked against
+    the unchanged eager ``model`` on the images of ``image_dir``, is refused (a parity rule that
+    accepts a wrong export fails here)."""
+    import torch
+
+    from detkd.data.utils import image_to_tensor, load_rgb_image
+    from detkd.deploy.export import check_parity, export_onnx, exportable_copy, onnx_runner
+    from detkd.errors import DetkdError
+
+    images = [(str(p), image_to_tensor(load_rgb_image(p))) for p in sorted(image_dir.glob("*.jpg"))]
+    changed = exportable_copy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every weight of the classification head (SSD: of every level's predictor)
+        for name, weight in changed.named_parameters():
+            if ("cls" in name or "classification" in name) and name.endswith("weight"):
+                weight.add_(1e-2 * torch.randn(weight.shape, generator=g))
+    export_onnx(changed, out, images[0][1])
+    assert check_parity(changed, onnx_runner(out), images)["detections"] > 0  # the file itself is sound
+    with pytest.raises(DetkdError, match="exported model disagrees on .*: (eager|exported) detection"):
+        check_parity(exportable_copy(model), onnx_runner(out), images)

@@ -361,6 +361,16 @@ def test_family_predicts_and_exports_with_parity(family_runs, tiny_demo_dir, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILY_RUNS)
+def test_family_export_of_a_changed_classifier_is_refused(family_runs, tiny_demo_dir, tmp_path, name):
+    import detkd
+    from conftest import assert_export_of_a_changed_classifier_is_refused
+
+    model, _ = detkd.load_model(family_runs[name] / "model_final.pth")
+    assert_export_of_a_changed_classifier_is_refused(model, tiny_demo_dir / "val", tmp_path / "changed.onnx")
+
+
+@pytest.mark.slow
 def test_report_times_every_family_on_one_plot(family_runs, tmp_path):
     from detkd.evaluation.report import ModelEntry, run_report
 

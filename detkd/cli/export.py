@@ -67,5 +67,7 @@ def main(args: argparse.Namespace) -> int:
     numbers = export_model(model, args.format, args.out, images)
     print(f"wrote {args.out} ({args.format}); parity on {numbers['images']} images ({source}), "
           f"{numbers['detections']} detections: boxes within {numbers['max_box_diff']:.2g} px (tolerance {BOX_ATOL}), "
-          f"scores within {numbers['max_score_diff']:.2g} (tolerance {SCORE_ATOL})")
+          f"scores within {numbers['max_score_diff']:.2g} (tolerance {SCORE_ATOL})"
+          + (f"; {numbers['at_cutoff']} on one side only, each at a cut-off (score threshold, detection limit or NMS)"
+             if numbers["at_cutoff"] else ""))
     return 0

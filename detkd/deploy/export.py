@@ -16,9 +16,10 @@ same sizes, which inference never calls. One-stage models (RetinaNet, FCOS) may 
 (background) detections, as torchvision's do; detkd's ``predict`` and evaluation drop them
 (:func:`detkd.modeling.families.foreground`).
 
-Parity (:func:`check_parity`): on each check image the exported model must give the same number
-of detections with the same labels, boxes within ``BOX_ATOL`` pixels and scores within
-``SCORE_ATOL`` of the eager model's; otherwise the file is deleted and export fails. Given no
+Parity (:func:`check_parity`): on each check image the exported model's detections must equal
+the eager model's as sets, boxes within ``BOX_ATOL`` pixels and scores within ``SCORE_ATOL``,
+where a detection on one side only is accepted just at a cut-off that float noise decides
+(:mod:`detkd.deploy.parity`); otherwise the file is deleted and export fails. Given no
 images, the check runs on :func:`default_check_images`: the model file's own val images where
 they are still on disk, else a few held-out demo images shipped inside the package (so an
 export needs nothing but the model file, from any folder).
@@ -33,13 +34,14 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from detkd.deploy.parity import BOX_ATOL, SCORE_ATOL, Cutoffs, compare
 from detkd.errors import DetkdError
+
+__all__ = ["BOX_ATOL", "SCORE_ATOL", "FORMATS", "check_parity", "export_model"]
 
 FORMATS = ("onnx", "torchscript")
 # Eight held-out images of the demo's val split (160 px, seed 0), package data in the wheel.
 SHIPPED_CHECK_IMAGES = Path(__file__).parent / "parity_images"
-BOX_ATOL = 0.01  # pixels
-SCORE_ATOL = 1e-4
 ONNX_OPSET = 17
 
 
@@ -157,28 +159,29 @@ def runner(fmt: str, path: Path, threads: int | None = None) -> Callable[[Tensor
 
 def check_parity(model: nn.Module, run: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
                  images: Sequence[tuple[str, Tensor]]) -> dict[str, float]:
-    """Compare eager ``model`` and an exported ``run`` on ``images`` ((name, image) pairs).
+    """Compare eager ``model`` and an exported ``run`` on ``images`` ((name, image) pairs) with
+    :func:`detkd.deploy.parity.compare`.
 
-    Returns the largest box and score differences and the detection count; raises
-    DetkdError naming the first image where they disagree."""
+    Returns the matched detections' largest box and score differences, their count and the
+    count accepted at a cut-off; raises DetkdError naming the first image where they disagree
+    and the first detection that differs."""
+    from detkd.modeling.families import family_of_model
+
     eager = _EagerSingle(model).eval()
-    box_diff = score_diff = 0.0
-    count = 0
+    cut = Cutoffs.of(family_of_model(model).postprocessor(model))
+    numbers = {"images": len(images), "detections": 0, "at_cutoff": 0, "max_box_diff": 0.0, "max_score_diff": 0.0}
     for name, image in images:
         with torch.no_grad():
             want = eager(image)
-        got = run(image)
-        if got[1].shape != want[1].shape or not torch.equal(got[1].to(torch.int64), want[1]):
-            raise DetkdError(f"exported model disagrees on {name}: {got[1].numel()} detections labelled "
-                             f"{got[1].tolist()[:5]}... vs eager {want[1].numel()} {want[1].tolist()[:5]}...")
-        if want[0].numel():
-            box_diff = max(box_diff, float((got[0] - want[0]).abs().max()))
-            score_diff = max(score_diff, float((got[2] - want[2]).abs().max()))
-        if box_diff > BOX_ATOL or score_diff > SCORE_ATOL:
-            raise DetkdError(f"exported model disagrees on {name}: boxes differ by up to {box_diff:.3g} px "
-                             f"(tolerance {BOX_ATOL}), scores by {score_diff:.3g} (tolerance {SCORE_ATOL})")
-        count += int(want[1].numel())
-    return {"images": len(images), "detections": count, "max_box_diff": box_diff, "max_score_diff": score_diff}
+        found = compare(want, run(image), cut)
+        if found.problems:
+            more = f" (and {len(found.problems) - 1} more)" if len(found.problems) > 1 else ""
+            raise DetkdError(f"exported model disagrees on {name}: {found.problems[0]}{more}")
+        numbers["detections"] += found.matched
+        numbers["at_cutoff"] += found.at_cutoff
+        numbers["max_box_diff"] = max(numbers["max_box_diff"], found.max_box_diff)
+        numbers["max_score_diff"] = max(numbers["max_score_diff"], found.max_score_diff)
+    return numbers
 
 
 def export_model(model: nn.Module, fmt: str, out: str | Path, images: Sequence[tuple[str, Tensor]]) -> dict[str, float]:

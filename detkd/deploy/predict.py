@@ -57,7 +57,7 @@ def set_score_thresh(model: nn.Module, score_thresh: float | None) -> None:
     if score_thresh is not None:
         if not 0.0 <= score_thresh <= 1.0:
             raise DetkdError(f"--score-thresh must be in [0, 1], got {score_thresh}")
-        family_of_model(model).set_score_thresh(model, float(score_thresh))
+        family_of_model(model).postprocessor(model).score_thresh = float(score_thresh)
 
 
 def to_record(file: str, width: int, height: int, output: dict[str, torch.Tensor],

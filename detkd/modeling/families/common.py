@@ -71,7 +71,8 @@ class Family:
     architecture without loading or downloading any weights (``load_model`` then loads a file).
     ``reads`` / ``reads_stock``: the ModelConfig keys the custom / stock builders use
     (None: every key; a key outside them left at its default is fine, changed it is refused).
-    ``set_score_thresh(model, t)``: where inference's score threshold lives.
+    ``postprocessor(model)``: the module whose ``score_thresh``, ``nms_thresh`` and
+    ``detections_per_img`` rule inference (the model itself, or Faster R-CNN's RoI heads).
     ``train_step(model, images, targets)``: the training forward as a :class:`TrainStep`."""
 
     name: str
@@ -79,7 +80,7 @@ class Family:
     build: Callable[[ModelConfig, bool], nn.Module]
     reads: Optional[frozenset[str]]
     reads_stock: Optional[frozenset[str]]
-    set_score_thresh: Callable[[nn.Module, float], None]
+    postprocessor: Callable[[nn.Module], nn.Module]
     train_step: Callable[[nn.Module, list[Tensor], list[dict[str, Tensor]]], TrainStep]
 
     def stock_archs(self) -> tuple[str, ...]:
@@ -334,9 +335,9 @@ def without_weights(build: Callable[[ModelConfig], nn.Module], cfg: ModelConfig)
     return build(dataclasses.replace(cfg, weights=None, weights_backbone=None))
 
 
-def set_attr_score_thresh(model: nn.Module, value: float) -> None:
-    """RetinaNet, FCOS and SSD keep the threshold on the model itself."""
-    model.score_thresh = float(value)
+def postprocess_on_model(model: nn.Module) -> nn.Module:
+    """RetinaNet, FCOS and SSD keep their inference thresholds on the model itself."""
+    return model
 
 
 def foreground(output: dict[str, Tensor]) -> dict[str, Tensor]:

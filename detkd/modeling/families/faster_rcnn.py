@@ -137,8 +137,8 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> FasterRCNN:
     return install_keyed_samplers(model)  # torchvision's sampling unless the trainer sets per-image keys
 
 
-def set_score_thresh(model: nn.Module, value: float) -> None:
-    model.roi_heads.score_thresh = float(value)
+def postprocessor(model: nn.Module) -> nn.Module:
+    return model.roi_heads
 
 
 # ----------------------------------------------------------------------------- the training forward
@@ -231,4 +231,4 @@ def _rcn(model: FasterRCNN, features: "OrderedDict[str, Tensor]", proposals: lis
 
 
 FAMILY = Family(name="faster_rcnn", model_class=FasterRCNN, build=build, reads=None, reads_stock=None,
-                set_score_thresh=set_score_thresh, train_step=train_step)
+                postprocessor=postprocessor, train_step=train_step)

@@ -29,7 +29,7 @@ from detkd.modeling.families.common import (
     is_stock,
     options,
     require_default,
-    set_attr_score_thresh,
+    postprocess_on_model,
     unmatched,
     without_weights,
 )
@@ -117,4 +117,4 @@ def train_step(model: FCOS, images, targets):
 
 
 FAMILY = Family(name="fcos", model_class=FCOS, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step)

@@ -42,7 +42,7 @@ from detkd.modeling.families.common import (
     match_by_iou,
     options,
     require_default,
-    set_attr_score_thresh,
+    postprocess_on_model,
     trainable_layers,
     without_weights,
 )
@@ -162,4 +162,4 @@ def train_step(model: RetinaNet, images, targets):
 
 
 FAMILY = Family(name="retinanet", model_class=RetinaNet, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step)

@@ -30,7 +30,7 @@ from detkd.modeling.families.common import (
     is_stock,
     options,
     require_default,
-    set_attr_score_thresh,
+    postprocess_on_model,
 )
 from detkd.modeling.families.ssdlite import (
     CUSTOM_ONLY,
@@ -92,4 +92,4 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> SSD:
 
 
 FAMILY = Family(name="ssd", model_class=SSD, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step)

@@ -46,7 +46,7 @@ from detkd.modeling.families.common import (
     mobilenet_stages,
     options,
     require_default,
-    set_attr_score_thresh,
+    postprocess_on_model,
     trainable_layers,
 )
 from detkd.modeling.weights import enum_state_dict, is_local_path, load_matching, read_state_dict, resolve_enum
@@ -246,4 +246,4 @@ def train_step(model: SSD, images, targets):
 
 
 FAMILY = Family(name="ssdlite", model_class=SSD, build=build, reads=READS, reads_stock=READS_STOCK,
-                set_score_thresh=set_attr_score_thresh, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step)
