@@ -20,9 +20,7 @@ terms are off.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -35,7 +33,7 @@ if TYPE_CHECKING:  # for annotations only: chen.py imports this module
     from detkd.distill.methods.chen import ChenConfig
 
 __all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "anchor_layout", "probe_features", "probe_size",
-           "stride_of", "check_compatible", "check_label_map", "teacher_class_names"]
+           "stride_of", "check_compatible"]
 
 TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
 RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
@@ -243,52 +241,3 @@ def check_compatible(
                 )
             channels[level] = (c_s, c_t)
     return channels
-
-
-def teacher_class_names(checkpoint: str | Path) -> Optional[list[str]]:
-    """The class names a teacher was trained with, if its run recorded them: ``classes.json``
-    beside the checkpoint file, else the class names in a self-describing model file."""
-    path = Path(checkpoint)
-    sidecar = path.parent / "classes.json"
-    if sidecar.is_file():
-        try:
-            names = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as exc:
-            raise DetkdError(f"{sidecar}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
-        if not isinstance(names, list):
-            raise DetkdError(f"{sidecar}: expected a list of class names")
-        return [str(n) for n in names]
-    return _recorded_class_names(path)
-
-
-def _recorded_class_names(path: Path) -> Optional[list[str]]:
-    """The class names stored in a self-describing model file (detkd.modeling.checkpoint_io),
-    for a teacher file copied away from its run's classes.json."""
-    from detkd.modeling.checkpoint_io import info_of
-
-    try:  # mmap: only the pickled metadata is read, not the tensors
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unreadable files are reported by the weight loader, with their name
-        return None
-    info = info_of(state)
-    return [str(n) for n in info["class_names"]] if info and info.get("class_names") else None
-
-
-def check_label_map(teacher_checkpoint: str | Path, student_classes: list[str]) -> bool:
-    """Refuse a teacher trained with another label map (same count, other classes or order).
-
-    Returns False when the teacher's run did not record its classes (nothing to compare).
-    """
-    teacher_classes = teacher_class_names(teacher_checkpoint)
-    if teacher_classes is None:
-        return False
-    if teacher_classes != list(student_classes):
-        diff = next((i for i, (a, b) in enumerate(zip(teacher_classes, student_classes)) if a != b),
-                    min(len(teacher_classes), len(student_classes)))
-        t = teacher_classes[diff] if diff < len(teacher_classes) else "<none>"
-        s = student_classes[diff] if diff < len(student_classes) else "<none>"
-        raise DetkdError(
-            f"the teacher {teacher_checkpoint} was trained with another label map than the student's data "
-            f"(label {diff + 1}: teacher '{t}' vs student '{s}'; {len(teacher_classes)} vs {len(student_classes)} classes)"
-        )
-    return True
