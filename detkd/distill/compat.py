@@ -23,25 +23,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Optional
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from detkd.config.schema import ModelConfig
+from detkd.distill.probe import PROBE_SIZE, anchor_layout, probe_features
 from detkd.errors import DetkdError
 
 if TYPE_CHECKING:  # for annotations only: chen.py imports this module
     from detkd.distill.methods.chen import ChenConfig
 
-__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "anchor_layout", "probe_features", "probe_size",
-           "stride_of", "check_compatible"]
+__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "enabled_terms", "check_compatible"]
 
 TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
 RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
 RCN_TERMS = frozenset({"rcn_soft", "rcn_bound"})
-
-# Side of the zero image the backbones are probed with. Large enough that a stride
-# difference at any level (up to 128) changes a feature-map size.
-PROBE_SIZE = 256
 
 
 def enabled_terms(cfg: "ChenConfig") -> frozenset[str]:
@@ -63,65 +58,12 @@ def enabled_terms(cfg: "ChenConfig") -> frozenset[str]:
     return frozenset(name for name, (switch, w) in weights.items() if switch and w > 0)
 
 
-def probe_size(model: nn.Module) -> int:
-    """The side of the zero image a model's maps are probed on: :data:`PROBE_SIZE`, or the size
-    a model that warps its input to a fixed square (SSD, SSDlite) works at."""
-    fixed = getattr(getattr(model, "transform", None), "fixed_size", None)
-    return int(max(fixed)) if fixed else PROBE_SIZE
-
-
-def stride_of(cells: int, size: int) -> Optional[int]:
-    """The stride of a map with ``cells`` rows on a ``size``-pixel input: the smallest power of two
-    ``s`` with ``ceil(size / s) == cells`` (stride-2 convolutions round up); None for a 1-cell map
-    (any stride >= ``size``) or no such power."""
-    if cells <= 1:
-        return None
-    s = 1
-    while s <= size:
-        if -(-size // s) == cells:
-            return s
-        s *= 2
-    return None
-
-
-def probe_features(model: nn.Module, size: Optional[int] = None) -> "OrderedDict[str, tuple[int, ...]]":
-    """``level -> (channels, H, W)`` of ``model.backbone`` on one ``size x size`` zero image
-    (default :func:`probe_size`).
-
-    Runs in eval mode under ``no_grad`` (and restores every module's mode afterwards), so
-    BatchNorm running statistics are not touched.
-    """
-    size = probe_size(model) if size is None else size
-    backbone = model.backbone
-    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
-    device = ref.device if ref is not None else torch.device("cpu")
-    dtype = ref.dtype if ref is not None else torch.float32
-    modes = [(m, m.training) for m in backbone.modules()]
-    try:
-        backbone.eval()
-        with torch.no_grad():
-            out = backbone(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    if isinstance(out, Tensor):
-        out = OrderedDict([("0", out)])
-    return OrderedDict((str(k), tuple(int(s) for s in v.shape[1:])) for k, v in out.items())
-
-
 def _num_classes(model: nn.Module) -> int:
     predictor = model.roi_heads.box_predictor
     cls_score = getattr(predictor, "cls_score", None)
     if isinstance(cls_score, nn.Linear):
         return cls_score.out_features
     raise DetkdError(f"cannot read the class count of box predictor {type(predictor).__name__}")
-
-
-def anchor_layout(gen: nn.Module) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
-    """(sizes, aspect ratios) per level of a torchvision ``AnchorGenerator``, as plain floats."""
-    sizes = tuple(tuple(float(s) for s in lvl) for lvl in gen.sizes)
-    ratios = tuple(tuple(float(r) for r in lvl) for lvl in gen.aspect_ratios)
-    return sizes, ratios
 
 
 def _anchors(model: nn.Module) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from detkd.config.fields import weights_of
 from detkd.config.schema import DistillConfig, ModelConfig
-from detkd.distill.compat import probe_features, probe_size, stride_of
+from detkd.distill.probe import LevelInfo, probe_levels
 from detkd.errors import DetkdError
 from detkd.modeling.families import TrainStep, family_of_model
 
@@ -81,16 +81,6 @@ class LevelPair:
     teacher_channels: int
 
 
-@dataclass(frozen=True)
-class LevelInfo:
-    """One map of a backbone on the probe image: width, cells, stride (None: unknown, 1-cell map)."""
-
-    channels: int
-    height: int
-    width: int
-    stride: Optional[int]
-
-
 class BuildContext:
     """What a method's ``build`` may read: the two models, their families, their configs (only
     for naming keys in messages) and their feature maps probed once on a zero image."""
@@ -112,18 +102,13 @@ class BuildContext:
     def levels(self) -> tuple["OrderedDict[str, LevelInfo]", "OrderedDict[str, LevelInfo]"]:
         """The student's and the teacher's maps (:class:`LevelInfo`), probed once."""
         if self._probe is None:
-            self._probe = tuple(_probe(model) for model in (self.student, self.teacher))
+            self._probe = tuple(probe_levels(model) for model in (self.student, self.teacher))
         return self._probe
 
     def shapes(self) -> tuple["OrderedDict[str, tuple[int, ...]]", "OrderedDict[str, tuple[int, ...]]"]:
         """``level -> (C, H, W)`` of the student and the teacher on their probe images."""
         return tuple(OrderedDict((k, (v.channels, v.height, v.width)) for k, v in side.items())
                      for side in self.levels())
-
-
-def _probe(model: nn.Module) -> "OrderedDict[str, LevelInfo]":
-    size = probe_size(model)
-    return OrderedDict((k, LevelInfo(c, h, w, stride_of(h, size))) for k, (c, h, w) in probe_features(model).items())
 
 
 # A parameter-free subsample of the level below it (Faster R-CNN's LastLevelMaxPool): matched by
