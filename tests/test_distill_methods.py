@@ -181,6 +181,14 @@ def test_chen_and_pkd_together_keep_chens_numbers():
             assert torch.equal(both[k], chen[k]), k
 
 
+def test_each_backbone_is_probed_once_per_build():
+    """Chen et al.'s checks and the feature methods read one probe of each backbone."""
+    student, teacher = build(mcfg(), 0), build(mcfg(), 1)
+    s_calls, t_calls = count_calls(student.backbone), count_calls(teacher.backbone)
+    Distiller(student, teacher, methods(chen={}, pkd=PKDConfig(), cwd=CWDConfig()))
+    assert (len(s_calls), len(t_calls)) == (1, 1)
+
+
 # --------------------------------------------------------------------------- heterogeneous pairs
 
 
