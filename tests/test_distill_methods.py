@@ -22,7 +22,7 @@ from conftest import tiny_opts
 from detkd.recipe import load_config
 from detkd.config.schema import DistillConfig
 from detkd.distill import Distiller
-from detkd.distill.methods import METHODS, ChenConfig
+from detkd.distill.methods import METHODS, ChenConfig, DistillMethod
 from detkd.distill.methods.cwd import CWDConfig
 from detkd.distill.methods.fgd import FGDConfig
 from detkd.distill.methods.fgfi import FGFIConfig
@@ -36,12 +36,11 @@ from test_distiller import HARD_KEYS, batch, build, count_calls, mcfg, run, torc
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Derived from METHODS: every method for Faster R-CNN pairs at weight 0; those that read only the
-# teacher's FPN maps (the one-stage pairs: test_distill_families.py).
+# teacher's FPN maps, no teacher work of their own (the one-stage pairs: test_distill_families.py).
 ZERO = {name: method.zero_config() for name, method in METHODS.items()
         if method.applies_to("faster_rcnn", "faster_rcnn")}
 SECTIONS = {name: method.config() for name, method in METHODS.items()
-            if not (method.needs_teacher_rpn or method.needs_teacher_rcn) and method.applies_to("faster_rcnn",
-                                                                                                  "faster_rcnn")}
+            if method.teacher_step is DistillMethod.teacher_step and method.applies_to("faster_rcnn", "faster_rcnn")}
 
 
 def methods(chen: dict | None = None, **sections) -> DistillConfig:

@@ -8,8 +8,9 @@ r"""Chen et al., "Learning Efficient Object Detection Models with Knowledge Dist
     L_b    = ||R_s - y||^2 if ||R_s - y||^2 + m > ||R_t - y||^2 else 0   (per row)
     L_hint = ||adapt(V) - Z||^2                                   (elementwise mean)
 
-Rows line up because the teacher is read at the student's sampled anchors (RPN) and on the
-student's sampled proposals (RoI head), see the Distiller. Normalization follows the hard
+Rows line up because the teacher is read at the student's anchors (RPN) and on the student's
+sampled proposals (RoI head): :meth:`ChenMethod.teacher_step` runs the teacher's RPN head on its
+own maps and its box head on the student's proposals, once per batch. Normalization follows the hard
 term beside each soft/bounded term: RPN soft = mean over the sampled anchors; RCN soft = mean
 over the sampled RoIs; bounds = sum over positive rows / number of sampled rows.
 
@@ -32,6 +33,7 @@ from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from detkd.config.fields import option
 from detkd.config.schema import ModelConfig
@@ -249,17 +251,14 @@ class ChenMethod(DistillMethod):
     ``loss_rpn_bound``, ``loss_hint``; stats ``raw_<term>`` and ``<head>_bound_active``."""
 
     config = ChenConfig
-    # What the full objective needs (an instance sets its own from the terms that are on).
-    needs_teacher_rpn = True
-    needs_teacher_rcn = True
 
     def __init__(self, cfg: ChenConfig, terms: frozenset[str], hint_channels: dict[str, tuple[int, int]],
                  num_classes: int, level_map: dict[str, str]) -> None:
         super().__init__()
         self.cfg = cfg
         self._terms = terms
-        self.needs_teacher_rpn = bool(terms & RPN_TERMS)
-        self.needs_teacher_rcn = bool(terms & RCN_TERMS)
+        self.reads_teacher_rpn = bool(terms & RPN_TERMS)  # what teacher_step runs
+        self.reads_teacher_rcn = bool(terms & RCN_TERMS)
         self.hint_levels = [str(level) for level in cfg.hint_levels]
         self.level_map = level_map
         self.adapters: Optional[HintAdapters] = None
@@ -323,13 +322,26 @@ class ChenMethod(DistillMethod):
             weights["loss_objectness"] = self.cfg.mu
         return weights
 
+    def teacher_step(self, rec: DistillRecord, teacher: nn.Module,
+                     features: "OrderedDict[str, Tensor]") -> tuple[Optional[tuple[Tensor, Tensor]], ...]:
+        """The teacher's rows beside the student's, as far as the terms that are on need:
+        (objectness, deltas) of its RPN head at every student anchor, (logits, deltas) of its
+        box head on the student's sampled proposals (None where no term reads them)."""
+        rpn = _teacher_rpn(teacher, features, rec.step.grids) if self.reads_teacher_rpn else None
+        rcn = None
+        if self.reads_teacher_rcn:
+            proposals = rec.to_teacher_frame(rec.step.rcn["proposals"])
+            rcn = _teacher_rcn(teacher, features, proposals, rec.teacher_image_sizes)
+        return rpn, rcn
+
     def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
-        cfg, terms, rpn, rcn = self.cfg, self._terms, rec.rpn, rec.rcn
+        cfg, terms, rpn, rcn = self.cfg, self._terms, rec.step.rpn, rec.step.rcn
         self.stats = {}
         losses: dict[str, Tensor] = {}
         soft_w, bound_w = 1.0 - cfg.mu, cfg.lam * cfg.nu
-        if self.needs_teacher_rcn:
-            t_logits, t_regression = rec.teacher_rcn
+        t_rpn, t_rcn = rec.teacher_outputs[self.name]
+        if self.reads_teacher_rcn:
+            t_logits, t_regression = t_rcn
         if "rcn_soft" in terms:
             # All sampled RoIs, mean: like the hard CE beside it.
             soft = weighted_soft_ce(rcn["class_logits"], t_logits, self.class_weights, cfg.temperature, "mean")
@@ -345,8 +357,8 @@ class ChenMethod(DistillMethod):
             bound = self._bound(s_d, t_d, rcn["regression_targets"][pos], num_rows, "rcn")
             losses["loss_rcn_bound"] = bound * bound_w
             self.stats["raw_rcn_bound"] = bound.detach()
-        if self.needs_teacher_rpn:
-            t_obj, t_deltas = rec.teacher_rpn
+        if self.reads_teacher_rpn:
+            t_obj, t_deltas = t_rpn
         if "rpn_soft" in terms:
             sampled = rpn["sampled_inds"]
             # Sampled anchors, mean: like the objectness BCE beside it.
@@ -375,3 +387,26 @@ class ChenMethod(DistillMethod):
         loss, active = bounded_regression_loss(s_d, t_d, y, self.cfg.margin, "sum", return_active=True)
         self.stats[f"{head}_bound_active"] = active.sum() / max(active.numel(), 1)
         return loss / num_sampled
+
+
+def _teacher_rpn(teacher: nn.Module, features: "OrderedDict[str, Tensor]",
+                 student_grids: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Teacher objectness and deltas for every student anchor (same anchor order)."""
+    t_obj, t_deltas = teacher.rpn.head(list(features.values()))
+    grids = [tuple(o.shape[-2:]) for o in t_obj]
+    if grids != list(student_grids):  # check_compatible makes this unreachable for sane models
+        raise DetkdError(
+            f"RPN distillation: teacher feature grids {grids} differ from the student's {list(student_grids)}"
+        )
+    t_obj, t_deltas = concat_box_prediction_layers(t_obj, t_deltas)
+    return t_obj.flatten(), t_deltas
+
+
+def _teacher_rcn(teacher: nn.Module, features: "OrderedDict[str, Tensor]", proposals: list[Tensor],
+                 image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The student's sampled proposals, pooled from the teacher's features and run through
+    the teacher's box head: one teacher row per student row, same order."""
+    heads = teacher.roi_heads
+    box_features = heads.box_roi_pool(features, proposals, image_sizes)
+    box_features = heads.box_head(box_features)
+    return heads.box_predictor(box_features)
