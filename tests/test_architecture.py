@@ -2,7 +2,10 @@
 
 The table in the doc is the rule: each package may import only the packages its row names.
 Lazy imports inside functions count. No module imports a private name from another package
-(tools/ and benchmarks/ included), and the table has no cycle (so neither do the imports).
+(tools/ and benchmarks/ included), the table has no cycle, and neither has the graph of
+imports between the modules of detkd/ (a circle inside one package, which the table cannot
+see; imports inside functions and under ``TYPE_CHECKING`` count: a circle is a tangle of
+responsibilities even where Python happens to resolve it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,68 @@ def detkd_imports(path: Path) -> list[tuple[str, list[str], int]]:
         elif isinstance(node, ast.Import):
             found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("detkd")]
     return found
+
+
+def module_name(path: Path, root: Path) -> str:
+    """``detkd/distill/methods/base.py`` -> ``detkd.distill.methods.base``; a package's
+    ``__init__.py`` is the package."""
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the package at ``root`` it imports, anywhere in its file.
+
+    ``from a.b import c`` imports the module ``a.b.c`` where there is one, else ``a.b``;
+    relative imports are resolved against the importing module's package. The root package
+    itself is left out: Python runs it before any of its modules whatever they import, and
+    its lazy re-export (``detkd.load_model``) is a door above every layer."""
+    files = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    del files[root.name]
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                parts = package.split(".")
+                base = parts[:len(parts) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in files and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One circle of imports as ``[a, b, ..., a]``, or [] if there is none (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
 
 
 def package_of(module: str) -> str:
@@ -71,6 +136,11 @@ def test_imports_follow_the_layers():
     assert broken == []
 
 
+def test_no_import_circle_between_modules():
+    cycle = find_cycle(module_graph(REPO / "detkd"))
+    assert cycle == [], "import circle: " + " -> ".join(cycle)
+
+
 def test_no_private_names_cross_packages():
     broken = []
     files = [*(REPO / "detkd").rglob("*.py"), *(REPO / "tools").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]
@@ -91,3 +161,19 @@ def test_the_checker_sees_a_broken_rule(tmp_path):
     (module, names, line), = detkd_imports(bad)
     assert (package_of(module), names, line) == ("engine", ["_train"], 2)
     assert "engine" not in allowed_imports()["evaluation"]
+
+
+def test_the_checker_sees_an_import_circle(tmp_path):
+    """A circle closed by an import inside a function and a relative one is found; without it, none."""
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("from pkg.sub.a import f\n")
+    (root / "sub" / "a.py").write_text("from .b import g\n\ndef f():\n    return g()\n")
+    (root / "sub" / "b.py").write_text("def g():\n    from pkg.sub import c\n    return c\n")
+    (root / "sub" / "c.py").write_text("import pkg.sub.a\n")
+    graph = module_graph(root)
+    assert graph["pkg.sub.b"] == {"pkg.sub.c"} and graph["pkg.sub.a"] == {"pkg.sub.b"}
+    assert find_cycle(graph) == ["pkg.sub.a", "pkg.sub.b", "pkg.sub.c", "pkg.sub.a"]
+    (root / "sub" / "c.py").write_text("import torch\n")
+    assert find_cycle(module_graph(root)) == []

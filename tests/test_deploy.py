@@ -141,7 +141,7 @@ def test_stock_arch_with_pretrained_weights_rebuilds_offline_with_torchvisions_n
 def test_teacher_label_map_is_checked_from_the_model_file_without_classes_json(student_run, tmp_path):
     import shutil
 
-    from detkd.distill.compat import check_label_map
+    from detkd.modeling.label_map import check_label_map
     from detkd.errors import DetkdError
 
     names = json.loads((student_run / "classes.json").read_text())

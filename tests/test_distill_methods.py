@@ -22,7 +22,7 @@ from conftest import tiny_opts
 from detkd.recipe import load_config
 from detkd.config.schema import DistillConfig
 from detkd.distill import Distiller
-from detkd.distill.methods import METHODS, ChenConfig
+from detkd.distill.methods import METHODS, ChenConfig, DistillMethod
 from detkd.distill.methods.cwd import CWDConfig
 from detkd.distill.methods.fgd import FGDConfig
 from detkd.distill.methods.fgfi import FGFIConfig
@@ -36,12 +36,11 @@ from test_distiller import HARD_KEYS, batch, build, count_calls, mcfg, run, torc
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Derived from METHODS: every method for Faster R-CNN pairs at weight 0; those that read only the
-# teacher's FPN maps (the one-stage pairs: test_distill_families.py).
+# teacher's FPN maps, no teacher work of their own (the one-stage pairs: test_distill_families.py).
 ZERO = {name: method.zero_config() for name, method in METHODS.items()
         if method.applies_to("faster_rcnn", "faster_rcnn")}
 SECTIONS = {name: method.config() for name, method in METHODS.items()
-            if not (method.needs_teacher_rpn or method.needs_teacher_rcn) and method.applies_to("faster_rcnn",
-                                                                                                  "faster_rcnn")}
+            if method.teacher_step is DistillMethod.teacher_step and method.applies_to("faster_rcnn", "faster_rcnn")}
 
 
 def methods(chen: dict | None = None, **sections) -> DistillConfig:
@@ -179,6 +178,14 @@ def test_chen_and_pkd_together_keep_chens_numbers():
     for k in chen:
         if k != "loss_hint":  # the hint's adapters are initialized from the RNG afresh in each Distiller
             assert torch.equal(both[k], chen[k]), k
+
+
+def test_each_backbone_is_probed_once_per_build():
+    """Chen et al.'s checks and the feature methods read one probe of each backbone."""
+    student, teacher = build(mcfg(), 0), build(mcfg(), 1)
+    s_calls, t_calls = count_calls(student.backbone), count_calls(teacher.backbone)
+    Distiller(student, teacher, methods(chen={}, pkd=PKDConfig(), cwd=CWDConfig()))
+    assert (len(s_calls), len(t_calls)) == (1, 1)
 
 
 # --------------------------------------------------------------------------- heterogeneous pairs

@@ -1,6 +1,7 @@
 """A method is one file plus one METHODS entry: a throwaway method registered here, in the
 test alone, gets its config section, the loader's checks, ``--opts``, checkpointing, log keys
-and the invariant tests that every shipped method passes, without another file touched."""
+and the invariant tests that every shipped method passes, without another file touched; one
+with teacher work of its own gets it done through ``teacher_step``."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import yaml
 
 from detkd.config.fields import option
 from detkd.config.load import config_hash, dump_config
+from detkd.config.schema import DistillConfig
 from detkd.distill import Distiller
 from detkd.distill.methods import METHODS
-from detkd.distill.methods.base import resolve_levels
+from detkd.distill.methods.base import DistillMethod, resolve_levels
 from detkd.distill.methods.features import LevelMethod
 from detkd.errors import DetkdError
 from detkd.losses.feature import align_conv
@@ -57,6 +59,40 @@ class ToyMethod(LevelMethod):
 
     def level_loss(self, pair, s, t, rec):
         return (self.level_module(pair)(s) - t).pow(2).mean() / self.temperature
+
+
+@dataclass
+class PooledConfig:
+    """A throwaway method with teacher work of its own: L = weight * sum_levels mean((pool(S) - pool(T))^2),
+    pool(T) computed in teacher_step (as a prediction-level method runs the teacher's heads there)."""
+
+    weight: float = option(1.0, ge=0, weight=True)
+
+
+class PooledMethod(DistillMethod):
+    config = PooledConfig
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.calls: list[bool] = []  # inference mode on at each teacher_step call
+
+    @classmethod
+    def build(cls, section: PooledConfig, ctx) -> Optional["PooledMethod"]:
+        return cls(section.weight) if section.weight > 0 else None
+
+    def terms(self) -> frozenset[str]:
+        return frozenset({self.name})
+
+    def teacher_step(self, rec, teacher, features):
+        self.calls.append(torch.is_inference_mode_enabled())
+        return {"pooled": [f.mean(dim=(2, 3)) for f in features.values()]}
+
+    def forward(self, rec):
+        pooled = rec.teacher_outputs[self.name]["pooled"]
+        assert not any(t.is_inference() for t in pooled)  # cloned out: the student's backward may save them
+        s = [f.mean(dim=(2, 3)) for f in rec.features.values()]
+        return {f"loss_{self.name}": self.weight * sum((a - b).pow(2).mean() for a, b in zip(s, pooled))}
 
 
 @pytest.fixture
@@ -126,3 +162,22 @@ def test_mimic_is_the_weighted_sum_of_per_level_mean_squared_errors():
     expect = 2.5 * sum(((s[k].double() - t[k].double()) ** 2).mean() for k in s)
     assert losses["loss_mimic"].item() == pytest.approx(expect.item(), rel=1e-5)
     assert d.last_stats["raw_mimic"] == pytest.approx(expect.item() / 2.5, rel=1e-5)
+
+
+def test_teacher_work_of_its_own_runs_once_per_batch_and_reaches_forward(monkeypatch):
+    from test_distiller import batch, run
+
+    monkeypatch.setitem(METHODS, "pooled", PooledMethod)
+    images, targets = batch()
+    student, teacher = build(mcfg(), 0), build(mcfg(), 1)
+    maps = {"student": [], "teacher": []}
+    student.backbone.register_forward_hook(lambda m, i, o: maps["student"].append(o))
+    teacher.backbone.register_forward_hook(lambda m, i, o: maps["teacher"].append(o))
+    d = Distiller(student, teacher, DistillConfig(methods={"pooled": PooledConfig(weight=2.0)}))
+    losses, _ = run(d, images, targets, seed=0)
+    assert d.methods["pooled"].calls == [True] and len(maps["teacher"]) == 1  # one teacher pass, nothing probed
+    s, t = maps["student"][-1], maps["teacher"][-1]
+    expect = 2.0 * sum((s[k].mean(dim=(2, 3)).double() - t[k].mean(dim=(2, 3)).double()).pow(2).mean() for k in s)
+    assert losses["loss_pooled"].item() == pytest.approx(expect.item(), rel=1e-5)
+    sum(losses.values()).backward()
+    assert student.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0

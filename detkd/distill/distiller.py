@@ -10,9 +10,9 @@ Each training step the Distiller runs
    the outputs of the student modules a method taps (``student_taps``);
 2. the frozen teacher, only as far as the enabled methods need: its backbone (+ FPN) on the
    student's transformed batch (re-normalized if the two configs' mean/std differ) or, when
-   the teacher's config has another input size, on the images at its own size; for Chen et
-   al.'s terms (Faster R-CNN pairs) its RPN head at the student's anchors and its box head on
-   the student's sampled proposals (scaled into the teacher's frame);
+   the teacher's config has another input size, on the images at its own size; then each
+   method's own teacher work on those maps, its ``teacher_step`` (Chen et al.: the teacher's
+   RPN head at the student's anchors, its box head on the student's sampled proposals);
 3. every enabled method (:data:`detkd.distill.methods.METHODS`) on the
    :class:`~detkd.distill.methods.DistillRecord` of that step: Chen et al. (NeurIPS 2017;
    hint, soft CE, bounded regression), the FPN-feature methods PKD, CWD, MGD, FGD, fine-grained
@@ -38,7 +38,6 @@ Conventions:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -46,16 +45,16 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from detkd.config.schema import Config, DistillConfig, ModelConfig
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
+from detkd.distill.methods.base import scale_boxes
 from detkd.errors import DetkdError
 from detkd.modeling.adapters import HintAdapters
 from detkd.modeling.detector import build_detector
 from detkd.modeling.families import TrainStep, family_of_model
 from detkd.modeling.families.common import feature_dict
-from detkd.modeling.sampling import KeyedSampler, set_sampling_keys
+from detkd.modeling.sampling import sampling_keys, set_sampling_keys
 from detkd.modeling.weights import load_matching, read_state_dict
 
 __all__ = ["Distiller", "build_distiller"]
@@ -121,13 +120,16 @@ def _sections(cfg: DistillConfig) -> list[tuple[str, Any]]:
     return [(name, cfg.methods[name]) for name in METHODS if cfg.methods.get(name) is not None]
 
 
-def _scale_boxes(boxes: list[Tensor], src: list[tuple[int, int]], dst: list[tuple[int, int]]) -> list[Tensor]:
-    """xyxy boxes of each image from its ``src`` (H, W) frame into its ``dst`` frame."""
-    out = []
-    for b, (h_s, w_s), (h_d, w_d) in zip(boxes, src, dst):
-        ratio = torch.tensor([w_d / w_s, h_d / h_s, w_d / w_s, h_d / h_s], dtype=b.dtype, device=b.device)
-        out.append(b * ratio)
-    return out
+def _cloned(value: Any) -> Any:
+    """``value`` with every tensor in it (also in tuples, lists, dicts) cloned: out of
+    inference mode, the student's backward may save it."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cloned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    return value
 
 
 class Distiller(nn.Module):
@@ -156,9 +158,10 @@ class Distiller(nn.Module):
         methods: ``nn.ModuleDict`` name -> :class:`DistillMethod` of the enabled methods.
         adapters: Chen et al.'s :class:`HintAdapters`, or ``None`` when the hint is off.
         last_stats: Python floats from the last training forward (read lazily, so there is
-            no host sync unless it is read): ``raw_<term>`` unweighted term values and
-            ``rpn_bound_active`` / ``rcn_bound_active``, the fraction of positive rows on
-            which the teacher bound is active.
+            no host sync unless it is read): every running method's ``stats``, e.g.
+            ``raw_<term>`` unweighted term values (Chen et al. also ``rpn_bound_active`` /
+            ``rcn_bound_active``, the fraction of positive rows on which the teacher bound is
+            active).
 
     Training ``forward(images, targets)`` returns the loss terms, already weighted, whose
     sum is the objective: the student's own (torchvision's keys in torchvision's order: Faster
@@ -323,10 +326,8 @@ class Distiller(nn.Module):
     def _record(self, raw_images: list[Tensor], step: TrainStep, taps: dict[str, list[Tensor]],
                 methods: list[DistillMethod]) -> DistillRecord:
         """Run the teacher as far as ``methods`` need and collect what they read."""
-        need_rpn = any(m.needs_teacher_rpn for m in methods)
-        need_rcn = any(m.needs_teacher_rcn for m in methods)
         levels = list(dict.fromkeys(level for m in methods for level in m.teacher_levels()))
-        image_list, targets, rcn = step.images, step.targets, step.rcn
+        image_list, targets = step.images, step.targets
         sizes = image_list.image_sizes
         with torch.inference_mode():
             if self.own_size:  # the teacher's own transform (eval mode: its test size, no randomness)
@@ -335,25 +336,22 @@ class Distiller(nn.Module):
             else:
                 t_input, t_sizes = self._teacher_input(image_list), sizes
             t_features = feature_dict(self.teacher.backbone(t_input))
-            t_rpn = self._teacher_rpn(t_features, step.grids) if need_rpn else None
-            t_rcn = None
-            if need_rcn:
-                proposals = rcn["proposals"] if not self.own_size else _scale_boxes(rcn["proposals"], sizes, t_sizes)
-                t_rcn = self._teacher_rcn(t_features, proposals, t_sizes)
         # Inference tensors cannot be saved for the student's backward: clone the few the
         # methods use into normal tensors (cheap next to the teacher's forward).
         boxes = [t["boxes"] for t in targets]
-        return DistillRecord(
+        rec = DistillRecord(
             features=step.features,
             teacher_features={k: t_features[k].clone() for k in levels},
             targets=targets, image_sizes=sizes, batch_shape=tuple(image_list.tensors.shape[-2:]),
-            teacher_boxes=boxes if not self.own_size else _scale_boxes(boxes, sizes, t_sizes),
+            teacher_boxes=boxes if not self.own_size else scale_boxes(boxes, sizes, t_sizes),
             teacher_image_sizes=t_sizes, teacher_batch_shape=tuple(t_input.shape[-2:]),
             keys=self._image_keys(len(targets)) if any(m.needs_keys for m in methods) else [],
             step=step, taps=taps,
-            teacher_rpn=None if t_rpn is None else (t_rpn[0].clone(), t_rpn[1].clone()),
-            teacher_rcn=None if t_rcn is None else (t_rcn[0].clone(), t_rcn[1].clone()),
         )
+        with torch.inference_mode():  # each method's own teacher work (Chen et al.: the teacher's heads)
+            outputs = {m.name: m.teacher_step(rec, self.teacher, t_features) for m in methods}
+        rec.teacher_outputs = {name: _cloned(out) for name, out in outputs.items() if out is not None}
+        return rec
 
     def _image_keys(self, num_images: int) -> list[int]:
         """The per-image keys the trainer set (:meth:`set_image_keys`, or on the student's keyed
@@ -361,9 +359,9 @@ class Distiller(nn.Module):
         the global RNG."""
         if self._keys is not None and len(self._keys) == num_images:
             return list(self._keys)
-        sampler = getattr(getattr(self.student, "rpn", None), "fg_bg_sampler", None)
-        if isinstance(sampler, KeyedSampler) and sampler.keys is not None:
-            return list(sampler.keys)
+        keys = sampling_keys(self.student)
+        if keys is not None:
+            return keys
         return [int(k) for k in torch.randint(0, 2**62, (num_images,))]
 
     # ------------------------------------------------------------------ teacher pieces
@@ -386,27 +384,6 @@ class Distiller(nn.Module):
             if w < width:
                 x_t[i, :, :, w:] = 0
         return x_t
-
-    def _teacher_rpn(self, t_features: "OrderedDict[str, Tensor]",
-                     student_grids: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-        """Teacher objectness and deltas for every student anchor (same anchor order)."""
-        t_obj, t_deltas = self.teacher.rpn.head(list(t_features.values()))
-        grids = [tuple(o.shape[-2:]) for o in t_obj]
-        if grids != list(student_grids):  # check_compatible makes this unreachable for sane models
-            raise DetkdError(
-                f"RPN distillation: teacher feature grids {grids} differ from the student's {list(student_grids)}"
-            )
-        t_obj, t_deltas = concat_box_prediction_layers(t_obj, t_deltas)
-        return t_obj.flatten(), t_deltas
-
-    def _teacher_rcn(self, t_features: "OrderedDict[str, Tensor]", proposals: list[Tensor],
-                     image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-        """The student's sampled proposals, pooled from the teacher's features and run
-        through the teacher's box head: one teacher row per student row, same order."""
-        heads = self.teacher.roi_heads
-        box_features = heads.box_roi_pool(t_features, proposals, image_sizes)
-        box_features = heads.box_head(box_features)
-        return heads.box_predictor(box_features)
 
     def extra_repr(self) -> str:
         return f"methods={list(self.methods)}, terms={sorted(self.terms)}, renorm={self.renorm}, own_size={self.own_size}"

@@ -35,7 +35,6 @@ from detkd.config.load import config_hash, dump_config
 from detkd.config.schema import Config
 from detkd.data.build import build_dataset, build_eval_loader, check_label_maps, collate_fn
 from detkd.data.sampler import ResumableSampler
-from detkd.distill.compat import check_label_map
 from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint, run_record
 from detkd.engine.loop import IterationPlan, NonFiniteGuard, Position, epoch_batches, epoch_due, log_train_step
 from detkd.engine.lock import RunLock
@@ -48,6 +47,7 @@ from detkd.evaluation.inference import evaluate_detector
 from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_state
 from detkd.modeling.detector import count_parameters
 from detkd.modeling.families import describe
+from detkd.modeling.label_map import check_label_map
 from detkd.modeling.sampling import sample_key
 from detkd.utils import dist
 from detkd.utils.atomic import atomic_save, atomic_write_text

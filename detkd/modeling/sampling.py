@@ -83,6 +83,15 @@ def set_sampling_keys(model: nn.Module, keys: Optional[Sequence[int]]) -> None:
             sampler.keys = None if keys is None else list(keys)
 
 
+def sampling_keys(model: nn.Module) -> Optional[list[int]]:
+    """The per-image keys set on ``model``'s keyed samplers (:func:`set_sampling_keys`), or None."""
+    for part in _sampling_parts(model):
+        sampler = part.fg_bg_sampler
+        if isinstance(sampler, KeyedSampler) and sampler.keys is not None:
+            return list(sampler.keys)
+    return None
+
+
 def plain_samplers(model: nn.Module) -> nn.Module:
     """Put torchvision's own sampler of the same sizes back in place of every KeyedSampler
     (a training-only part that an exported model must not carry)."""

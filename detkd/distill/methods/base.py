@@ -1,17 +1,18 @@
 """What every distillation method sees and provides (the method interface).
 
 The :class:`~detkd.distill.distiller.Distiller` runs the student's training pipeline and the
-frozen teacher once per step and hands each enabled method one :class:`DistillRecord`; a
-method turns it into named, already weighted loss terms. A method is an ``nn.Module`` (its
-learnable parts, e.g. adaptation convs or generators, are trained with the student, saved in
-``last.pth`` and left out of ``model_final.pth``) built from its typed config section by
-``build(section, ctx)``. Its class names that section's dataclass (``config``: defaults,
-ranges declared with :func:`detkd.config.fields.option`, the equation in its docstring), the
-loader's ``distill.<name>`` section. The Distiller reads three class attributes to do only the teacher
-work the enabled methods need: ``needs_teacher_rpn`` (teacher RPN head at the student's
-anchors), ``needs_teacher_rcn`` (teacher box head on the student's sampled proposals),
-``needs_keys`` (per-image keys for reproducible random draws) and
-:meth:`DistillMethod.teacher_levels` (the teacher FPN maps it reads).
+frozen teacher's backbone once per step and hands each enabled method one
+:class:`DistillRecord`; a method turns it into named, already weighted loss terms. A method is
+an ``nn.Module`` (its learnable parts, e.g. adaptation convs or generators, are trained with
+the student, saved in ``last.pth`` and left out of ``model_final.pth``) built from its typed
+config section by ``build(section, ctx)``. Its class names that section's dataclass
+(``config``: defaults, ranges declared with :func:`detkd.config.fields.option`, the equation in
+its docstring), the loader's ``distill.<name>`` section. The Distiller does only the teacher
+work the enabled methods ask for: the teacher maps of :meth:`DistillMethod.teacher_levels`, and
+whatever a method computes from the teacher beyond its backbone in
+:meth:`DistillMethod.teacher_step` (Chen et al.: the teacher's RPN and box heads on the
+student's rows), run once per batch under ``torch.inference_mode()``; ``needs_keys`` asks for
+per-image keys for reproducible random draws.
 
 How to add a method: docs/distillation_methods.md.
 """
@@ -22,15 +23,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
 from detkd.config.fields import weights_of
 from detkd.config.schema import DistillConfig, ModelConfig
-from detkd.distill.compat import probe_features, probe_size, stride_of
+from detkd.distill.probe import LevelInfo, probe_levels
 from detkd.errors import DetkdError
 from detkd.modeling.families import TrainStep, family_of_model
 
-__all__ = ["DistillRecord", "DistillMethod", "BuildContext", "LevelPair", "LevelInfo", "resolve_levels"]
+__all__ = ["DistillRecord", "DistillMethod", "BuildContext", "LevelPair", "LevelInfo", "resolve_levels", "scale_boxes"]
 
 
 @dataclass
@@ -42,8 +44,9 @@ class DistillRecord:
     is the same frame unless the teacher's config has another input size (then the teacher
     ran its own transform on the raw images and ``teacher_boxes`` are the ground-truth boxes
     scaled into it). ``step`` is the student's whole training forward (its family's
-    :class:`~detkd.modeling.families.TrainStep`: anchors, matched indices, head outputs...);
-    ``rpn``/``rcn`` are its Faster R-CNN parts (empty dicts for a one-stage student).
+    :class:`~detkd.modeling.families.TrainStep`: anchors, matched indices, head outputs...).
+    ``teacher_outputs[name]`` is what method ``name``'s :meth:`DistillMethod.teacher_step`
+    returned this batch (tensors cloned out of inference mode; absent where it returned None).
     """
 
     features: "OrderedDict[str, Tensor]"  # student maps (receive gradient)
@@ -57,18 +60,23 @@ class DistillRecord:
     keys: list[int]  # per-image keys (run seed, epoch, image id) where a method needs_keys, else []
     step: TrainStep  # the student's training forward
     taps: dict[str, list[Tensor]] = field(default_factory=dict)  # student_taps outputs, one per call
-    teacher_rpn: Optional[tuple[Tensor, Tensor]] = None  # teacher objectness/deltas at every student anchor
-    teacher_rcn: Optional[tuple[Tensor, Tensor]] = None  # teacher logits/deltas of the student's RoIs
+    teacher_outputs: dict[str, Any] = field(default_factory=dict)  # method name -> its teacher_step's result
 
-    @property
-    def rpn(self) -> dict[str, Any]:
-        """The student's RPN: anchors, objectness, deltas, sampled rows, targets, grids."""
-        return self.step.rpn
+    def to_teacher_frame(self, boxes: list[Tensor]) -> list[Tensor]:
+        """xyxy boxes of each image from the student's frame into the teacher's (the same
+        boxes when the teacher saw the student's batch)."""
+        if self.teacher_image_sizes == self.image_sizes:
+            return boxes
+        return scale_boxes(boxes, self.image_sizes, self.teacher_image_sizes)
 
-    @property
-    def rcn(self) -> dict[str, Any]:
-        """The student's RoI head: sampled proposals, logits, regression, labels."""
-        return self.step.rcn
+
+def scale_boxes(boxes: list[Tensor], src: list[tuple[int, int]], dst: list[tuple[int, int]]) -> list[Tensor]:
+    """xyxy boxes of each image from its ``src`` (H, W) frame into its ``dst`` frame."""
+    out = []
+    for b, (h_s, w_s), (h_d, w_d) in zip(boxes, src, dst):
+        ratio = torch.tensor([w_d / w_s, h_d / h_s, w_d / w_s, h_d / h_s], dtype=b.dtype, device=b.device)
+        out.append(b * ratio)
+    return out
 
 
 @dataclass
@@ -79,16 +87,6 @@ class LevelPair:
     teacher: str
     student_channels: int
     teacher_channels: int
-
-
-@dataclass(frozen=True)
-class LevelInfo:
-    """One map of a backbone on the probe image: width, cells, stride (None: unknown, 1-cell map)."""
-
-    channels: int
-    height: int
-    width: int
-    stride: Optional[int]
 
 
 class BuildContext:
@@ -112,18 +110,13 @@ class BuildContext:
     def levels(self) -> tuple["OrderedDict[str, LevelInfo]", "OrderedDict[str, LevelInfo]"]:
         """The student's and the teacher's maps (:class:`LevelInfo`), probed once."""
         if self._probe is None:
-            self._probe = tuple(_probe(model) for model in (self.student, self.teacher))
+            self._probe = tuple(probe_levels(model) for model in (self.student, self.teacher))
         return self._probe
 
     def shapes(self) -> tuple["OrderedDict[str, tuple[int, ...]]", "OrderedDict[str, tuple[int, ...]]"]:
         """``level -> (C, H, W)`` of the student and the teacher on their probe images."""
         return tuple(OrderedDict((k, (v.channels, v.height, v.width)) for k, v in side.items())
                      for side in self.levels())
-
-
-def _probe(model: nn.Module) -> "OrderedDict[str, LevelInfo]":
-    size = probe_size(model)
-    return OrderedDict((k, LevelInfo(c, h, w, stride_of(h, size))) for k, (c, h, w) in probe_features(model).items())
 
 
 # A parameter-free subsample of the level below it (Faster R-CNN's LastLevelMaxPool): matched by
@@ -229,8 +222,6 @@ class DistillMethod(nn.Module):
 
     config: type = type(None)  # the dataclass of its config section distill.<name>
     name = ""  # its METHODS key: set by the Distiller (BuildContext.name while it is built)
-    needs_teacher_rpn = False
-    needs_teacher_rcn = False
     needs_keys = False  # per-image keys for random draws (DistillRecord.keys; else left empty)
     # Defaults that depend on the student's family (docs/methods.md, section 4): family name ->
     # {option: value}, filled in by the config loader where the section leaves the option out
@@ -276,6 +267,18 @@ class DistillMethod(nn.Module):
     def teacher_levels(self) -> list[str]:
         """Teacher FPN levels this method reads (the only ones cloned out of inference mode)."""
         return []
+
+    def teacher_step(self, rec: DistillRecord, teacher: nn.Module, features: "OrderedDict[str, Tensor]") -> Any:
+        """The method's own teacher work for this batch, beyond the teacher's backbone, or None.
+
+        Called by the Distiller once per batch for every method that runs, after the teacher's
+        backbone (+ FPN) and under ``torch.inference_mode()``: ``teacher`` is the frozen
+        teacher, ``features`` all its maps (the teacher's frame; ``rec.to_teacher_frame`` maps
+        the student's boxes into it). Whatever it returns (tensors, or tuples, lists and dicts
+        of them) reaches :meth:`forward` as ``rec.teacher_outputs[self.name]``, cloned out of
+        inference mode. Here, not in :meth:`forward`, so that the teacher runs in one place
+        per batch, without autograd, and the Distiller needs to know no detector's heads."""
+        return None
 
     def student_taps(self) -> dict[str, nn.Module]:
         """Student modules whose outputs the method reads (``DistillRecord.taps[name]``: one

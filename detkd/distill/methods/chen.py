@@ -8,26 +8,49 @@ r"""Chen et al., "Learning Efficient Object Detection Models with Knowledge Dist
     L_b    = ||R_s - y||^2 if ||R_s - y||^2 + m > ||R_t - y||^2 else 0   (per row)
     L_hint = ||adapt(V) - Z||^2                                   (elementwise mean)
 
-Rows line up because the teacher is read at the student's sampled anchors (RPN) and on the
-student's sampled proposals (RoI head), see the Distiller. Normalization follows the hard
+Rows line up because the teacher is read at the student's anchors (RPN) and on the student's
+sampled proposals (RoI head): :meth:`ChenMethod.teacher_step` runs the teacher's RPN head on its
+own maps and its box head on the student's proposals, once per batch. Normalization follows the hard
 term beside each soft/bounded term: RPN soft = mean over the sampled anchors; RCN soft = mean
 over the sampled RoIs; bounds = sum over positive rows / number of sampled rows.
+
+Rows are only comparable when both nets agree on what a row is, so before training
+:func:`check_compatible` refuses, with one line naming the problem and the config keys, a pair
+the enabled terms (:func:`enabled_terms`: switch on *and* weight > 0) cannot compare:
+different class counts (the soft CE compares class distributions); different box-coder weights
+where a bounded term compares encoded deltas; with an RPN term on, different anchors (sizes,
+aspect ratios, anchors per location), feature levels or strides; hint levels that are not maps
+of the student or the teacher; an ``identity`` adapter between maps of different widths. So
+differing anchors are fine when both RPN terms are off.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from detkd.config.fields import option
-from detkd.distill.compat import RCN_TERMS, RPN_TERMS, check_compatible, enabled_terms
+from detkd.config.schema import ModelConfig
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord
+from detkd.distill.probe import PROBE_SIZE, anchor_layout, probe_features
 from detkd.errors import DetkdError
 from detkd.losses.detection import bounded_regression_loss, objectness_soft_ce, weighted_soft_ce
 from detkd.modeling.adapters import HintAdapters, hint_losses
+
+__all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "ChenConfig", "ChenMethod", "check_compatible", "enabled_terms"]
+
+TERMS = ("rpn_soft", "rcn_soft", "rpn_bound", "rcn_bound", "hint")
+RPN_TERMS = frozenset({"rpn_soft", "rpn_bound"})
+RCN_TERMS = frozenset({"rcn_soft", "rcn_bound"})
+PROBED_TERMS = RPN_TERMS | {"hint"}  # the terms whose checks read the backbones' maps
+
+Shapes = OrderedDict[str, tuple[int, ...]]  # level -> (C, H, W) on the probe image
 
 
 @dataclass
@@ -58,6 +81,163 @@ class ChenConfig:
     adapter: Literal["conv1x1", "identity"] = "conv1x1"
 
 
+def enabled_terms(cfg: ChenConfig) -> frozenset[str]:
+    """The distillation terms that contribute: switch on and weight > 0.
+
+    Weights: soft terms ``1 - mu``, bounded terms ``lam * nu``, hint ``gamma``. A term whose
+    weight is 0 is skipped entirely (no teacher work, no loss entry), so ``mu = 1, nu = 0,
+    gamma = 0`` is the plain student loss exactly (so is leaving ``distill.chen`` out).
+    """
+    soft_w = 1.0 - cfg.mu
+    bound_w = cfg.lam * cfg.nu
+    weights = {
+        "rpn_soft": (cfg.rpn_soft, soft_w),
+        "rcn_soft": (cfg.rcn_soft, soft_w),
+        "rpn_bound": (cfg.rpn_bound, bound_w),
+        "rcn_bound": (cfg.rcn_bound, bound_w),
+        "hint": (cfg.hint, cfg.gamma),
+    }
+    return frozenset(name for name, (switch, w) in weights.items() if switch and w > 0)
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+def check_compatible(
+    student_cfg: Optional[ModelConfig],
+    teacher_cfg: Optional[ModelConfig],
+    distill_cfg: ChenConfig,
+    student: nn.Module,
+    teacher: nn.Module,
+    level_map: Optional[dict[str, str]] = None,
+    probe: Optional[Callable[[], tuple[Shapes, Shapes]]] = None,
+) -> dict[str, tuple[int, int]]:
+    """Refuse a teacher/student pair the enabled distillation terms cannot compare.
+
+    Raises :class:`DetkdError` with one line naming the problem. The configs are only used
+    to name keys in messages (``None`` is accepted when the models were built in code);
+    everything is read from the models themselves. ``probe`` gives the two backbones' maps on
+    a zero image (the build's one probe, ``BuildContext.shapes``; default
+    :func:`~detkd.distill.probe.probe_features` of each), called only when an RPN term or the
+    hint is on.
+
+    Returns ``{hint level: (student channels, teacher channels)}`` for the hint levels
+    (empty when the hint term is off), which is what
+    :class:`detkd.modeling.adapters.HintAdapters` is built from. ``level_map`` matches a
+    student hint level with a differently named teacher level (``distill.level_map``).
+    """
+    terms = enabled_terms(distill_cfg)
+    s_pre = "model." if student_cfg is not None else "student "
+    t_pre = "teacher.model." if teacher_cfg is not None else "teacher "
+    _check_heads(student, teacher, terms, s_pre, t_pre)
+    if not terms & PROBED_TERMS:
+        return {}
+    f_s, f_t = probe() if probe is not None else (probe_features(student), probe_features(teacher))
+    if terms & RPN_TERMS:
+        _check_rpn(student, teacher, terms, f_s, f_t, s_pre, t_pre)
+    if "hint" not in terms:
+        return {}
+    return _hint_channels(distill_cfg, f_s, f_t, level_map or {})
+
+
+def _check_heads(student: nn.Module, teacher: nn.Module, terms: frozenset[str], s_pre: str, t_pre: str) -> None:
+    """Box heads only, the same class list, and (for a bounded term) the same box coder."""
+    for model, who in ((student, "student"), (teacher, "teacher")):
+        heads = model.roi_heads
+        if heads.has_mask() or heads.has_keypoint():
+            raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills Faster R-CNN box detectors only")
+
+    # Classes: the soft CE compares distributions over the same class list.
+    n_s, n_t = _num_classes(student), _num_classes(teacher)
+    if n_s != n_t:
+        raise DetkdError(
+            f"teacher and student class counts differ: {t_pre}num_classes gives {n_t}, "
+            f"{s_pre}num_classes gives {n_s}; distillation needs the same class list"
+        )
+
+    # Box coders: the bounded term compares deltas, which are only comparable when both are
+    # encoded with the same weights (torchvision: RPN (1,1,1,1), RoI (10,10,5,5)).
+    for term, head in (("rpn_bound", "rpn"), ("rcn_bound", "roi_heads")):
+        if term not in terms:
+            continue
+        w_s = tuple(float(w) for w in getattr(student, head).box_coder.weights)
+        w_t = tuple(float(w) for w in getattr(teacher, head).box_coder.weights)
+        if w_s != w_t:
+            raise DetkdError(
+                f"distill.chen.{term}: {head}.box_coder weights differ (student {w_s}, teacher {w_t}); "
+                f"the bounded regression compares deltas encoded with the same weights"
+            )
+
+
+def _num_classes(model: nn.Module) -> int:
+    predictor = model.roi_heads.box_predictor
+    cls_score = getattr(predictor, "cls_score", None)
+    if isinstance(cls_score, nn.Linear):
+        return cls_score.out_features
+    raise DetkdError(f"cannot read the class count of box predictor {type(predictor).__name__}")
+
+
+def _check_rpn(student: nn.Module, teacher: nn.Module, terms: frozenset[str], f_s: Shapes, f_t: Shapes,
+               s_pre: str, t_pre: str) -> None:
+    """RPN terms: rows are anchors, so anchors, feature levels and strides must coincide."""
+    switch = "/".join(f"distill.chen.{t}" for t in sorted(terms & RPN_TERMS))
+    sizes_s, ratios_s = anchor_layout(student.rpn.anchor_generator)
+    sizes_t, ratios_t = anchor_layout(teacher.rpn.anchor_generator)
+    if sizes_s != sizes_t or ratios_s != ratios_t:
+        raise DetkdError(
+            f"RPN distillation ({switch}) needs the same anchors: student sizes {sizes_s} "
+            f"ratios {ratios_s}, teacher sizes {sizes_t} ratios {ratios_t}; align "
+            f"{t_pre}anchor_sizes/aspect_ratios with {s_pre}anchor_sizes/aspect_ratios or turn {switch} off"
+        )
+    a_s = student.rpn.anchor_generator.num_anchors_per_location()
+    a_t = teacher.rpn.anchor_generator.num_anchors_per_location()
+    if a_s != a_t:
+        raise DetkdError(
+            f"RPN distillation ({switch}) needs the same anchors per location: student {a_s}, teacher {a_t}"
+        )
+    if len(f_s) != len(f_t):
+        raise DetkdError(
+            f"RPN distillation ({switch}) needs the same number of feature levels: student has "
+            f"{len(f_s)} ({', '.join(f_s)}), teacher {len(f_t)} ({', '.join(f_t)}); "
+            f"check {s_pre}returned_layers/extra_pool_level against {t_pre}returned_layers/extra_pool_level"
+        )
+    grids_s = [s[1:] for s in f_s.values()]
+    grids_t = [s[1:] for s in f_t.values()]
+    if grids_s != grids_t:
+        raise DetkdError(
+            f"RPN distillation ({switch}) needs the same feature strides: on a {PROBE_SIZE}x{PROBE_SIZE} "
+            f"image the student's maps are [{_fmt_levels(f_s)}] and the teacher's [{_fmt_levels(f_t)}]"
+        )
+
+
+def _fmt_levels(shapes: Shapes) -> str:
+    return ", ".join(f"{k}: {s[1]}x{s[2]}" if len(s) == 3 else f"{k}: {s}" for k, s in shapes.items())
+
+
+def _hint_channels(cfg: ChenConfig, f_s: Shapes, f_t: Shapes, level_map: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Hint: named levels on both sides, one adapter each (``identity`` only between equal widths)."""
+    levels = [str(level) for level in cfg.hint_levels]
+    if not levels:
+        raise DetkdError("distill.chen.hint_levels is empty while distill.chen.hint is on")
+    channels: dict[str, tuple[int, int]] = {}
+    for level in levels:
+        t_level = level_map.get(level, level)
+        for feats, name, who in ((f_s, level, "student"), (f_t, t_level, "teacher")):
+            if name not in feats:
+                raise DetkdError(
+                    f"distill.chen.hint_levels: level '{name}' is not a {who} feature map; "
+                    f"available: {', '.join(feats)}"
+                )
+        c_s, c_t = f_s[level][0], f_t[t_level][0]
+        if cfg.adapter == "identity" and c_s != c_t:
+            raise DetkdError(
+                f"distill.chen.adapter 'identity' needs equal channels at hint level '{level}': "
+                f"student {c_s}, teacher {c_t}; use adapter: conv1x1"
+            )
+        channels[level] = (c_s, c_t)
+    return channels
+
+
 def _l2_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
     """Plain L2 ablation: sum over rows of ||R_s - R_t||^2 (teacher detached)."""
     dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
@@ -71,17 +251,14 @@ class ChenMethod(DistillMethod):
     ``loss_rpn_bound``, ``loss_hint``; stats ``raw_<term>`` and ``<head>_bound_active``."""
 
     config = ChenConfig
-    # What the full objective needs (an instance sets its own from the terms that are on).
-    needs_teacher_rpn = True
-    needs_teacher_rcn = True
 
     def __init__(self, cfg: ChenConfig, terms: frozenset[str], hint_channels: dict[str, tuple[int, int]],
                  num_classes: int, level_map: dict[str, str]) -> None:
         super().__init__()
         self.cfg = cfg
         self._terms = terms
-        self.needs_teacher_rpn = bool(terms & RPN_TERMS)
-        self.needs_teacher_rcn = bool(terms & RCN_TERMS)
+        self.reads_teacher_rpn = bool(terms & RPN_TERMS)  # what teacher_step runs
+        self.reads_teacher_rcn = bool(terms & RCN_TERMS)
         self.hint_levels = [str(level) for level in cfg.hint_levels]
         self.level_map = level_map
         self.adapters: Optional[HintAdapters] = None
@@ -123,7 +300,7 @@ class ChenMethod(DistillMethod):
                 f"RPN distillation ({switch}) compares the two nets anchor by anchor, so the teacher must see the "
                 f"student's input size: set distill.teacher_input: student, or turn {switch} off")
         hint_channels = check_compatible(ctx.student_cfg, ctx.teacher_cfg, section, ctx.student, ctx.teacher,
-                                         level_map=ctx.level_map)
+                                         level_map=ctx.level_map, probe=ctx.shapes)
         num_classes = ctx.student.roi_heads.box_predictor.cls_score.out_features
         return cls(section, terms, hint_channels, num_classes, ctx.level_map)
 
@@ -145,13 +322,26 @@ class ChenMethod(DistillMethod):
             weights["loss_objectness"] = self.cfg.mu
         return weights
 
+    def teacher_step(self, rec: DistillRecord, teacher: nn.Module,
+                     features: "OrderedDict[str, Tensor]") -> tuple[Optional[tuple[Tensor, Tensor]], ...]:
+        """The teacher's rows beside the student's, as far as the terms that are on need:
+        (objectness, deltas) of its RPN head at every student anchor, (logits, deltas) of its
+        box head on the student's sampled proposals (None where no term reads them)."""
+        rpn = _teacher_rpn(teacher, features, rec.step.grids) if self.reads_teacher_rpn else None
+        rcn = None
+        if self.reads_teacher_rcn:
+            proposals = rec.to_teacher_frame(rec.step.rcn["proposals"])
+            rcn = _teacher_rcn(teacher, features, proposals, rec.teacher_image_sizes)
+        return rpn, rcn
+
     def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
-        cfg, terms, rpn, rcn = self.cfg, self._terms, rec.rpn, rec.rcn
+        cfg, terms, rpn, rcn = self.cfg, self._terms, rec.step.rpn, rec.step.rcn
         self.stats = {}
         losses: dict[str, Tensor] = {}
         soft_w, bound_w = 1.0 - cfg.mu, cfg.lam * cfg.nu
-        if self.needs_teacher_rcn:
-            t_logits, t_regression = rec.teacher_rcn
+        t_rpn, t_rcn = rec.teacher_outputs[self.name]
+        if self.reads_teacher_rcn:
+            t_logits, t_regression = t_rcn
         if "rcn_soft" in terms:
             # All sampled RoIs, mean: like the hard CE beside it.
             soft = weighted_soft_ce(rcn["class_logits"], t_logits, self.class_weights, cfg.temperature, "mean")
@@ -167,8 +357,8 @@ class ChenMethod(DistillMethod):
             bound = self._bound(s_d, t_d, rcn["regression_targets"][pos], num_rows, "rcn")
             losses["loss_rcn_bound"] = bound * bound_w
             self.stats["raw_rcn_bound"] = bound.detach()
-        if self.needs_teacher_rpn:
-            t_obj, t_deltas = rec.teacher_rpn
+        if self.reads_teacher_rpn:
+            t_obj, t_deltas = t_rpn
         if "rpn_soft" in terms:
             sampled = rpn["sampled_inds"]
             # Sampled anchors, mean: like the objectness BCE beside it.
@@ -197,3 +387,26 @@ class ChenMethod(DistillMethod):
         loss, active = bounded_regression_loss(s_d, t_d, y, self.cfg.margin, "sum", return_active=True)
         self.stats[f"{head}_bound_active"] = active.sum() / max(active.numel(), 1)
         return loss / num_sampled
+
+
+def _teacher_rpn(teacher: nn.Module, features: "OrderedDict[str, Tensor]",
+                 student_grids: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Teacher objectness and deltas for every student anchor (same anchor order)."""
+    t_obj, t_deltas = teacher.rpn.head(list(features.values()))
+    grids = [tuple(o.shape[-2:]) for o in t_obj]
+    if grids != list(student_grids):  # check_compatible makes this unreachable for sane models
+        raise DetkdError(
+            f"RPN distillation: teacher feature grids {grids} differ from the student's {list(student_grids)}"
+        )
+    t_obj, t_deltas = concat_box_prediction_layers(t_obj, t_deltas)
+    return t_obj.flatten(), t_deltas
+
+
+def _teacher_rcn(teacher: nn.Module, features: "OrderedDict[str, Tensor]", proposals: list[Tensor],
+                 image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The student's sampled proposals, pooled from the teacher's features and run through
+    the teacher's box head: one teacher row per student row, same order."""
+    heads = teacher.roi_heads
+    box_features = heads.box_roi_pool(features, proposals, image_sizes)
+    box_features = heads.box_head(box_features)
+    return heads.box_predictor(box_features)

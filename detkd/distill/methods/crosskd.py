@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkd.config.fields import option
-from detkd.distill.compat import anchor_layout
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord
+from detkd.distill.probe import anchor_layout
 from detkd.errors import DetkdError
 from detkd.losses.crosskd import crosskd_align, crosskd_cls_loss, crosskd_reg_loss
 from detkd.utils import dist
