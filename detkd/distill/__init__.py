@@ -1,5 +1,6 @@
-"""Detection distillation (Chen et al., NeurIPS 2017): the :class:`Distiller` wrapper and
-its teacher/student compatibility checks."""
+"""Detection distillation: the :class:`Distiller` (a student of any detector family beside a
+frozen teacher of any family) and its methods, one file each in ``methods/`` found by name in
+``METHODS`` (docs/distillation_methods.md)."""
 
 from detkd.distill.compat import check_compatible, enabled_terms
 from detkd.distill.distiller import Distiller, build_distiller
