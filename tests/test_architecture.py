@@ -177,3 +177,60 @@ def test_the_checker_sees_an_import_circle(tmp_path):
     assert find_cycle(graph) == ["pkg.sub.a", "pkg.sub.b", "pkg.sub.c", "pkg.sub.a"]
     (root / "sub" / "c.py").write_text("import torch\n")
     assert find_cycle(module_graph(root)) == []
+
+
+# Folders another change is restructuring right now; their long functions and mutable
+# defaults are that change's to remove. Drop this exception once it has landed:
+# detkd/config/, detkd/recipe/.
+NOT_YET_CHECKED = ("config", "recipe")
+MAX_FUNCTION_LINES = 80
+
+
+def checked_modules() -> list[Path]:
+    return [p for p in sorted((REPO / "detkd").rglob("*.py"))
+            if p.relative_to(REPO / "detkd").parts[0] not in NOT_YET_CHECKED]
+
+
+def long_functions(path: Path) -> list[str]:
+    """``name:line (n lines)`` of every function or method over MAX_FUNCTION_LINES."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{node.name}:{node.lineno} ({length} lines)")
+    return found
+
+
+def mutable_defaults(path: Path) -> list[str]:
+    """``name:line`` of every function whose default is a list, dict or set (a display, a
+    comprehension or a ``list()``/``dict()``/``set()`` call): one object shared by all calls."""
+    mutable = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for d in [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]:
+                call = isinstance(d, ast.Call) and isinstance(d.func, ast.Name) and d.func.id in ("list", "dict", "set")
+                if isinstance(d, mutable) or call:
+                    found.append(f"{getattr(node, 'name', 'lambda')}:{node.lineno}")
+    return found
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Every function reads on one screen: the training loop as named steps, a report as
+    measure, aggregate, render."""
+    modules = checked_modules()
+    assert REPO / "detkd" / "engine" / "trainer.py" in modules  # the checker sees the loop
+    assert [f"{p.relative_to(REPO)} {f}" for p in modules for f in long_functions(p)] == []
+
+
+def test_no_mutable_default_arguments():
+    assert [f"{p.relative_to(REPO)} {f}" for p in checked_modules() for f in mutable_defaults(p)] == []
+
+
+def test_the_size_checkers_see_a_broken_rule(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(a, b=[], *, c={}):\n" + "    pass\n" * MAX_FUNCTION_LINES
+                   + "def g(x=list()):\n    return lambda y=set(): y\n")
+    assert long_functions(bad) == [f"f:1 ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert mutable_defaults(bad) == ["f:1", "f:1", "g:82", "lambda:83"]

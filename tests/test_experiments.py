@@ -207,7 +207,7 @@ def test_demo_reports_the_fraction_of_the_gap_closed():
 
 
 def test_one_mean_std_convention_sample_std_and_none_for_one_value():
-    from detkd.evaluation import report
+    from detkd.evaluation.report import aggregate
     from detkd.experiments import cls_tables
 
     # n = 3, by hand: mean 7/3; squared deviations 16/9 + 1/9 + 25/9 = 42/9, / (n - 1) = 7/3.
@@ -217,7 +217,7 @@ def test_one_mean_std_convention_sample_std_and_none_for_one_value():
     assert stats.mean_std([]) == (None, None) and stats.mean_std([None, float("nan"), 3.0]) == (3.0, None)
     assert stats.format_mean_std(0.25, None) == "0.250 ± -" and stats.format_mean_std(80.7, 0.5, 2) == "80.70 ± 0.50"
     # The report, the detection summary and the classification table share that one function.
-    assert report.mean_std is stats.mean_std and tables.mean_std is stats.mean_std
+    assert aggregate.mean_std is stats.mean_std and tables.mean_std is stats.mean_std
     assert cls_tables.mean_std is stats.mean_std
 
 

@@ -1,4 +1,4 @@
-"""Tests of the FPN-feature distillation losses (PKD, CWD, MGD, FGD, FGFI, DeFeat).
+"""Tests of the FPN-feature distillation losses (PKD, CWD, MGD, FGD, FGFI).
 
 Every expected value is computed independently of the code under test: explicit NumPy float64
 loops over images / channels / positions (exact fractions for the FGD box grid), written from the
@@ -25,7 +25,6 @@ from detkd.losses.feature import (
     GcBlock,
     MGDGenerator,
     cwd_loss,
-    defeat_feature_loss,
     fgd_attention,
     fgd_loss,
     fgd_masks,
@@ -602,31 +601,3 @@ def test_fgfi_no_gt_and_bad_anchor_count():
     assert [tuple(m.shape) for m in masks] == [(4, 6), (2, 3)] and all(m.sum() == 0 for m in masks)
     with pytest.raises(ValueError, match="anchors per location"):
         fgfi_masks(anchors[:-1], torch.zeros((0, 4)), grids, 3)
-
-
-# --------------------------------------------------------------------------- DeFeat
-
-
-def test_defeat_feature_loss_matches_reference(rng):
-    s, t, S, T = maps(rng, (2, 3, 4, 6))
-    mask = (rng.uniform(size=(2, 4, 6)) > 0.7).astype(float)
-    got = defeat_feature_loss(S, T, t64(mask), w_fg=3.0, w_bg=12.0)
-    fg = bg = 0.0
-    n_fg = n_bg = 0
-    for i in range(2):
-        for ch in range(3):
-            for y in range(4):
-                for z in range(6):
-                    d = (s[i, ch, y, z] - t[i, ch, y, z]) ** 2
-                    if mask[i, y, z]:
-                        fg, n_fg = fg + d, n_fg + 1
-                    else:
-                        bg, n_bg = bg + d, n_bg + 1
-    np.testing.assert_allclose(got.item(), 3.0 * fg / (2 * n_fg) + 12.0 * bg / (2 * n_bg), rtol=1e-10)
-    assert_grad_student_only(got, S, T)
-
-
-def test_defeat_empty_foreground_is_background_part_only(rng):
-    s, t, S, T = maps(rng, (2, 3, 4, 6))
-    got = defeat_feature_loss(S, T, torch.zeros(2, 4, 6, dtype=torch.float64), w_fg=3.0, w_bg=1.0)
-    np.testing.assert_allclose(got.item(), ((s - t) ** 2).sum() / (2 * s.size), rtol=1e-10)

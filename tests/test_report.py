@@ -1,4 +1,4 @@
-"""The speed/accuracy report (tools/report.py, detkd/evaluation/report.py and profile.py) on
+"""The speed/accuracy report (tools/report.py, detkd/evaluation/report/ and profile.py) on
 tiny, randomly initialised detectors: files, consistency of the numbers, the AP against
 tools/eval_det.py, seed aggregation, the Pareto front and one-line errors."""
 

@@ -1,7 +1,8 @@
 """Evaluate a detector checkpoint on the config's validation split (COCO and/or VOC metrics).
 
 The checkpoint may be a detkd checkpoint (last.pth, best.pth), a student-only file
-(model_final.pth) or any plain torchvision FasterRCNN state dict matching the config.
+(model_final.pth) or any plain torchvision state dict (``FasterRCNN``, ``RetinaNet``, ``FCOS``,
+``SSD``) matching the config.
 
 Example:
   python tools/eval_det.py --cfg configs/demo/faster_rcnn_demo.yaml --ckpt outputs/demo/model_final.pth

@@ -54,8 +54,9 @@ def _stage_index(idx: int, n: int, key: str, who: str) -> int:
     return idx % n
 
 
-class _Optimized:
-    """Optimizers + per-iteration schedulers; one backward/step helper."""
+class _MethodWithOptimizers:
+    """The part every classification method shares: its optimizers with their per-iteration
+    schedulers, one backward/step helper, evaluation mode and checkpoint restore."""
 
     def __init__(self, cfg: ClsConfig, iters_per_epoch: int, total_iters: int) -> None:
         self.cfg = cfg
@@ -132,12 +133,12 @@ class _Optimized:
 # ------------------------------------------------------------------------- one student
 
 
-class StudentMethod(_Optimized):
+class StudentMethod(_MethodWithOptimizers):
     def __init__(self, cfg: ClsConfig, student: nn.Module, teachers: list[nn.Module], data: ClsData,
                  iters_per_epoch: int, total_iters: int) -> None:
         super().__init__(cfg, iters_per_epoch, total_iters)
-        self.m: MethodConfig = cfg.method
-        self.name = self.m.name
+        self.method_cfg: MethodConfig = cfg.method
+        self.name = self.method_cfg.name
         self.student, self.teachers = student, teachers
         self.networks = {"student": student}
         self.aux = nn.ModuleDict()
@@ -145,10 +146,10 @@ class StudentMethod(_Optimized):
         size, c_in = data.image_size, data.in_channels
         s_shapes = feature_shapes(student, c_in, size)
         t_shapes = [feature_shapes(t, c_in, size) for t in teachers]
-        o = self.o = self.m.options  # the method's own section (None for baseline)
+        opts = self.options = self.method_cfg.options  # the method's own section (None for baseline)
         if self.name == "fitnet":
-            si = _stage_index(o.stage, len(s_shapes), "method.fitnet.stage", "student")
-            ti_raw = o.teacher_stage if o.teacher_stage is not None else o.stage
+            si = _stage_index(opts.stage, len(s_shapes), "method.fitnet.stage", "student")
+            ti_raw = opts.teacher_stage if opts.teacher_stage is not None else opts.stage
             ti = _stage_index(ti_raw, len(t_shapes[0]), "method.fitnet.teacher_stage", "teacher")
             try:
                 self.aux["regressor"] = ConvRegressor(s_shapes[si], t_shapes[0][ti])
@@ -158,12 +159,12 @@ class StudentMethod(_Optimized):
             self.fitnet_stages = (si, ti)
         elif self.name == "at":
             ns, nt = len(s_shapes), len(t_shapes[0])
-            if o.stages is None:
+            if opts.stages is None:
                 n = min(ns, nt)
                 pairs = [(ns - n + i, nt - n + i) for i in range(n)]
             else:
                 pairs = []
-                for idx in o.stages:
+                for idx in opts.stages:
                     si = _stage_index(idx, ns, "method.at.stages", "student")
                     ti = si + nt - ns  # same distance from the deepest stage
                     if not 0 <= ti < nt:
@@ -172,8 +173,8 @@ class StudentMethod(_Optimized):
                     pairs.append((si, ti))
             self.at_pairs = pairs
         elif self.name == "sp":
-            self.sp_stages = (_stage_index(o.stage, len(s_shapes), "method.sp.stage", "student"),
-                              _stage_index(o.stage, len(t_shapes[0]), "method.sp.stage", "teacher"))
+            self.sp_stages = (_stage_index(opts.stage, len(s_shapes), "method.sp.stage", "student"),
+                              _stage_index(opts.stage, len(t_shapes[0]), "method.sp.stage", "teacher"))
         elif self.name in ("camkd", "fitnet_mkd"):
             self.aux["regressors"] = CAMKDRegressors(s_shapes[-1][0], [s[-1] for s in t_shapes])
         self.aux.to(device)
@@ -190,46 +191,46 @@ class StudentMethod(_Optimized):
         self.aux.eval()
 
     def loss_terms(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Tensor]:
-        m, o, name = self.m, self.o, self.name
+        opts, name = self.options, self.name
         logits, feats = self.student(x, return_features=True)
-        terms: dict[str, Tensor] = {"ce": m.ce_weight * labelled_ce(logits, y)}
+        terms: dict[str, Tensor] = {"ce": self.method_cfg.ce_weight * labelled_ce(logits, y)}
         if name == "baseline":
             return terms
         if name == "scd":
-            terms["scd"] = o.beta * scd_loss(feats, o.target)
+            terms["scd"] = opts.beta * scd_loss(feats, opts.target)
             return terms
         with torch.no_grad():
             outs = [t(x, return_features=True) for t in self.teachers]
         t_logits = [out[0] for out in outs]
         t_feats = [out[1] for out in outs]
         if name == "kd":
-            terms["kd"] = o.weight * kd_loss(logits, t_logits[0], o.temperature)
+            terms["kd"] = opts.weight * kd_loss(logits, t_logits[0], opts.temperature)
         elif name == "fitnet":
             si, ti = self.fitnet_stages
-            terms["fitnet"] = o.weight * fitnet_loss(self.aux["regressor"](feats[si]), t_feats[0][ti])
+            terms["fitnet"] = opts.weight * fitnet_loss(self.aux["regressor"](feats[si]), t_feats[0][ti])
         elif name == "at":
-            terms["at"] = o.weight * torch.stack(
+            terms["at"] = opts.weight * torch.stack(
                 [at_loss(feats[si], t_feats[0][ti]) for si, ti in self.at_pairs]).sum()
         elif name == "sp":
             si, ti = self.sp_stages
-            terms["sp"] = o.weight * sp_loss(feats[si], t_feats[0][ti])
+            terms["sp"] = opts.weight * sp_loss(feats[si], t_feats[0][ti])
         elif name == "aver":
-            terms["kd"] = o.weight * aver_loss(logits, t_logits, o.temperature)
+            terms["kd"] = opts.weight * aver_loss(logits, t_logits, opts.temperature)
         elif name == "ebkd":
-            terms["kd"] = o.weight * ebkd_loss(logits, t_logits, o.temperature)
+            terms["kd"] = opts.weight * ebkd_loss(logits, t_logits, opts.temperature)
         elif name == "aekd":
-            terms["kd"] = o.weight * aekd_loss(logits, t_logits, o.temperature, c_tol=o.c_tol)
+            terms["kd"] = opts.weight * aekd_loss(logits, t_logits, opts.temperature, c_tol=opts.c_tol)
         elif name == "camkd":
-            terms["kd"] = o.weight * camkd_kd_loss(logits, t_logits, y, o.temperature)
-            if epoch >= o.inter_start_epoch:
+            terms["kd"] = opts.weight * camkd_kd_loss(logits, t_logits, y, opts.temperature)
+            if epoch >= opts.inter_start_epoch:
                 regressed = self.aux["regressors"](feats[-1])
                 classifiers: list[Callable[[Tensor], Tensor]] = [t.classifier_from_features for t in self.teachers]
-                terms["inter"] = o.inter_weight * camkd_inter_loss(
+                terms["inter"] = opts.inter_weight * camkd_inter_loss(
                     regressed, [f[-1] for f in t_feats], classifiers, y,
-                    detach_weights=o.detach_inter_weights)
+                    detach_weights=opts.detach_inter_weights)
         elif name == "fitnet_mkd":
             regressed = self.aux["regressors"](feats[-1])
-            terms["fitnet"] = o.weight * fitnet_mkd_loss(regressed, [f[-1] for f in t_feats])
+            terms["fitnet"] = opts.weight * fitnet_mkd_loss(regressed, [f[-1] for f in t_feats])
         else:  # pragma: no cover - the config schema lists the methods
             raise DetkdError(f"unknown method '{name}'")
         return terms
@@ -253,7 +254,7 @@ class StudentMethod(_Optimized):
 # ------------------------------------------------------------------------- DML
 
 
-class DMLMethod(_Optimized):
+class DMLMethod(_MethodWithOptimizers):
     def __init__(self, cfg: ClsConfig, peers: list[nn.Module], iters_per_epoch: int, total_iters: int) -> None:
         super().__init__(cfg, iters_per_epoch, total_iters)
         self.peers = peers
@@ -318,18 +319,18 @@ class DMLMethod(_Optimized):
 # ------------------------------------------------------------------------- FFL
 
 
-class FFLMethod(_Optimized):
+class FFLMethod(_MethodWithOptimizers):
     def __init__(self, cfg: ClsConfig, subs: list[nn.Module], data: ClsData, iters_per_epoch: int,
                  total_iters: int) -> None:
         super().__init__(cfg, iters_per_epoch, total_iters)
-        self.o: FFLOptions = cfg.method.options
+        self.options: FFLOptions = cfg.method.options
         self.subs = subs
         channels = [feature_shapes(s, data.in_channels, data.image_size)[-1][0] for s in subs]
         device = next(subs[0].parameters()).device
-        self.fusion = FusionModule(channels, data.num_classes, align_channels=self.o.align_channels).to(device)
+        self.fusion = FusionModule(channels, data.num_classes, align_channels=self.options.align_channels).to(device)
         self.networks = {**{f"sub{k}": s for k, s in enumerate(subs)}, "fusion": self.fusion}
         self.add_optimizer([p for s in subs for p in s.parameters()])
-        self.add_optimizer(list(self.fusion.parameters()), lr=self.o.fusion_lr)
+        self.add_optimizer(list(self.fusion.parameters()), lr=self.options.fusion_lr)
 
     def train(self) -> None:
         for s in self.subs:
@@ -339,8 +340,8 @@ class FFLMethod(_Optimized):
     def step(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, float] | None:
         outs = [s(x, return_features=True) for s in self.subs]
         fused = self.fusion([o[1][-1] for o in outs])
-        opt = self.o
-        res = ffl_losses([o[0] for o in outs], fused, y, epoch, opt.temperature, opt.rampup_epochs, opt.eps)
+        opts = self.options
+        res = ffl_losses([o[0] for o in outs], fused, y, epoch, opts.temperature, opts.rampup_epochs, opts.eps)
         terms = {**{f"ce{k}": c for k, c in enumerate(res["ce"])}, "ce_fused": res["ce_fused"],
                  "kd_subs": res["kd_subs"], "kd_fused": res["kd_fused"]}
         if not self.backward_step(res["total"], terms, [0, 1]):

@@ -31,7 +31,7 @@ from detkd.data.yolo import YoloDetection
 from detkd.utils import dist
 from detkd.errors import DetkdError
 
-__all__ = ["DATASETS", "DatasetConfig", "EpochSeeded", "build_dataset", "build_eval_loader", "check_label_maps",
+__all__ = ["DATASETS", "EpochSeeded", "build_dataset", "build_eval_loader", "check_label_maps", "dataset_options",
            "collate_fn", "dataset_types"]
 
 # data.<split>.type -> its format; the options of each are DATASETS[type].options.
@@ -61,8 +61,8 @@ def _check_formats() -> None:
 _check_formats()
 
 
-def DatasetConfig(type: str = "demo", **options: Any) -> BaseDatasetConfig:  # noqa: N802 (the former class)
-    """The options of one split from their flat form: ``DatasetConfig(type="coco",
+def dataset_options(type: str = "demo", **options: Any) -> BaseDatasetConfig:
+    """The options of one split from their flat form: ``dataset_options(type="coco",
     image_dir=..., ann_file=...)`` is a :class:`~detkd.data.coco.CocoDatasetConfig`."""
     if type not in DATASETS:
         raise DetkdError(f"unknown dataset type '{type}' (types: {', '.join(DATASETS)})")

@@ -1,6 +1,6 @@
-"""Detection distillation: the :class:`Distiller` (a student trained against a frozen teacher,
-any two detector families) and its methods, one file each in ``methods/`` (Chen et al.,
-the FPN-feature methods, CrossKD; :data:`detkd.distill.methods.METHODS`)."""
+"""Detection distillation: the :class:`Distiller` (a student of any detector family beside a
+frozen teacher of any family) and its methods, one file each in ``methods/`` found by name in
+``METHODS`` (docs/distillation_methods.md)."""
 
 from detkd.distill.distiller import Distiller, build_distiller
 from detkd.distill.methods.chen import check_compatible, enabled_terms

@@ -53,7 +53,7 @@ from detkd.errors import DetkdError
 from detkd.modeling.adapters import HintAdapters
 from detkd.modeling.detector import build_detector
 from detkd.modeling.families import TrainStep, family_of_model
-from detkd.modeling.families.common import feature_dict
+from detkd.modeling.families.base import feature_dict
 from detkd.modeling.sampling import sampling_keys, set_sampling_keys
 from detkd.modeling.weights import load_matching, read_state_dict
 

@@ -1,11 +1,13 @@
 """Training checkpoints and run directories, for detection and classification alike.
 
-``last.pth`` / ``best.pth`` are written with :func:`detkd.utils.atomic.atomic_save` (never
-torn; the writes live in utils because deploy and evaluation write files too). A detection checkpoint's ``model`` entry is a plain torchvision ``FasterRCNN`` state
-dict: ``FasterRCNN(...).load_state_dict(ckpt["model"])`` works without detkd; a
-classification one holds ``networks`` and ``optimizers``; both end with :func:`run_record`.
-Here: reading one with a one-line error, finding the one ``--resume auto`` continues, checking
-it belongs to the config, and refusing to start a run in a directory that holds another.
+``last.pth`` / ``best.pth`` are written with :func:`detkd.utils.atomic.atomic_save` (never torn;
+the writes live in utils because deploy and evaluation write files too). A detection
+checkpoint's ``model`` entry is the plain state dict of the student's torchvision class
+(``FasterRCNN``, ``RetinaNet``, ``FCOS`` or ``SSD``):
+``FasterRCNN(...).load_state_dict(ckpt["model"])`` works without detkd; a classification one
+holds ``networks`` and ``optimizers``; both end with :func:`run_record`. Here: reading one with
+a one-line error, finding the one ``--resume auto`` continues, checking it belongs to the
+config, and refusing to start a run in a directory that holds another.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """The detection training loop, :func:`train`, read top to bottom.
 
-It trains a :class:`detkd.engine.model.TrainModel`: a plain torchvision Faster R-CNN, or a
-:class:`detkd.distill.Distiller` when the config has ``teacher`` and ``distill`` sections;
-both return a dict of loss terms whose sum is the objective. :func:`_train` sets up a
-:class:`Run` (what stays fixed: config, device, data, log and metrics files) and a
-:class:`TrainState` (what a step changes: model, optimizer, scheduler, AMP scaler, the
-:class:`~detkd.engine.loop.Position` in the iteration plan, the best metric), then runs the
-epochs as a short list of named steps: :func:`run_step` (forward, non-finite policy,
-backward, clipping, optimizer and per-iteration LR step), :func:`log_step` (a log line every
-``log_interval`` iterations with every term, ``metrics.jsonl``), :func:`save_checkpoint`
-(``last.pth``/``best.pth`` that resume exactly: RNG states, sampler position, layout) and, at
-each epoch's end, :func:`evaluate`. SIGINT/SIGTERM save ``last.pth`` at the next iteration
-boundary and stop.
+It trains a :class:`detkd.engine.model.TrainModel`: a plain torchvision detector of any
+family (Faster R-CNN, RetinaNet, FCOS, SSD, SSDlite), or a :class:`detkd.distill.Distiller`
+when the config has ``teacher`` and ``distill`` sections; both return a dict of loss terms
+whose sum is the objective. :func:`_train` sets up a :class:`Run` (what stays fixed: config,
+device, data, log and metrics files) and a :class:`TrainState` (what a step changes: model,
+optimizer, scheduler, AMP scaler, the :class:`~detkd.engine.loop.Position` in the iteration
+plan, the best metric), then runs the epochs as a short list of named steps:
+:func:`run_step` (forward, non-finite policy, backward, clipping, optimizer and
+per-iteration LR step), :func:`log_step` (a log line every ``log_interval`` iterations with
+every term, ``metrics.jsonl``), :func:`save_checkpoint` (``last.pth``/``best.pth`` that
+resume exactly: RNG states, sampler position, layout) and, at each epoch's end,
+:func:`evaluate`. SIGINT/SIGTERM save ``last.pth`` at the next iteration boundary and stop.
 """
 
 from __future__ import annotations

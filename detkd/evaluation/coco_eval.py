@@ -1,6 +1,6 @@
 """COCO-style detection metrics computed with pycocotools.
 
-:func:`detections_to_coco` turns torchvision Faster R-CNN eval outputs into COCO result
+:func:`detections_to_coco` turns torchvision detectors' eval outputs into COCO result
 dicts, :func:`evaluate_coco` runs the official ``COCOeval`` on them and returns the 12
 standard numbers by name. The numbers are exactly those of a direct pycocotools run on
 the same detections; the wrapper only adds input checks, quiet output and two fixes:
@@ -55,7 +55,7 @@ def detections_to_coco(
     """Convert detector outputs to COCO result dicts.
 
     Args:
-        outputs: one dict per image as returned by torchvision's FasterRCNN in eval
+        outputs: one dict per image as returned by a torchvision detector in eval
             mode: ``boxes`` [N, 4] xyxy in original image coordinates, ``scores`` [N],
             ``labels`` [N] contiguous labels 1..C. Tensors (any device) or arrays.
         image_ids: the COCO image id of each output, same order.

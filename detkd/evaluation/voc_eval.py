@@ -155,87 +155,16 @@ def evaluate_voc(
     if len(gts) != len(dets):
         raise DetkdError(f"evaluate_voc: {len(gts)} ground-truth images but {len(dets)} detection images")
     name_of = _class_name_of(class_names, int(num_classes))
-
-    gt_boxes, gt_labels, gt_difficult = [], [], []
-    for i, g in enumerate(gts):
-        for key in ("boxes", "labels"):
-            if key not in g:
-                raise DetkdError(f"ground truth of image #{i} has no '{key}'")
-        boxes = _boxes(g["boxes"], f"ground-truth boxes of image #{i}")
-        labels = _labels(g["labels"], boxes.shape[0], num_classes, f"ground truth of image #{i}")
-        if g.get("difficult") is None:
-            difficult = np.zeros(boxes.shape[0], dtype=bool)
-        else:
-            difficult = to_numpy(g["difficult"], bool, f"difficult flags of image #{i}").reshape(-1)
-            if difficult.shape[0] != boxes.shape[0]:
-                raise DetkdError(
-                    f"ground truth of image #{i}: {difficult.shape[0]} difficult flags for "
-                    f"{boxes.shape[0]} boxes"
-                )
-        gt_boxes.append(boxes)
-        gt_labels.append(labels)
-        gt_difficult.append(difficult)
-
-    det_boxes, det_scores, det_labels = [], [], []
-    for i, d in enumerate(dets):
-        for key in ("boxes", "scores", "labels"):
-            if key not in d:
-                raise DetkdError(f"detections of image #{i} have no '{key}'")
-        boxes = _boxes(d["boxes"], f"detection boxes of image #{i}")
-        scores = to_numpy(d["scores"], np.float64, f"detection scores of image #{i}").reshape(-1)
-        if scores.shape[0] != boxes.shape[0]:
-            raise DetkdError(f"detections of image #{i}: {scores.shape[0]} scores for {boxes.shape[0]} boxes")
-        labels = _labels(d["labels"], boxes.shape[0], num_classes, f"detections of image #{i}")
-        det_boxes.append(boxes)
-        det_scores.append(scores)
-        det_labels.append(labels)
+    truth = [_ground_truth(i, g, num_classes) for i, g in enumerate(gts)]
+    found = [_detections(i, d, num_classes) for i, d in enumerate(dets)]
 
     per_class: dict = {}
     per_class_07: dict = {}
     for c in range(1, int(num_classes)):
-        cls_gt = []
-        npos = 0
-        for boxes, labels, difficult in zip(gt_boxes, gt_labels, gt_difficult):
-            keep = labels == c
-            cls_gt.append((boxes[keep], difficult[keep], np.zeros(int(keep.sum()), dtype=bool)))
-            npos += int((~difficult[keep]).sum())
-        if npos == 0:
+        curve = _precision_recall(c, truth, found, iou_thresh)
+        if curve is None:
             continue
-
-        img_idx, scores, boxes = [], [], []
-        for i, (b, s, l) in enumerate(zip(det_boxes, det_scores, det_labels)):
-            keep = l == c
-            img_idx.append(np.full(int(keep.sum()), i, dtype=np.int64))
-            scores.append(s[keep])
-            boxes.append(b[keep])
-        img_idx = np.concatenate(img_idx) if img_idx else np.zeros(0, dtype=np.int64)
-        scores = np.concatenate(scores) if scores else np.zeros(0)
-        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-
-        outcome = []  # True = TP, False = FP; detections on difficult boxes are dropped
-        for d in np.argsort(-scores, kind="stable"):
-            g_boxes, g_difficult, g_claimed = cls_gt[img_idx[d]]
-            if g_boxes.shape[0] == 0:
-                outcome.append(False)
-                continue
-            ious = _iou(boxes[d], g_boxes)
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_thresh:
-                if g_difficult[j]:
-                    continue
-                if not g_claimed[j]:
-                    g_claimed[j] = True
-                    outcome.append(True)
-                else:
-                    outcome.append(False)
-            else:
-                outcome.append(False)
-
-        is_tp = np.asarray(outcome, dtype=bool)
-        tp = np.cumsum(is_tp).astype(np.float64)
-        fp = np.cumsum(~is_tp).astype(np.float64)
-        recall = tp / npos
-        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        recall, precision = curve
         key = name_of(c)
         per_class[key] = voc_ap(recall, precision)
         per_class_07[key] = voc_ap(recall, precision, use_07_metric=True)
@@ -246,3 +175,85 @@ def evaluate_voc(
     else:
         m_ap = m_ap_07 = -1.0
     return {"mAP": m_ap, "mAP_07": m_ap_07, "per_class": per_class, "per_class_07": per_class_07}
+
+
+def _ground_truth(i: int, g: Mapping[str, Any], num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, labels, difficult flags) of image ``i``'s ground truth, checked."""
+    for key in ("boxes", "labels"):
+        if key not in g:
+            raise DetkdError(f"ground truth of image #{i} has no '{key}'")
+    boxes = _boxes(g["boxes"], f"ground-truth boxes of image #{i}")
+    labels = _labels(g["labels"], boxes.shape[0], num_classes, f"ground truth of image #{i}")
+    if g.get("difficult") is None:
+        difficult = np.zeros(boxes.shape[0], dtype=bool)
+    else:
+        difficult = to_numpy(g["difficult"], bool, f"difficult flags of image #{i}").reshape(-1)
+        if difficult.shape[0] != boxes.shape[0]:
+            raise DetkdError(
+                f"ground truth of image #{i}: {difficult.shape[0]} difficult flags for "
+                f"{boxes.shape[0]} boxes"
+            )
+    return boxes, labels, difficult
+
+
+def _detections(i: int, d: Mapping[str, Any], num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, scores, labels) of image ``i``'s detections, checked."""
+    for key in ("boxes", "scores", "labels"):
+        if key not in d:
+            raise DetkdError(f"detections of image #{i} have no '{key}'")
+    boxes = _boxes(d["boxes"], f"detection boxes of image #{i}")
+    scores = to_numpy(d["scores"], np.float64, f"detection scores of image #{i}").reshape(-1)
+    if scores.shape[0] != boxes.shape[0]:
+        raise DetkdError(f"detections of image #{i}: {scores.shape[0]} scores for {boxes.shape[0]} boxes")
+    labels = _labels(d["labels"], boxes.shape[0], num_classes, f"detections of image #{i}")
+    return boxes, scores, labels
+
+
+def _precision_recall(c: int, truth: list, found: list,
+                      iou_thresh: float) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(recall, precision) along class ``c``'s detections by falling score; None when the
+    class has no non-difficult ground-truth box."""
+    cls_gt = []
+    npos = 0
+    for boxes, labels, difficult in truth:
+        keep = labels == c
+        cls_gt.append((boxes[keep], difficult[keep], np.zeros(int(keep.sum()), dtype=bool)))
+        npos += int((~difficult[keep]).sum())
+    if npos == 0:
+        return None
+
+    img_idx, scores, boxes = [], [], []
+    for i, (b, s, l) in enumerate(found):
+        keep = l == c
+        img_idx.append(np.full(int(keep.sum()), i, dtype=np.int64))
+        scores.append(s[keep])
+        boxes.append(b[keep])
+    img_idx = np.concatenate(img_idx) if img_idx else np.zeros(0, dtype=np.int64)
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+
+    outcome = []  # True = TP, False = FP; detections on difficult boxes are dropped
+    for d in np.argsort(-scores, kind="stable"):
+        g_boxes, g_difficult, g_claimed = cls_gt[img_idx[d]]
+        if g_boxes.shape[0] == 0:
+            outcome.append(False)
+            continue
+        ious = _iou(boxes[d], g_boxes)
+        j = int(np.argmax(ious))
+        if ious[j] >= iou_thresh:
+            if g_difficult[j]:
+                continue
+            if not g_claimed[j]:
+                g_claimed[j] = True
+                outcome.append(True)
+            else:
+                outcome.append(False)
+        else:
+            outcome.append(False)
+
+    is_tp = np.asarray(outcome, dtype=bool)
+    tp = np.cumsum(is_tp).astype(np.float64)
+    fp = np.cumsum(~is_tp).astype(np.float64)
+    recall = tp / npos
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return recall, precision

@@ -1,4 +1,4 @@
-"""Issue #5 experiment: is the distilled student better than the baseline beyond seed noise,
+"""The detection experiment: is the distilled student better than the baseline beyond seed noise,
 and how much faster is it than its teacher?
 
 On the embedded demo data (generated from the repository on first use), one command
@@ -18,7 +18,7 @@ results.json with COCO AP/AP50):
   no_adaptation_ref  configs/experiment/ablations/no_adaptation_ref.yaml  (256-ch, 1x1 adapter; only with --only)
   no_adaptation      configs/experiment/ablations/no_adaptation.yaml      (256-ch, identity; only with --only)
   pkd_fpn128, cwd_fpn128, mgd_fpn128, fgd_fpn128, fgfi_fpn128, chen_pkd_fpn128
-                     configs/experiment/methods/*.yaml (--seeds; issue #12's FPN-feature methods on the
+                     configs/experiment/methods/*.yaml (--seeds; the FPN-feature methods on the
                      128-ch student, each against baseline_fpn128; only with --only)
   retinanet, fcos, ssdlite, *_cwd
                      configs/experiment/families/*.yaml (--seeds; one-stage students alone and distilled

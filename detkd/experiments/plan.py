@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Issue #21's groups (configs/experiment/families/): each one-stage student alone and distilled from
+# The detector-family groups (configs/experiment/families/): each one-stage student alone and distilled from
 # the Faster R-CNN teacher with the feature method that did best on it, and the CrossKD pair.
 FAMILY_GROUPS = (
     ("retinanet", "configs/experiment/families/retinanet.yaml", "main"),
@@ -41,14 +41,14 @@ GROUPS = (
     ("bound_only", "configs/experiment/ablations/bound_only.yaml", "ablation"),
     ("no_adaptation_ref", "configs/experiment/ablations/no_adaptation_ref.yaml", "ablation"),
     ("no_adaptation", "configs/experiment/ablations/no_adaptation.yaml", "ablation"),
-    # Issue #12: the FPN-feature methods on the 128-ch student (only with --only).
+    # The FPN-feature methods on the 128-ch student (only with --only).
     ("pkd_fpn128", "configs/experiment/methods/pkd_fpn128.yaml", "main"),
     ("cwd_fpn128", "configs/experiment/methods/cwd_fpn128.yaml", "main"),
     ("mgd_fpn128", "configs/experiment/methods/mgd_fpn128.yaml", "main"),
     ("fgd_fpn128", "configs/experiment/methods/fgd_fpn128.yaml", "main"),
     ("fgfi_fpn128", "configs/experiment/methods/fgfi_fpn128.yaml", "main"),
     ("chen_pkd_fpn128", "configs/experiment/methods/chen_pkd_fpn128.yaml", "main"),
-    # Issue #21: students of the one-stage families from the same Faster R-CNN teacher, and a
+    # Students of the one-stage families from the same Faster R-CNN teacher, and a
     # same-family one-stage pair with CrossKD (only with --only).
     *FAMILY_GROUPS,
 )

@@ -1,7 +1,8 @@
-"""detkd's shared loss submodule: pure functions (plus thin nn.Module wrappers).
+"""detkd's shared loss submodule: pure functions, plus the nn.Modules that own a method's
+parameters (MGD's generator, FGD's context blocks, the classification regressors and fusion).
 
 * ``detection``: Chen et al. (NeurIPS 2017) detection distillation terms.
-* ``feature``: FPN-feature methods for detectors: PKD, CWD, MGD, FGD, fine-grained imitation, DeFeat.
+* ``feature``: FPN-feature methods for detectors: PKD, CWD, MGD, FGD, fine-grained imitation.
 * ``kd``: single-teacher KD, FitNet, attention transfer, similarity preserving.
 * ``multi_teacher``: AVER, EBKD, AEKD, CA-MKD, FitNet-MKD.
 * ``online``: deep mutual learning, feature fusion learning, SCD self-distillation.
@@ -10,10 +11,6 @@ Equations and conventions: ``docs/methods.md``.
 """
 
 from detkd.losses.detection import (
-    BoundedRegressionLoss,
-    HintLoss,
-    ObjectnessSoftCE,
-    WeightedSoftCE,
     bound_active,
     bounded_regression_loss,
     hint_loss,
@@ -26,7 +23,6 @@ from detkd.losses.feature import (
     GcBlock,
     MGDGenerator,
     cwd_loss,
-    defeat_feature_loss,
     fgd_attention,
     fgd_loss,
     fgd_masks,
@@ -62,9 +58,8 @@ from detkd.losses.multi_teacher import (
 from detkd.losses.online import FFLLosses, FusionModule, dml_losses, ffl_losses, ffl_rampup, scd_loss
 
 __all__ = [
-    "BoundedRegressionLoss", "HintLoss", "ObjectnessSoftCE", "WeightedSoftCE", "bound_active",
-    "bounded_regression_loss", "hint_loss", "objectness_soft_ce", "weighted_soft_ce",
-    "FGD", "MGD", "GcBlock", "MGDGenerator", "cwd_loss", "defeat_feature_loss", "fgd_attention", "fgd_loss",
+    "bound_active", "bounded_regression_loss", "hint_loss", "objectness_soft_ce", "weighted_soft_ce",
+    "FGD", "MGD", "GcBlock", "MGDGenerator", "cwd_loss", "fgd_attention", "fgd_loss",
     "fgd_masks", "fgfi_masks", "masked_imitation_loss", "match_size", "mgd_loss", "mgd_mask", "pkd_loss",
     "ConvRegressor", "at_loss", "attention_map", "fitnet_loss", "kd_loss", "similarity_matrix", "sp_loss",
     "CAMKDRegressors", "aekd_loss", "aekd_weights", "aver_loss", "camkd_inter_loss", "camkd_kd_loss",

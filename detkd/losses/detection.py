@@ -29,7 +29,7 @@ from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = [
     "REDUCTIONS",
@@ -38,10 +38,6 @@ __all__ = [
     "bounded_regression_loss",
     "bound_active",
     "hint_loss",
-    "WeightedSoftCE",
-    "ObjectnessSoftCE",
-    "BoundedRegressionLoss",
-    "HintLoss",
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -343,83 +339,3 @@ def hint_loss(adapted_student: Tensor, teacher: Tensor, reduction: str = "mean")
             return sq.sum() * 0.0
         return sq.mean()
     return sq.reshape(sq.shape[0], -1).mean(dim=1)
-
-
-# --------------------------------------------------------------------------- modules
-
-
-class WeightedSoftCE(nn.Module):
-    """Module wrapper of :func:`weighted_soft_ce`; ``class_weights`` is a buffer."""
-
-    class_weights: Tensor
-
-    def __init__(
-        self, class_weights: Tensor, temperature: float = 1.0, reduction: str = "mean"
-    ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        _check_temperature(temperature)
-        self.register_buffer("class_weights", torch.as_tensor(class_weights).detach().clone())
-        self.temperature = float(temperature)
-        self.reduction = reduction
-
-    @classmethod
-    def background_weighted(
-        cls, num_classes: int, bg_weight: float = 1.5, **kwargs: object
-    ) -> "WeightedSoftCE":
-        """Weights ``[bg_weight, 1, ..., 1]`` (torchvision: class 0 is background)."""
-        w = torch.ones(num_classes)
-        w[0] = bg_weight
-        return cls(w, **kwargs)  # type: ignore[arg-type]
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return weighted_soft_ce(
-            student_logits, teacher_logits, self.class_weights, self.temperature, self.reduction
-        )
-
-
-class ObjectnessSoftCE(nn.Module):
-    """Module wrapper of :func:`objectness_soft_ce`."""
-
-    def __init__(
-        self, bg_weight: float = 1.5, temperature: float = 1.0, reduction: str = "mean"
-    ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        _check_temperature(temperature)
-        self.bg_weight = float(bg_weight)
-        self.temperature = float(temperature)
-        self.reduction = reduction
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return objectness_soft_ce(
-            student_logits, teacher_logits, self.bg_weight, self.temperature, self.reduction
-        )
-
-
-class BoundedRegressionLoss(nn.Module):
-    """Module wrapper of :func:`bounded_regression_loss` (returns the loss only)."""
-
-    def __init__(self, margin: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        _check_margin(margin)
-        self.margin = float(margin)
-        self.reduction = reduction
-
-    def forward(self, student_deltas: Tensor, teacher_deltas: Tensor, target_deltas: Tensor) -> Tensor:
-        return bounded_regression_loss(
-            student_deltas, teacher_deltas, target_deltas, self.margin, self.reduction
-        )
-
-
-class HintLoss(nn.Module):
-    """Module wrapper of :func:`hint_loss`."""
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.reduction = reduction
-
-    def forward(self, adapted_student: Tensor, teacher: Tensor) -> Tensor:
-        return hint_loss(adapted_student, teacher, self.reduction)

@@ -8,7 +8,6 @@ Every function matches one student FPN level with the same teacher level:
 * ``fgd_attention`` / ``fgd_masks`` / ``fgd_loss`` / :class:`GcBlock` / :class:`FGD`: focal and global
   distillation (Yang et al., CVPR 2022).
 * ``masked_imitation_loss`` / ``fgfi_masks``: fine-grained feature imitation (Wang et al., CVPR 2019).
-* ``defeat_feature_loss``: DeFeat's decoupled foreground / background imitation (Guo et al., CVPR 2021).
 
 Conventions shared by every function:
 
@@ -47,7 +46,6 @@ __all__ = [
     "FGD",
     "masked_imitation_loss",
     "fgfi_masks",
-    "defeat_feature_loss",
 ]
 
 PKD_EPS = 1e-6
@@ -572,34 +570,3 @@ def fgfi_masks(
     for (gh, gw), part in zip(grids, hit.split(sizes)):
         masks.append(part.view(int(gh), int(gw), a).any(dim=2).to(torch.float32))
     return masks
-
-
-# --------------------------------------------------------------------------- DeFeat
-
-
-def defeat_feature_loss(
-    student_feat: Tensor, teacher_feat: Tensor, fg_mask: Tensor, w_fg: float = 3.0, w_bg: float = 12.0
-) -> Tensor:
-    r"""DeFeat's decoupled feature imitation for one level (Guo et al., "Distilling Object Detectors via
-    Decoupled Features", CVPR 2021, eq. 3; ggjy/DeFeat.pytorch ``mmdet/apis/train.py``, "neck-decouple").
-
-    .. math::
-        L = w_{fg} \frac{\sum_{nchw} M_{nhw} (S - T)^2}{\max(1, 2 C \sum_{nhw} M_{nhw})}
-          + w_{bg} \frac{\sum_{nchw} (1 - M_{nhw}) (S - T)^2}{\max(1, 2 C \sum_{nhw} (1 - M_{nhw}))}
-
-    ``M`` is the 0/1 ground-truth-box mask (``[N, H, W]`` or ``[N, 1, H, W]``). As the authors, each part
-    is divided by twice its number of *elements* (the mask repeated over the ``C`` channels), at least 1,
-    so an empty part adds an exact 0. Their mask (``get_gt_mask``) marks, on the FPN level each box is
-    assigned to, the cells ``[int(y1/s), int(y2/s)) x [int(x1/s), int(x2/s))`` (stride ``s``); the
-    distiller builds it. Defaults: the authors' only public config, VOC Faster R-CNN R101 -> R50
-    (``configs/kd_faster_rcnn/voc_stu_faster_rcnn_r50_decouple_neck.py``: ``hint_neck_w=3``,
-    ``hint_neck_back_w=12``; its RoI soft-CE terms use ``head_cls_w = head_cls_back_w = 2``, ``T = 1``);
-    the authors average this over the levels.
-    """
-    s, t = _pair(student_feat, teacher_feat, "defeat_feature_loss")
-    n, c, h, w = s.shape
-    m = _spatial_mask(fg_mask.detach(), n, h, w, "defeat_feature_loss").to(device=s.device, dtype=s.dtype)
-    sq = (s - t).pow(2)
-    fg_part = (m * sq).sum() / (2.0 * c * m.sum()).clamp(min=1.0)
-    bg_part = ((1.0 - m) * sq).sum() / (2.0 * c * (1.0 - m).sum()).clamp(min=1.0)
-    return w_fg * fg_part + w_bg * bg_part

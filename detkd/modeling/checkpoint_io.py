@@ -40,11 +40,12 @@ FORMAT = "detkd.model/1"
 VAL_IMAGES_KEPT = 20  # as many as detkd export checks by default (--check-count)
 
 
-def _plain(value: Any) -> Any:
+def _weights_only_safe(value: Any) -> Any:
+    """``value`` with str keys and lists for tuples: what ``torch.load(weights_only=True)`` reads back."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _weights_only_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_weights_only_safe(v) for v in value]
     return value
 
 
@@ -70,7 +71,7 @@ def model_info(model_cfg: ModelConfig, class_names: list[str], val_images: Itera
         "detkd_version": str(detkd.__version__),
         "torch_version": str(torch.__version__),
         "torchvision_version": str(torchvision.__version__),
-        "model": _plain(dataclasses.asdict(model_cfg)),
+        "model": _weights_only_safe(dataclasses.asdict(model_cfg)),
         "class_names": [str(n) for n in class_names],
         "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32", **sizes},
         "val_images": [str(Path(p).resolve()) for p in itertools.islice(val_images, VAL_IMAGES_KEPT)],

@@ -13,7 +13,7 @@ from torch import nn
 from detkd.config.schema import ARCH_FAMILIES, ModelConfig
 from detkd.errors import DetkdError
 from detkd.modeling.families import faster_rcnn, fcos, retinanet, ssd, ssdlite
-from detkd.modeling.families.common import Family, TrainStep, foreground, is_stock
+from detkd.modeling.families.base import Family, TrainStep, foreground, is_stock
 
 __all__ = ["FAMILIES", "Family", "TrainStep", "family_of", "family_of_model", "describe", "foreground", "is_stock"]
 

@@ -32,7 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detkd.config.schema import ModelConfig
 from detkd.errors import DetkdError
-from detkd.modeling.families.common import (
+from detkd.modeling.families.base import (
     Family,
     Stock,
     anchor_generator,

@@ -16,7 +16,7 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead
 
 from detkd.config.schema import ModelConfig
-from detkd.modeling.families.common import (
+from detkd.modeling.families.base import (
     BACKBONE_KEYS,
     COMMON_KEYS,
     TRANSFORM_KEYS,

@@ -23,7 +23,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from detkd.config.schema import ModelConfig
 from detkd.errors import DetkdError
-from detkd.modeling.families.common import (
+from detkd.modeling.families.base import (
     BACKBONE_KEYS,
     COMMON_KEYS,
     TRANSFORM_KEYS,

@@ -22,7 +22,7 @@ from torchvision.models.detection.ssd import SSDHead
 
 from detkd.config.schema import ModelConfig
 from detkd.errors import DetkdError
-from detkd.modeling.families.common import (
+from detkd.modeling.families.base import (
     Family,
     Stock,
     build_stock,

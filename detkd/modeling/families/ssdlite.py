@@ -32,7 +32,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from detkd.config.schema import ModelConfig
 from detkd.errors import DetkdError
-from detkd.modeling.families.common import (
+from detkd.modeling.families.base import (
     COMMON_KEYS,
     Family,
     check_reads,
