@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detkd.config.load import config_hash, dump_config, parse_overrides
+from detkd.config.dump import config_hash, dump_config
+from detkd.config.tree import parse_overrides
 from detkd.recipe import load_config
 from detkd.errors import DetkdError
 
@@ -173,7 +174,7 @@ def test_registry_fields_and_ranges_are_generic():
     from dataclasses import dataclass
 
     from detkd.config.fields import option, registry
-    from detkd.config.load import build_dataclass
+    from detkd.config.build import build_dataclass
 
     @dataclass
     class A:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import dump_config
+from detkd.config.dump import dump_config
 from detkd.recipe import load_config
 from detkd.errors import DetkdError
 from detkd.experiments import detection, plan, stats, tables
@@ -342,7 +342,7 @@ def test_cls_experiment_reuses_only_a_finished_run_of_the_same_config(tmp_path):
     """The classification experiment's reuse check: a finished run is reused only with the
     config it was made with (the resume hash of its saved config.yaml)."""
     from detkd.cls.config import load_cls_config
-    from detkd.config.load import dump_config
+    from detkd.config.dump import dump_config
     from detkd.experiments.cls_plan import CFG
     from detkd.experiments.cls_runs import train
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from detkd.config.fields import option
-from detkd.config.load import config_hash, dump_config
+from detkd.config.dump import config_hash, dump_config
 from detkd.distill import Distiller
 from detkd.distill.methods import METHODS
 from detkd.distill.methods.base import resolve_levels

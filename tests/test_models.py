@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import config_hash
+from detkd.config.dump import config_hash
 from detkd.recipe import config_from_dict, load_config
 from detkd.config.schema import ARCH_FAMILIES, FAMILY_OPTIONS, STOCK_ARCHS, ModelConfig
 from detkd.errors import DetkdError

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from detkd.config.load import apply_overrides, build_dataclass, key_source, load_yaml_tree, parse_overrides
+from detkd.config.build import build_dataclass
+from detkd.config.tree import key_source, load_tree
 from detkd.config.schema import OptimizerConfig, SchedulerConfig
 from detkd.errors import DetkdError
 
@@ -406,9 +407,7 @@ def check_cls_config(cfg: ClsConfig, source: str, origins: dict | None = None) -
 
 def load_cls_config(path: str | Path, overrides: list[str] | None = None) -> ClsConfig:
     """Load, merge (``_base_``), override and validate a classification config."""
-    origins: dict = {}
-    tree = load_yaml_tree(path, origins)
-    tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
+    tree, origins = load_tree(path, overrides)
     source = str(Path(path))
     _check_moved_keys(tree, origins, source)
     cfg = build_dataclass(ClsConfig, tree, source, origins)

@@ -2,7 +2,7 @@
 
 A run directory is *finished* when it holds ``results.json``. A finished run is reused only
 when the ``config.yaml`` saved beside it hashes like the requested config over
-:data:`RUN_SECTIONS` (:func:`detkd.config.load.config_hash`); a finished run of another
+:data:`RUN_SECTIONS` (:func:`detkd.config.dump.config_hash`); a finished run of another
 config is a one-line :class:`DetkdError`, never silently mixed into a table. Otherwise the
 run is trained with ``resume="auto"`` (from its ``last.pth`` when there is one).
 """
@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from detkd.config.load import config_hash, dump_config
+from detkd.config.dump import config_hash, dump_config
 from detkd.recipe import config_from_dict, load_config
 from detkd.errors import DetkdError
 

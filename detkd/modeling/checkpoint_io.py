@@ -123,7 +123,8 @@ def _model_config(config: Any) -> ModelConfig:
 
 
 def _config_from_info(info: dict[str, Any], path: Path) -> ModelConfig:
-    from detkd.config.load import build_dataclass, check_model
+    from detkd.config.build import build_dataclass
+    from detkd.config.load import check_model
 
     if not isinstance(info.get("model"), dict):
         raise DetkdError(f"{path}: the detkd record has no model config")

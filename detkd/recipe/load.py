@@ -22,8 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from detkd.config.load import (build_dataclass, check_model, fraction, key_source, load_tree, positive,
-                               resolve_teacher_config)
+from detkd.config.build import build_dataclass
+from detkd.config.load import check_model, fraction, positive, resolve_teacher_config
+from detkd.config.tree import key_source, load_tree
 from detkd.config.schema import ARCH_FAMILIES, Config, ModelConfig
 from detkd.data.build import dataset_types
 from detkd.distill.methods import METHODS
