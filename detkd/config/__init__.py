@@ -6,7 +6,6 @@ passed in)."""
 
 from detkd.config.build import build_dataclass
 from detkd.config.dump import config_hash, dump_config
-from detkd.config.load import load_model_config
 from detkd.config.schema import (
     BaseDatasetConfig,
     Config,
@@ -19,5 +18,5 @@ from detkd.config.schema import (
 
 __all__ = [
     "BaseDatasetConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
-    "TrainConfig", "build_dataclass", "config_hash", "dump_config", "load_model_config",
+    "TrainConfig", "build_dataclass", "config_hash", "dump_config",
 ]

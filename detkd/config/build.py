@@ -1,7 +1,7 @@
 """Typed config dataclasses from a YAML tree (:mod:`detkd.config.tree`): types converted
 and checked, unknown keys refused with a close name, each field's range
 (:func:`detkd.config.fields.option`) and each section's rules across its fields
-(:func:`detkd.config.fields.cross_check`) checked, registry fields filled from the
+(:func:`detkd.config.fields.broken_rule`) checked, registry fields filled from the
 ``registries`` passed in by the layer that owns them (:mod:`detkd.recipe` for detection), so
 this layer imports none of them. Every error is one :class:`DetkdError` line naming the
 dotted key and the file (or ``--opts``) that set it.
@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from detkd.config.fields import range_of, registry_of
+from detkd.config.fields import broken_rule, range_of, registry_of
 from detkd.config.tree import Registries, key_source
 from detkd.errors import DetkdError
 
@@ -185,6 +185,10 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mappin
         if problem:
             path = f"{prefix}{f.name}"
             raise DetkdError(f"{ctx.where(path)}: '{path}' {problem}")
+    broken = broken_rule(obj, prefix)
+    if broken is not None:
+        key, message = broken
+        raise DetkdError(f"{ctx.where(prefix + key)}: {message}")
     return obj
 
 
