@@ -250,8 +250,8 @@ def _finished_run(out: Path, opts: list[str]):
 
 
 def test_train_or_reuse_reuses_a_finished_run_of_the_same_config_only(tmp_path):
-    # student_demo.yaml keeps the schema's default train.scheduler.milestones [8, 11] (ints,
-    # read back from config.yaml as floats): that round trip must not count as another config.
+    # student_demo.yaml keeps the schema's default train.scheduler.milestones: the requested config
+    # and its config.yaml read back must hash alike (schema defaults are stored as the loader converts).
     out = tmp_path / "run"
     cfg, results = _finished_run(out, ["train.seed=3"])
     stamp = (out / "results.json").stat().st_mtime_ns
