@@ -17,7 +17,7 @@ import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from detkd.config.fields import broken_rule, range_of, registry_of
-from detkd.config.tree import Registries, key_source
+from detkd.config.tree import NO_REGISTRIES, Registries, key_source
 from detkd.errors import DetkdError
 
 __all__ = ["build_dataclass"]
@@ -125,8 +125,8 @@ def _owners(key: str, entries: typing.Mapping[str, type], but: str = "") -> list
     return [name for name, cls in entries.items() if name != but and key in _options(cls)]
 
 
-def _unknown(path: str, key: str, names: list[str], ctx: _Ctx, entries: typing.Mapping[str, type] = {},
-             entry: str = "", keyed: typing.Mapping[str, type] = {}) -> DetkdError:
+def _unknown(path: str, key: str, names: list[str], ctx: _Ctx, entries: typing.Mapping[str, type] = NO_REGISTRIES,
+             entry: str = "", keyed: typing.Mapping[str, type] = NO_REGISTRIES) -> DetkdError:
     """The one line for an unknown key: a close name, else the entries whose option it is."""
     owners = _owners(key, entries, but=entry) if entries else []
     section = path.rpartition(".")[0]
@@ -144,7 +144,7 @@ def _unknown(path: str, key: str, names: list[str], ctx: _Ctx, entries: typing.M
     return DetkdError(f"{ctx.where(path)}: unknown config key '{path}'{hint}")
 
 
-def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mapping[str, type] = {},
+def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mapping[str, type] = NO_REGISTRIES,
            entry: str = "") -> Any:
     """``cls`` from ``data``; ``entries``/``entry``: the registry and name ``cls`` was picked from."""
     hints = get_type_hints(cls)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -31,12 +32,13 @@ from detkd.config.fields import registry_of
 from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.errors import DetkdError
 
-__all__ = ["OVERRIDE_SOURCE", "Registries", "apply_overrides", "key_source", "load_tree", "load_yaml_tree",
-           "merge_trees", "parse_overrides", "parse_yaml_file"]
+__all__ = ["NO_REGISTRIES", "OVERRIDE_SOURCE", "Registries", "apply_overrides", "key_source", "load_tree",
+           "load_yaml_tree", "merge_trees", "parse_overrides", "parse_yaml_file"]
 
 OVERRIDE_SOURCE = "--opts"
 # name -> {entry name -> section dataclass}: what registry fields (detkd.config.fields) are built from.
 Registries = typing.Mapping[str, typing.Mapping[str, type]]
+NO_REGISTRIES: Registries = MappingProxyType({})
 # Dotted paths of the dataset sections ("data.train", "data.val"): registry "datasets", picked by "type".
 DATASET_SECTIONS = tuple(f"data.{f.name}" for f in dataclasses.fields(DataConfig)
                          if registry_of(f) is not None and registry_of(f).name == "datasets")
@@ -76,7 +78,8 @@ def _retyped(section: dict, kind: Any, registries: Registries,
 
 
 
-def merge_trees(base: dict, new: dict, origins: dict, source: str, prefix: str = "", registries: Registries = {}) -> dict:
+def merge_trees(base: dict, new: dict, origins: dict, source: str, prefix: str = "",
+                registries: Registries = NO_REGISTRIES) -> dict:
     """Merge ``new`` into ``base`` recursively, recording which file set each key; a dataset
     section whose ``type`` changes drops the options of the type it had (``registries``)."""
     out = dict(base)
@@ -100,7 +103,7 @@ def _record(origins: dict, path: str, value: Any, source: str) -> None:
 
 
 def load_yaml_tree(path: str | Path, origins: dict | None = None, _stack: tuple = (),
-                   registries: Registries = {}) -> dict:
+                   registries: Registries = NO_REGISTRIES) -> dict:
     """Load ``path`` with its ``_base_`` chain merged in. ``origins`` maps dotted keys to
     the file that set them (for error messages)."""
     path = Path(path).resolve()
@@ -150,7 +153,8 @@ def parse_overrides(opts: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict, registries: Registries = {}) -> dict:
+def apply_overrides(tree: dict, pairs: list[tuple[str, Any]], origins: dict,
+                    registries: Registries = NO_REGISTRIES) -> dict:
     for key, value in pairs:
         node = tree
         parts = key.split(".")
@@ -182,7 +186,7 @@ def key_source(path: str, origins: dict, default_source: str) -> str:
 
 
 def load_tree(path: str | Path, overrides: list[str] | None = None,
-              registries: Registries = {}) -> tuple[dict, dict]:
+              registries: Registries = NO_REGISTRIES) -> tuple[dict, dict]:
     """``(tree, origins)`` of a config file: its ``_base_`` chain merged, the overrides applied
     (``registries``: what a dataset section's change of ``type`` is checked against)."""
     origins: dict = {}
