@@ -6,7 +6,7 @@ new method's options, defaults, ranges and ``--opts distill.<name>.<key>=...`` n
 here. The registries are read when a config is loaded (a method added to ``METHODS`` at run
 time, e.g. by a test, is a section from then on).
 
-Configs of earlier versions: before issue #19 Chen et al.'s options were flat ``distill.*``
+Configs of earlier versions: before one section per method, Chen et al.'s options were flat ``distill.*``
 keys, on unless ``distill.chen: false``. A ``config.yaml`` such a version saved (its
 ``distill`` section holds every one of those keys and the switch) is read as the same run,
 ``distill.chen: {...}`` (or no ``chen`` section for ``chen: false``), with one warning line, so
@@ -34,7 +34,7 @@ __all__ = ["registries", "config_from_dict", "load_config", "read_saved_config",
 
 log = logging.getLogger(__name__)
 
-# Before issue #19 the options of this method were flat distill.* keys (on unless `chen: false`).
+# Before one section per method, the options of this method were flat distill.* keys (on unless `chen: false`).
 FLAT_METHOD = "chen"
 
 
