@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from detkd.cls.config import MOVED_METHOD_KEYS, load_cls_config
-from detkd.config.load import dump_config
+from detkd.config.dump import dump_config
 from detkd.errors import DetkdError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detkd.config.load import config_hash, dump_config, parse_overrides
+from detkd.config.dump import config_hash, dump_config
+from detkd.config.tree import parse_overrides
 from detkd.recipe import load_config
 from detkd.errors import DetkdError
 
@@ -173,7 +174,7 @@ def test_registry_fields_and_ranges_are_generic():
     from dataclasses import dataclass
 
     from detkd.config.fields import option, registry
-    from detkd.config.load import build_dataclass
+    from detkd.config.build import build_dataclass
 
     @dataclass
     class A:
@@ -204,6 +205,66 @@ def test_registry_fields_and_ranges_are_generic():
                           ({"c": {}}, r"^f.yaml: unknown config key 'c'")):
         with pytest.raises(DetkdError, match=message):
             build_dataclass(Root, tree, "f.yaml", None, reg)
+
+
+def test_list_ranges_and_rules_across_fields_are_declared_on_the_dataclass():
+    """A range on a list applies to every number in it (``length``, ``nonempty``, ``says``);
+    ``broken_rule`` is a rule across fields, raised naming the file that set its field."""
+    from dataclasses import dataclass
+    from typing import Optional
+
+    from detkd.config.build import build_dataclass
+    from detkd.config.fields import option
+
+    @dataclass
+    class S:
+        low: float = option(0.1, ge=0)
+        high: float = option(0.9, le=1)
+        sizes: Optional[list[list[int]]] = option(None, nonempty=True, gt=0, says="must list positive sizes")
+        mean: list[float] = option(default_factory=lambda: [0.5, 0.5, 0.5], length=3, gt=0, why="a scale")
+
+        def broken_rule(self, at: str):
+            return ("low", f"'{at}low' must be below '{at}high'") if self.low >= self.high else None
+
+    origins = {"s.low": "base.yaml"}
+    assert build_dataclass(S, {"sizes": [[1, 2], [3]]}, "f.yaml", origins, prefix="s.").sizes == [[1, 2], [3]]
+    for tree, message in (({"sizes": [[1], []]}, r"^f.yaml: 's.sizes' must list positive sizes, got \[\[1\], \[\]\]$"),
+                          ({"sizes": [[1], [0]]}, r"^f.yaml: 's.sizes' must list positive sizes, got \[\[1\], \[0\]\]$"),
+                          ({"mean": [1.0]}, r"^f.yaml: 's.mean' needs 3 values, got \[1.0\]$"),
+                          ({"mean": [1, 0, 1]}, r"^f.yaml: 's.mean' must be > 0 \(a scale\), got \[1.0, 0.0, 1.0\]$"),
+                          ({"low": 0.95}, r"^base.yaml: 's.low' must be below 's.high'$")):
+        with pytest.raises(DetkdError, match=message):
+            build_dataclass(S, tree, "f.yaml", origins, prefix="s.")
+
+
+def _typed(value):
+    """``value`` with the type of every part of it (1 and 1.0, a list and a tuple differ)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return type(value).__name__, {f.name: _typed(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, [_typed(v) for v in value]
+    return type(value).__name__, value
+
+
+def test_schema_defaults_are_stored_as_the_loader_converts_them():
+    """Every section built from its defaults equals its dump read back, types included, so a
+    config built in code hashes like the config.yaml saved beside its run."""
+    from detkd.cls.config import METHOD_OPTIONS, ClsConfig, MethodConfig
+    from detkd.config.build import build_dataclass
+    from detkd.config.schema import ARCH_FAMILIES, Config, ModelConfig
+    from detkd.recipe import registries
+
+    regs = registries()
+    sections = [Config(), ClsConfig(), *(ModelConfig(arch=arch) for arch in ARCH_FAMILIES),
+                *(MethodConfig(name=name) for name in METHOD_OPTIONS), *(cls() for cls in regs["methods"].values()),
+                *(cls() for cls in regs["datasets"].values())]
+    for section in sections:
+        back = build_dataclass(type(section), yaml.safe_load(dump_config(section)) or {}, "<dump>", registries=regs)
+        assert _typed(back) == _typed(section), type(section).__name__
 
 
 def test_a_fresh_process_loads_a_config_with_nothing_else_imported():

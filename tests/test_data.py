@@ -19,6 +19,7 @@ from detkd.data import (
     collate_fn,
     generate_demo_dataset,
 )
+from detkd.config.build import build_dataclass
 from detkd.errors import DetkdError
 
 # ---------------------------------------------------------------------------- VOC
@@ -312,11 +313,12 @@ def test_augmentation_keeps_boxes_valid_and_aligned() -> None:
 )
 def test_augment_config_validation(kwargs: dict, key: str) -> None:
     with pytest.raises(DetkdError, match=key):
-        AugmentConfig(**kwargs)
+        build_dataclass(AugmentConfig, kwargs, "x.yaml", prefix="data.augment.")
 
 
 def test_augment_config_accepts_lists() -> None:
-    assert AugmentConfig(scale_jitter=[0.5, 1.5]).scale_jitter == (0.5, 1.5)  # type: ignore[arg-type]
+    built = build_dataclass(AugmentConfig, {"scale_jitter": [0.5, 1.5]}, "x.yaml", prefix="data.augment.")
+    assert built.scale_jitter == (0.5, 1.5)
 
 
 # --------------------------------------------------------------------------- demo

@@ -81,7 +81,7 @@ def test_two_processes_train_like_one(tiny_demo_dir, tmp_path):
 @pytest.fixture
 def random_teacher(tiny_demo_dir, tmp_path) -> tuple[Path, Path]:
     """A randomly initialized tiny teacher saved like a run: its config.yaml and weights."""
-    from detkd.config.load import dump_config
+    from detkd.config.dump import dump_config
     from detkd.recipe import load_config
     from detkd.modeling.detector import build_detector
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import dump_config
+from detkd.config.dump import dump_config
 from detkd.recipe import load_config
 from detkd.errors import DetkdError
 from detkd.experiments import detection, plan, stats, tables
@@ -250,8 +250,8 @@ def _finished_run(out: Path, opts: list[str]):
 
 
 def test_train_or_reuse_reuses_a_finished_run_of_the_same_config_only(tmp_path):
-    # student_demo.yaml keeps the schema's default train.scheduler.milestones [8, 11] (ints,
-    # read back from config.yaml as floats): that round trip must not count as another config.
+    # student_demo.yaml keeps the schema's default train.scheduler.milestones: the requested config
+    # and its config.yaml read back must hash alike (schema defaults are stored as the loader converts).
     out = tmp_path / "run"
     cfg, results = _finished_run(out, ["train.seed=3"])
     stamp = (out / "results.json").stat().st_mtime_ns
@@ -342,7 +342,7 @@ def test_cls_experiment_reuses_only_a_finished_run_of_the_same_config(tmp_path):
     """The classification experiment's reuse check: a finished run is reused only with the
     config it was made with (the resume hash of its saved config.yaml)."""
     from detkd.cls.config import load_cls_config
-    from detkd.config.load import dump_config
+    from detkd.config.dump import dump_config
     from detkd.experiments.cls_plan import CFG
     from detkd.experiments.cls_runs import train
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from detkd.config.fields import option
-from detkd.config.load import config_hash, dump_config
+from detkd.config.dump import config_hash, dump_config
 from detkd.config.schema import DistillConfig
 from detkd.distill import Distiller
 from detkd.distill.methods import METHODS

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from conftest import REPO, tiny_opts
-from detkd.config.load import config_hash
+from detkd.config.build import build_dataclass
+from detkd.config.dump import config_hash
 from detkd.recipe import config_from_dict, load_config
 from detkd.config.schema import ARCH_FAMILIES, FAMILY_OPTIONS, STOCK_ARCHS, ModelConfig
 from detkd.errors import DetkdError
@@ -259,10 +260,30 @@ BAD_BUILDS = [
 
 @pytest.mark.parametrize("model, message", BAD_BUILDS)
 def test_bad_family_builds_are_one_line_errors(model, message):
-    cfg = model_cfg(**model)
+    # The section alone, as code that builds a model without loading a whole config makes it.
+    cfg = build_dataclass(ModelConfig, model, "x.yaml", prefix="model.")
     with pytest.raises(DetkdError) as err:
         build_detector(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_key_the_arch_does_not_read_names_the_file_that_set_it(tmp_path, monkeypatch):
+    """Checked when the config loads: the file is the _base_ file that set the key, not the
+    file given on the command line (nor '(a retinanet)')."""
+    monkeypatch.chdir(REPO)
+    cfg = tmp_path / "retina.yaml"
+    cfg.write_text(f"_base_: {REPO / 'configs/_base_/demo_model_small.yaml'}\nmodel:\n  arch: retinanet\n")
+    with pytest.raises(DetkdError) as err:
+        load_config(cfg)
+    assert str(err.value) == ("model.rpn_pre_nms_top_n_train does not apply to arch 'retinanet' "
+                              "(set in configs/_base_/demo_model_small.yaml)")
+    cfg.write_text("model:\n  arch: retinanet_resnet50_fpn\n  num_classes: 3\n")
+    with pytest.raises(DetkdError) as err:
+        load_config(cfg, ["model.backbone=resnet18"])
+    assert str(err.value) == ("model.backbone does not apply to arch 'retinanet_resnet50_fpn' "
+                              "(stock builder; set in --opts); arch: retinanet builds on detkd's backbones")
+    with pytest.raises(DetkdError, match=r"^model.rpn_nms_thresh does not apply to arch 'fcos' \(set in --opts\)$"):
+        load_config(cfg, ["model.arch=fcos", "model.rpn_nms_thresh=0.5"])
 
 
 def test_a_section_of_another_family_is_refused_at_build_too():

@@ -377,7 +377,7 @@ def quick_start_files(text: str) -> dict[str, str]:
 def test_quick_start_configs_load(tmp_path, monkeypatch):
     """The quick start's mydata / teacher / student configs load as written, in a folder beside
     configs/, the teacher's saved config.yaml serving as the student's teacher.config."""
-    from detkd.config.load import dump_config
+    from detkd.config.dump import dump_config
     from detkd.recipe import load_config
 
     files = quick_start_files(README.read_text(encoding="utf-8"))

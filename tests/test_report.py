@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def models(tiny_demo_dir, tmp_path_factory) -> dict[str, Path]:
     """A wider "teacher" and a narrower "student" config (random weights: enough for size,
     speed and the AP plumbing), with one teacher and two student seeds saved."""
-    from detkd.config.load import dump_config
+    from detkd.config.dump import dump_config
     from detkd.recipe import load_config
     from detkd.modeling.detector import build_detector
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detkd.config.load import config_hash
+from detkd.config.dump import config_hash
 from detkd.config.schema import ModelConfig
 from detkd.distill.methods import METHODS
 from detkd.distill.methods.pkd import PKDConfig, PKDMethod

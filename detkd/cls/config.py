@@ -1,8 +1,10 @@
 """Typed configuration of classification runs (``tools/train_cls.py``).
 
 The same YAML system as detection (``_base_`` inheritance, ``--opts`` overrides, unknown
-keys and wrong types rejected with the key and the file): :func:`load_cls_config` reuses
-:mod:`detkd.config.load` and only swaps the schema. The optimizer and schedule sections are
+keys and wrong types rejected with the key and the file): :func:`load_cls_config` reads
+the tree with :func:`detkd.config.tree.load_tree` and builds it with
+:func:`detkd.config.build.build_dataclass`, only the schema differs; each field's range is
+declared on it (:func:`detkd.config.fields.option`). The optimizer and schedule sections are
 detection's :class:`~detkd.config.schema.OptimizerConfig` and
 :class:`~detkd.config.schema.SchedulerConfig` with classification defaults.
 
@@ -20,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from detkd.config.load import apply_overrides, build_dataclass, key_source, load_yaml_tree, parse_overrides
+from detkd.config.build import build_dataclass
+from detkd.config.fields import option
+from detkd.config.tree import key_source, load_tree
 from detkd.config.schema import OptimizerConfig, SchedulerConfig
 from detkd.errors import DetkdError
 
@@ -62,15 +66,15 @@ class ClsDataConfig:
 
     dataset: Literal["fmnist", "cifar10", "cifar100"] = "fmnist"
     root: str = ""
-    train_subset: Optional[int] = None  # use N training images (a seeded random choice)
-    test_subset: Optional[int] = None  # use N test images
+    train_subset: Optional[int] = option(None, gt=0)  # use N training images (a seeded random choice)
+    test_subset: Optional[int] = option(None, gt=0)  # use N test images
     test_split: Literal["t10k", "subset"] = "t10k"  # fmnist without root: see the docstring
     subset_seed: int = 0
     # Semi-supervised (baseline, dml, dml_e): the labels of a seeded random (1 - fraction)
     # of the training set are hidden; those samples enter only the KL terms.
-    labelled_fraction: float = 1.0
+    labelled_fraction: float = option(1.0, gt=0, le=1)
     augment: bool = True  # random crop with `crop_padding` zero padding + horizontal flip
-    crop_padding: int = 4
+    crop_padding: int = option(4, ge=0)
     hflip: bool = True
     pad_to_32: bool = True  # fmnist: zero-pad 28x28 to 32x32
     gray_to_rgb: bool = False  # fmnist: repeat the gray channel 3 times (in_channels 3)
@@ -89,8 +93,8 @@ class KDOptions:
     section 2). ``aver`` (the mean over the teachers of that loss) and ``ebkd`` (entropy-weighted
     teachers, Kwon et al. 2020) take the same options."""
 
-    temperature: float = 4.0
-    weight: float = 1.0
+    temperature: float = option(4.0, gt=0)
+    weight: float = option(1.0, ge=0)
 
 
 @dataclass
@@ -99,9 +103,9 @@ class AEKDOptions:
     L_KD,k`` with the teacher weights w from a one-class SVM in gradient space, nu = 1 / (c_tol K)
     (docs/methods.md, section 2)."""
 
-    temperature: float = 4.0
-    weight: float = 1.0
-    c_tol: float = 0.6
+    temperature: float = option(4.0, gt=0)
+    weight: float = option(1.0, ge=0)
+    c_tol: float = option(0.6, gt=0)
 
 
 @dataclass
@@ -110,9 +114,9 @@ class CAMKDOptions:
     Distillation"): ``weight * L_KD + inter_weight * L_inter``, both weighted by the teachers'
     confidence; 1 x L_KD + 50 x L_inter with L_inter skipped in epoch 0 (docs/methods.md, section 2)."""
 
-    temperature: float = 4.0
-    weight: float = 1.0
-    inter_weight: float = 50.0
+    temperature: float = option(4.0, gt=0)
+    weight: float = option(1.0, ge=0)
+    inter_weight: float = option(50.0, ge=0)
     inter_start_epoch: int = 1  # L_inter off before this epoch (spec: skip epoch 0)
     detach_inter_weights: bool = False  # authors' code: the intermediate weights are not detached
 
@@ -123,7 +127,7 @@ class FitNetOptions:
     F_t)`` with the regressor r trained jointly; weight 100 (docs/methods.md, section 2). Stage indices
     count from 0 (shallow) and may be negative (-1 = last)."""
 
-    weight: float = 100.0
+    weight: float = option(100.0, ge=0)
     stage: int = -1  # student stage of the hint
     teacher_stage: Optional[int] = None  # default: the same as stage
 
@@ -134,7 +138,7 @@ class ATOptions:
     ``weight * sum over the stage pairs of MSE(a_s, a_t)``, a = l2normalize(mean_c F^2); weight
     1000 (docs/methods.md, section 2)."""
 
-    weight: float = 1000.0
+    weight: float = option(1000.0, ge=0)
     stages: Optional[list[int]] = None  # student stages; null = all, paired with the teacher's from the deepest
 
 
@@ -143,7 +147,7 @@ class SPOptions:
     """Similarity-preserving KD (Tung & Mori 2019): ``weight * ||G_t - G_s||_F^2 / B^2`` with
     G = row-l2-normalize(Q Q^T) of the stage maps; weight 3000 (docs/methods.md, section 2)."""
 
-    weight: float = 3000.0
+    weight: float = option(3000.0, ge=0)
     stage: int = -1  # the same stage index in student and teacher
 
 
@@ -153,7 +157,7 @@ class FitNetMKDOptions:
     teachers of MSE(r_k(F_s), F_tk)`` on the last stage maps; the spec does not fix the weight, 50
     reuses CA-MKD's (docs/methods.md, section 2)."""
 
-    weight: float = 50.0
+    weight: float = option(50.0, ge=0)
 
 
 @dataclass
@@ -172,9 +176,9 @@ class FFLOptions:
     Distillation"): ``sum_i CE(z_i) + CE(z_f) + w(e) (sum_i KL_T(z_i, z_f) + KL_T(z_f, z_e))``,
     T = 3, w(e) = exp(-5 (1 - min(e, R)/R)^2) with R = 80 epochs (docs/methods.md, section 2)."""
 
-    temperature: float = 3.0
-    rampup_epochs: float = 80.0
-    eps: float = 0.0  # authors' code: 1e-7 added to the target probabilities
+    temperature: float = option(3.0, gt=0)
+    rampup_epochs: float = option(80.0, ge=0)
+    eps: float = option(0.0, ge=0)  # authors' code: 1e-7 added to the target probabilities
     align_channels: bool = False  # 1x1 conv on sub-network maps of fewer channels
     fusion_lr: Optional[float] = None  # the fusion module's optimizer lr (default: train.optimizer.lr)
 
@@ -186,7 +190,7 @@ class SCDOptions:
     is not fixed by the spec. ``target``: ``deepest`` (each shallow stage mimics the last) or
     ``next`` (each stage mimics the next one)."""
 
-    beta: float = 100.0
+    beta: float = option(100.0, ge=0)
     target: Literal["deepest", "next"] = "deepest"
 
 
@@ -206,7 +210,7 @@ class MethodConfig:
     ``baseline``) or ``cfg.method.<name>``."""
 
     name: MethodName = "baseline"
-    ce_weight: float = 1.0
+    ce_weight: float = option(1.0, ge=0)
     kd: Optional[KDOptions] = None
     aver: Optional[KDOptions] = None
     ebkd: Optional[KDOptions] = None
@@ -297,28 +301,28 @@ def _check_method_sections(m: MethodConfig, origins: dict, source: str) -> None:
 
 @dataclass
 class ClsTrainConfig:
-    epochs: int = 2
-    max_iters: Optional[int] = None  # stop after this many iterations
-    batch_size: int = 64
+    epochs: int = option(2, gt=0)
+    max_iters: Optional[int] = option(None, gt=0)  # stop after this many iterations
+    batch_size: int = option(64, gt=0)
     seed: int = 0
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.05, weight_decay=5e-4))
     scheduler: SchedulerConfig = field(
         default_factory=lambda: SchedulerConfig(warmup_iters=0, milestones=[150.0, 180.0, 210.0]))
     clip_grad_norm: Optional[float] = None
-    log_interval: int = 20  # iterations
-    eval_interval: int = 1  # epochs; 0 = only at the end
-    checkpoint_interval: int = 1  # epochs (last.pth)
+    log_interval: int = option(20, gt=0)  # iterations
+    eval_interval: int = option(1, ge=0)  # epochs; 0 = only at the end
+    checkpoint_interval: int = option(1, gt=0)  # epochs (last.pth)
     # A non-finite loss skips the step (up to max_nonfinite_skips times in a row), or stops (as detection's).
     nonfinite_policy: Literal["skip", "stop"] = "skip"
-    max_nonfinite_skips: int = 10
+    max_nonfinite_skips: int = option(10, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: Optional[int] = None  # torch.set_num_threads on the CPU
+    threads: Optional[int] = option(None, gt=0)  # torch.set_num_threads on the CPU
     tensorboard: bool = False  # also write metrics.jsonl's fields as TensorBoard scalars (extra 'tensorboard')
 
 
 @dataclass
 class ClsEvalConfig:
-    batch_size: int = 256
+    batch_size: int = option(256, gt=0)
     evaluate_teachers: bool = True
 
 
@@ -335,52 +339,14 @@ class ClsConfig:
     output_dir: str = "outputs/cls/run"
 
 
-def _positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise DetkdError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-# Range checks of the method sections' fields (the other fields: types only, or checked
-# when the networks are built, as the stage indices).
-_STRICTLY_POSITIVE = ("temperature", "c_tol")
-_NON_NEGATIVE = ("weight", "inter_weight", "beta", "rampup_epochs", "eps")
-
-
 def check_cls_config(cfg: ClsConfig, source: str, origins: dict | None = None) -> None:
-    """Value and consistency checks that types alone cannot express (``origins``: which file
-    set each dotted key, for the messages)."""
-    m, name = cfg.method, cfg.method.name
-    t = cfg.train
-    for key in ("epochs", "batch_size", "log_interval", "checkpoint_interval"):
-        _positive(getattr(t, key), f"train.{key}", source)
-    _positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
-    _positive(t.max_nonfinite_skips, "train.max_nonfinite_skips", source, allow_zero=True)
-    _positive(t.optimizer.lr, "train.optimizer.lr", source)
-    _positive(t.optimizer.weight_decay, "train.optimizer.weight_decay", source, allow_zero=True)
-    if t.max_iters is not None:
-        _positive(t.max_iters, "train.max_iters", source)
-    if t.threads is not None:
-        _positive(t.threads, "train.threads", source)
-    _positive(cfg.eval.batch_size, "eval.batch_size", source)
-    d = cfg.data
-    for key in ("train_subset", "test_subset"):
-        if getattr(d, key) is not None:
-            _positive(getattr(d, key), f"data.{key}", source)
-    if not 0.0 < d.labelled_fraction <= 1.0:
-        raise DetkdError(f"{source}: 'data.labelled_fraction' must be in (0, 1], got {d.labelled_fraction}")
-    if d.labelled_fraction < 1.0 and name not in ("baseline", "dml", "dml_e"):
+    """Checks across fields and sections (each field's own range is declared on it;
+    ``origins``: which file set each dotted key, for the messages)."""
+    name = cfg.method.name
+    if cfg.data.labelled_fraction < 1.0 and name not in ("baseline", "dml", "dml_e"):
         raise DetkdError(f"{source}: 'data.labelled_fraction' < 1 (semi-supervised) is supported by the "
                          f"methods baseline, dml and dml_e, not '{name}'")
-    _positive(d.crop_padding, "data.crop_padding", source, allow_zero=True)
-    _check_method_sections(m, origins or {}, source)
-    _positive(m.ce_weight, "method.ce_weight", source, allow_zero=True)
-    options = m.options
-    for key in _STRICTLY_POSITIVE:
-        if hasattr(options, key):
-            _positive(getattr(options, key), f"method.{name}.{key}", source)
-    for key in _NON_NEGATIVE:
-        if hasattr(options, key):
-            _positive(getattr(options, key), f"method.{name}.{key}", source, allow_zero=True)
+    _check_method_sections(cfg.method, origins or {}, source)
     if not cfg.output_dir:
         raise DetkdError(f"{source}: 'output_dir' must not be empty")
 
@@ -406,9 +372,7 @@ def check_cls_config(cfg: ClsConfig, source: str, origins: dict | None = None) -
 
 def load_cls_config(path: str | Path, overrides: list[str] | None = None) -> ClsConfig:
     """Load, merge (``_base_``), override and validate a classification config."""
-    origins: dict = {}
-    tree = load_yaml_tree(path, origins)
-    tree = apply_overrides(tree, parse_overrides(overrides or []), origins)
+    tree, origins = load_tree(path, overrides)
     source = str(Path(path))
     _check_moved_keys(tree, origins, source)
     cfg = build_dataclass(ClsConfig, tree, source, origins)

@@ -46,7 +46,7 @@ from detkd.cls.config import ONLINE, ClsConfig, NetConfig, cls_config_from_dict
 from detkd.cls.data import BatchLoader, ClsData, load_cls_data
 from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
-from detkd.config.load import config_hash, dump_config
+from detkd.config.dump import config_hash, dump_config
 from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint, run_record
 from detkd.engine.lock import RunLock
 from detkd.engine.loop import IterationPlan, NonFiniteGuard, Position, epoch_batches, epoch_due, log_train_step
@@ -116,7 +116,7 @@ _TEST_ONLY_DATA_KEYS = ("test_subset", "test_split")
 
 
 def resume_hash(cfg: ClsConfig) -> str:
-    """:func:`detkd.config.load.config_hash` of what decides a classification ``last.pth``."""
+    """:func:`detkd.config.dump.config_hash` of what decides a classification ``last.pth``."""
     return config_hash(cfg, _RESUME_KEYS, only={"train": _RESUME_TRAIN_KEYS}, drop={"data": _TEST_ONLY_DATA_KEYS})
 
 

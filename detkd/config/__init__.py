@@ -4,7 +4,8 @@ The whole detection config, with the distillation methods' sections, is loaded b
 :func:`detkd.recipe.load_config` (this layer sits below the methods and gets their sections
 passed in)."""
 
-from detkd.config.load import build_dataclass, config_hash, dump_config, load_model_config
+from detkd.config.build import build_dataclass
+from detkd.config.dump import config_hash, dump_config
 from detkd.config.schema import (
     BaseDatasetConfig,
     Config,
@@ -17,5 +18,5 @@ from detkd.config.schema import (
 
 __all__ = [
     "BaseDatasetConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "TeacherConfig",
-    "TrainConfig", "build_dataclass", "config_hash", "dump_config", "load_model_config",
+    "TrainConfig", "build_dataclass", "config_hash", "dump_config",
 ]

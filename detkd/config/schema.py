@@ -1,18 +1,18 @@
 """Typed configuration schema.
 
-Every YAML key maps to a field below; unknown keys and wrong types are rejected by
-:func:`detkd.config.load.load_config` with a message naming the key and the file. The
-dataclasses are plain data: nothing is built while a config is parsed.
+Every YAML key maps to a field below; unknown keys, wrong types and values out of the range
+declared on a field (:func:`detkd.config.fields.option`) are rejected by the builder
+(:mod:`detkd.config.build`) with a message naming the key and the file that set it; a rule
+across fields of one section is its dataclass's ``broken_rule``. The dataclasses are plain
+data: nothing is built while a config is parsed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from detkd.config.fields import option, registry
-from detkd.errors import DetkdError
 
 # model.arch -> its detector family. An arch named like its family (or "custom", the name of
 # detkd's own Faster R-CNN in earlier versions) is built on detkd's backbones; the others are
@@ -55,6 +55,12 @@ class RetinaNetOptions:
     box_loss: Optional[Literal["l1", "smooth_l1", "giou", "diou", "ciou"]] = None
     p6_input: Optional[Literal["p5", "c5"]] = None  # what LastLevelP6P7's P6 convolves
 
+    def broken_rule(self, at: str) -> Optional[tuple[str, str]]:
+        if self.bg_iou_thresh > self.fg_iou_thresh:
+            return "bg_iou_thresh", (f"'{at}bg_iou_thresh' ({self.bg_iou_thresh}) must not exceed "
+                                     f"'{at}fg_iou_thresh' ({self.fg_iou_thresh})")
+        return None
+
 
 @dataclass
 class FCOSOptions:
@@ -84,14 +90,24 @@ class SSDOptions:
     topk_candidates: int = option(400, gt=0)
     iou_thresh: float = option(0.5, ge=0, le=1)  # default-box matching
     positive_fraction: float = option(0.25, gt=0, le=1)  # hard negative mining keeps 3 negatives per positive
-    image_mean: Optional[list[float]] = None
-    image_std: Optional[list[float]] = None
-    aspect_ratios: Optional[list[list[int]]] = None  # per feature map
-    scales: Optional[list[float]] = None  # one per map + 1
-    steps: Optional[list[int]] = None  # one per map
+    image_mean: Optional[list[float]] = option(None, length=3)
+    image_std: Optional[list[float]] = option(None, length=3, gt=0)
+    aspect_ratios: Optional[list[list[int]]] = option(  # per feature map
+        None, nonempty=True, ge=1, says="must list, per feature map, ratios >= 1 (each also used inverted)")
+    scales: Optional[list[float]] = option(None, nonempty=True, gt=0,  # one per map + 1
+                                           says="must be a non-empty list of positive numbers")
+    steps: Optional[list[int]] = option(None, nonempty=True, gt=0,  # one per map
+                                        says="must be a non-empty list of positive integers")
     min_ratio: float = option(0.15, ge=0, le=1)
     max_ratio: float = option(0.9, ge=0, le=1)
-    extra_channels: list[int] = field(default_factory=lambda: [512, 256, 256, 256])
+    extra_channels: list[int] = option(default_factory=lambda: [512, 256, 256, 256], nonempty=True, gt=0,
+                                       says="must be a non-empty list of positive integers")
+
+    def broken_rule(self, at: str) -> Optional[tuple[str, str]]:
+        if not self.min_ratio < self.max_ratio:
+            return "min_ratio", (f"'{at}min_ratio' ({self.min_ratio}) must be below '{at}max_ratio' "
+                                 f"({self.max_ratio})")
+        return None
 
 
 @dataclass
@@ -104,11 +120,12 @@ class SSDliteOptions(SSDOptions):
     nms_thresh: float = option(0.55, ge=0, le=1)
     detections_per_img: int = option(300, gt=0)
     topk_candidates: int = option(300, gt=0)
-    image_mean: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    image_std: Optional[list[float]] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_mean: Optional[list[float]] = option(default_factory=lambda: [0.5, 0.5, 0.5], length=3)
+    image_std: Optional[list[float]] = option(default_factory=lambda: [0.5, 0.5, 0.5], length=3, gt=0)
     min_ratio: float = option(0.2, ge=0, le=1)
     max_ratio: float = option(0.95, ge=0, le=1)
-    extra_channels: list[int] = field(default_factory=lambda: [512, 256, 256, 128])
+    extra_channels: list[int] = option(default_factory=lambda: [512, 256, 256, 128], nonempty=True, gt=0,
+                                       says="must be a non-empty list of positive integers")
 
 
 # model.<family> sections (the family's options); Faster R-CNN's keys are ModelConfig's own.
@@ -133,7 +150,7 @@ class ModelConfig:
     """
 
     arch: Literal[tuple(ARCH_FAMILIES)] = "custom"
-    num_classes: int = 91  # including background (index 0)
+    num_classes: int = option(91, ge=2, why="background + 1 class")  # including background (index 0)
     # torchvision weight enum name ("DEFAULT", "COCO_V1", ...) or a local file path.
     weights: Optional[str] = None
     weights_backbone: Optional[str] = None
@@ -144,37 +161,37 @@ class ModelConfig:
     ] = "resnet50"
     trainable_backbone_layers: int = 3
     returned_layers: Optional[list[int]] = None  # backbone stages feeding the FPN (None: the family's)
-    out_channels: int = 256
+    out_channels: int = option(256, gt=0)
     extra_pool_level: bool = True  # FPN "pool" level (LastLevelMaxPool)
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"  # backbone normalization
     # --- anchors (one tuple of sizes per feature level) ---
     anchor_sizes: Optional[list[list[int]]] = None
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     # --- transform ---
-    min_size: int = 800
-    max_size: int = 1333
-    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    min_size: int = option(800, gt=0)
+    max_size: int = option(1333, gt=0)
+    image_mean: list[float] = option(default_factory=lambda: [0.485, 0.456, 0.406], length=3)
+    image_std: list[float] = option(default_factory=lambda: [0.229, 0.224, 0.225], length=3)
     # --- RPN ---
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000
-    rpn_nms_thresh: float = 0.7
+    rpn_nms_thresh: float = option(0.7, ge=0, le=1)
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
-    rpn_batch_size_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
+    rpn_batch_size_per_image: int = option(256, gt=0)
+    rpn_positive_fraction: float = option(0.5, ge=0, le=1)
     # --- RoI heads ---
-    roi_output_size: int = 7
-    representation_size: int = 1024
-    box_batch_size_per_image: int = 512
-    box_positive_fraction: float = 0.25
+    roi_output_size: int = option(7, gt=0)
+    representation_size: int = option(1024, gt=0)
+    box_batch_size_per_image: int = option(512, gt=0)
+    box_positive_fraction: float = option(0.25, ge=0, le=1)
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
+    box_score_thresh: float = option(0.05, ge=0, le=1)
+    box_nms_thresh: float = option(0.5, ge=0, le=1)
+    box_detections_per_img: int = option(100, gt=0)
     # --- the other families' options (model.<family>; see FAMILY_OPTIONS) ---
     retinanet: Optional[RetinaNetOptions] = None
     fcos: Optional[FCOSOptions] = None
@@ -187,35 +204,31 @@ class ModelConfig:
         if FAMILY_OPTIONS.get(section) is not None and getattr(self, section) is None:
             setattr(self, section, FAMILY_OPTIONS[section]())
 
+    def broken_rule(self, at: str) -> Optional[tuple[str, str]]:
+        """The options section of another family than the arch's (each section's own values
+        are checked by its dataclass; how the parts fit a backbone where the model is built,
+        in detkd/modeling/families/)."""
+        family = ARCH_FAMILIES[self.arch]
+        for name, options in FAMILY_OPTIONS.items():
+            if options is not None and name != family and getattr(self, name) is not None:
+                return name, (f"'{at}{name}' is set but '{at}arch' {self.arch!r} is a {family} "
+                              f"(the {name} options apply to the {name} archs only)")
+        return None
+
 
 @dataclass
 class AugmentConfig:
     """Training augmentation settings (all off except flipping by default)."""
 
-    hflip: float = 0.5  # horizontal flip probability
+    hflip: float = option(0.5, ge=0, le=1)  # horizontal flip probability
     scale_jitter: tuple[float, float] | None = None  # random rescale range, e.g. (0.75, 1.25)
-    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter, 0 = off
-    min_box_size: float = 1.0  # boxes narrower/shorter than this (px) after augmentation are dropped
+    color_jitter: float = option(0.0, ge=0, lt=1)  # strength of brightness/contrast/saturation jitter, 0 = off
+    min_box_size: float = option(1.0, ge=0)  # boxes narrower/shorter than this (px) after augmentation are dropped
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.hflip <= 1.0:
-            raise DetkdError(f"augment.hflip must be in [0, 1], got {self.hflip}")
-        if self.scale_jitter is not None:
-            if not (isinstance(self.scale_jitter, Sequence) and len(self.scale_jitter) == 2):
-                raise DetkdError(
-                    f"augment.scale_jitter must be a [min, max] pair, got {self.scale_jitter!r}"
-                )
-            lo, hi = (float(v) for v in self.scale_jitter)
-            if not 0.0 < lo <= hi:
-                raise DetkdError(
-                    f"augment.scale_jitter must satisfy 0 < min <= max, got {self.scale_jitter!r}"
-                )
-            self.scale_jitter = (lo, hi)  # YAML gives lists; normalise to a tuple
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise DetkdError(f"augment.color_jitter must be in [0, 1), got {self.color_jitter}")
-        if self.min_box_size < 0:
-            raise DetkdError(f"augment.min_box_size must be >= 0, got {self.min_box_size}")
-
+    def broken_rule(self, at: str) -> Optional[tuple[str, str]]:
+        if self.scale_jitter is not None and not 0.0 < self.scale_jitter[0] <= self.scale_jitter[1]:
+            return "scale_jitter", f"'{at}scale_jitter' must satisfy 0 < min <= max, got {self.scale_jitter!r}"
+        return None
 
 
 @dataclass
@@ -246,7 +259,7 @@ class BaseDatasetConfig:
     type: str = "demo"  # a key of detkd.data.build.DATASETS
     split: str = "train"
     skip_empty: bool = False  # drop images without boxes (training only)
-    max_images: Optional[int] = None  # use only the first N images (quick checks)
+    max_images: Optional[int] = option(None, gt=0)  # use only the first N images (quick checks)
 
     def location(self) -> str:
         """The file or directory the split is read from, for messages ('' if none)."""
@@ -266,10 +279,10 @@ class DataConfig:
 @dataclass
 class OptimizerConfig:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.02
+    lr: float = option(0.02, gt=0)
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: float = option(1e-4, ge=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # Learning-rate scaling rule: lr *= world_size * batch_size / reference_batch_size.
     scale_lr: bool = False
@@ -284,8 +297,8 @@ class SchedulerConfig:
     """
 
     name: Literal["step", "cosine", "constant"] = "step"
-    warmup_iters: int = 500
-    warmup_factor: float = 0.001
+    warmup_iters: int = option(500, ge=0)
+    warmup_factor: float = option(0.001, ge=0, le=1)
     milestones: list[float] = field(default_factory=lambda: [8.0, 11.0])  # floats: as config.yaml reads back
     gamma: float = 0.1
     min_lr_factor: float = 0.0  # cosine floor, as a fraction of the base lr
@@ -293,25 +306,25 @@ class SchedulerConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    max_iters: Optional[int] = None  # stop after this many iterations (overrides epochs)
-    batch_size: int = 2  # per process
-    workers: int = 2
+    epochs: int = option(12, gt=0)
+    max_iters: Optional[int] = option(None, gt=0)  # stop after this many iterations (overrides epochs)
+    batch_size: int = option(2, gt=0)  # per process
+    workers: int = option(2, ge=0)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
     amp: bool = False  # CUDA only; ignored with a warning on the CPU
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: Optional[float] = option(None, gt=0)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    log_interval: int = 20  # iterations
-    eval_interval: int = 1  # epochs; 0 = only at the end
-    checkpoint_interval: int = 1  # epochs
-    checkpoint_period_iters: int = 0  # also write last.pth every N iterations (0 = off)
+    log_interval: int = option(20, gt=0)  # iterations
+    eval_interval: int = option(1, ge=0)  # epochs; 0 = only at the end
+    checkpoint_interval: int = option(1, gt=0)  # epochs
+    checkpoint_period_iters: int = option(0, ge=0)  # also write last.pth every N iterations (0 = off)
     best_metric: str = "AP"  # key of the evaluation results that selects the best checkpoint
     sync_bn: bool = False
     # A non-finite loss skips the step (up to max_nonfinite_skips times in a row), or stops.
     nonfinite_policy: Literal["skip", "stop"] = "skip"
-    max_nonfinite_skips: int = 10
+    max_nonfinite_skips: int = option(10, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = False  # also write metrics.jsonl's fields as TensorBoard scalars (extra 'tensorboard')
 
@@ -319,7 +332,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     metric: Literal["coco", "voc", "both"] = "coco"
-    batch_size: int = 2
+    batch_size: int = option(2, gt=0)
     evaluate_teacher: bool = False  # distillation runs: evaluate the teacher too
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from detkd.config.load import parse_yaml_file
+from detkd.config.tree import parse_yaml_file
 from detkd.config.schema import BaseDatasetConfig, DataConfig
 from detkd.data.records import ImageRecord, RecordDataset
 from detkd.data.utils import DetectionTransform, read_image_size

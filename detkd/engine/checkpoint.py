@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import detkd
-from detkd.config.load import dump_config
+from detkd.config.dump import dump_config
 from detkd.errors import DetkdError
 from detkd.utils.runtime import rng_state
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from detkd.config.load import config_hash, dump_config
+from detkd.config.dump import config_hash, dump_config
 from detkd.config.schema import Config
 from detkd.data.build import build_dataset, build_eval_loader, check_label_maps, collate_fn
 from detkd.data.sampler import ResumableSampler

@@ -2,7 +2,7 @@
 
 A run directory is *finished* when it holds ``results.json``. A finished run is reused only
 when the ``config.yaml`` saved beside it hashes like the requested config over
-:data:`RUN_SECTIONS` (:func:`detkd.config.load.config_hash`); a finished run of another
+:data:`RUN_SECTIONS` (:func:`detkd.config.dump.config_hash`); a finished run of another
 config is a one-line :class:`DetkdError`, never silently mixed into a table. Otherwise the
 run is trained with ``resume="auto"`` (from its ``last.pth`` when there is one).
 """
@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
-
-from detkd.config.load import config_hash, dump_config
-from detkd.recipe import config_from_dict, load_config
+from detkd.config.dump import config_hash
+from detkd.recipe import load_config
 from detkd.errors import DetkdError
 
-__all__ = ["RUN_SECTIONS", "finished", "as_saved", "check_finished_run", "check_same_config", "train_or_reuse"]
+__all__ = ["RUN_SECTIONS", "finished", "check_finished_run", "check_same_config", "train_or_reuse"]
 
 #: What a reused run must have been trained with (``output_dir`` and ``eval`` are not part of it).
 RUN_SECTIONS = ("model", "data", "train", "teacher", "distill")
@@ -32,14 +30,6 @@ Say = Callable[[str, Path, Optional[float]], None]
 def finished(out: str | Path) -> bool:
     """Whether the run directory holds a finished run (its ``results.json``)."""
     return (Path(out) / "results.json").is_file()
-
-
-def as_saved(cfg: Any) -> Any:
-    """``cfg`` as its run's config.yaml reads back (dump_config, then validated again): the
-    form a saved config is compared in. A default the loader never converted (the schema's
-    ``train.scheduler.milestones: [8, 11]`` of ints, read back as floats) would otherwise
-    make every run differ from its own config.yaml."""
-    return config_from_dict(yaml.safe_load(dump_config(cfg)), source="<requested config>")
 
 
 def check_finished_run(out: str | Path, what: str, same: Callable[[Path], bool],
@@ -59,7 +49,7 @@ def check_finished_run(out: str | Path, what: str, same: Callable[[Path], bool],
 def check_same_config(cfg: Any, out: str | Path, what: str, sections: tuple[str, ...] = RUN_SECTIONS) -> None:
     """:func:`check_finished_run` of a detection run: ``out/config.yaml`` hashes like ``cfg``
     over ``sections``."""
-    want = config_hash(as_saved(cfg), sections)
+    want = config_hash(cfg, sections)
     check_finished_run(out, what, lambda saved: config_hash(load_config(saved), sections) == want)
 
 

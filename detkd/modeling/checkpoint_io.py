@@ -118,20 +118,28 @@ def _model_config(config: Any) -> ModelConfig:
         return config
     if isinstance(config, Config):
         return config.model
-    from detkd.config.load import load_model_config
-
     return load_model_config(config)
 
 
+def load_model_config(path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """Just the ``model`` section of a config file, validated (a model file's reader needs no
+    other section)."""
+    from detkd.config.build import build_dataclass
+    from detkd.config.tree import key_source, load_tree
+
+    tree, origins = load_tree(path, overrides)
+    model = tree.get("model") or {}
+    if not isinstance(model, dict):
+        raise DetkdError(f"{key_source('model', origins, str(path))}: 'model' must be a mapping")
+    return build_dataclass(ModelConfig, model, str(path), origins, prefix="model.")
+
+
 def _config_from_info(info: dict[str, Any], path: Path) -> ModelConfig:
-    from detkd.config.load import build_dataclass, check_model
+    from detkd.config.build import build_dataclass
 
     if not isinstance(info.get("model"), dict):
         raise DetkdError(f"{path}: the detkd record has no model config")
-    source = f"{path} (stored model config)"
-    cfg = build_dataclass(ModelConfig, info["model"], source, prefix="model.")
-    check_model(cfg, source)
-    return cfg
+    return build_dataclass(ModelConfig, info["model"], f"{path} (stored model config)", prefix="model.")
 
 
 def build_architecture(cfg: ModelConfig) -> nn.Module:

@@ -1,12 +1,12 @@
-"""Loading a detection config: the generic machinery of :mod:`detkd.config.load` given the
-registries it builds the open sections from.
+"""Loading a detection config: the generic machinery of :mod:`detkd.config.tree` and
+:mod:`detkd.config.build` given the registries it builds the open sections from.
 
 ``distill.<name>`` is the config dataclass of ``METHODS[name]`` (detkd/distill/methods/), so a
 new method's options, defaults, ranges and ``--opts distill.<name>.<key>=...`` need nothing
 here. The registries are read when a config is loaded (a method added to ``METHODS`` at run
 time, e.g. by a test, is a section from then on).
 
-Configs of earlier versions: before issue #19 Chen et al.'s options were flat ``distill.*``
+Configs of earlier versions: before one section per method, Chen et al.'s options were flat ``distill.*``
 keys, on unless ``distill.chen: false``. A ``config.yaml`` such a version saved (its
 ``distill`` section holds every one of those keys and the switch) is read as the same run,
 ``distill.chen: {...}`` (or no ``chen`` section for ``chen: false``), with one warning line, so
@@ -22,18 +22,19 @@ from pathlib import Path
 
 import yaml
 
-from detkd.config.load import (build_dataclass, check_model, fraction, key_source, load_tree, positive,
-                               resolve_teacher_config)
+from detkd.config.build import build_dataclass
+from detkd.config.tree import key_source, load_tree
 from detkd.config.schema import ARCH_FAMILIES, Config, ModelConfig
 from detkd.data.build import dataset_types
 from detkd.distill.methods import METHODS
 from detkd.errors import DetkdError
+from detkd.recipe.model import check_model_keys, resolve_teacher_config
 
 __all__ = ["registries", "config_from_dict", "load_config", "read_saved_config", "check_config"]
 
 log = logging.getLogger(__name__)
 
-# Before issue #19 the options of this method were flat distill.* keys (on unless `chen: false`).
+# Before one section per method, the options of this method were flat distill.* keys (on unless `chen: false`).
 FLAT_METHOD = "chen"
 
 
@@ -98,7 +99,7 @@ def config_from_dict(tree: dict, origins: dict | None = None, source: str = "<di
     origins = origins or {}
     tree = fill_family_defaults(migrate_flat_distill(tree, origins, source))
     cfg = build_dataclass(Config, tree, source, origins, registries())
-    check_config(cfg, source)
+    check_config(cfg, source, origins)
     return cfg
 
 
@@ -120,29 +121,12 @@ def read_saved_config(text: str, source: str) -> Config:
     return config_from_dict(tree, source=source)
 
 
-def check_config(cfg: Config, source: str) -> None:
-    """Value-range checks across fields (each field's own range is declared on it)."""
-    check_model(cfg.model, source)
-    t = cfg.train
-    positive(t.epochs, "train.epochs", source)
-    positive(t.batch_size, "train.batch_size", source)
-    positive(t.workers, "train.workers", source, allow_zero=True)
-    positive(t.log_interval, "train.log_interval", source)
-    positive(t.optimizer.lr, "train.optimizer.lr", source)
-    positive(t.optimizer.weight_decay, "train.optimizer.weight_decay", source, allow_zero=True)
-    positive(t.scheduler.warmup_iters, "train.scheduler.warmup_iters", source, allow_zero=True)
-    fraction(t.scheduler.warmup_factor, "train.scheduler.warmup_factor", source)
-    if t.max_iters is not None:
-        positive(t.max_iters, "train.max_iters", source)
-    if t.clip_grad_norm is not None:
-        positive(t.clip_grad_norm, "train.clip_grad_norm", source)
-    positive(t.eval_interval, "train.eval_interval", source, allow_zero=True)
-    positive(t.checkpoint_interval, "train.checkpoint_interval", source)
-    positive(t.checkpoint_period_iters, "train.checkpoint_period_iters", source, allow_zero=True)
-    positive(cfg.eval.batch_size, "eval.batch_size", source)
-    for split in ("train", "val"):
-        if getattr(cfg.data, split).max_images is not None:
-            positive(getattr(cfg.data, split).max_images, f"data.{split}.max_images", source)
+def check_config(cfg: Config, source: str, origins: dict | None = None) -> None:
+    """Checks across sections (each field's own range is declared on it, each section's rules
+    across its fields on its dataclass); ``origins``: the file that set each dotted key."""
+    check_model_keys(cfg.model, origins or {}, source)
+    if cfg.teacher is not None:
+        check_model_keys(cfg.teacher.model, origins or {}, source, "teacher.model")
     if not cfg.output_dir:
         raise DetkdError(f"{source}: 'output_dir' must not be empty")
     if (cfg.teacher is None) != (cfg.distill is None):

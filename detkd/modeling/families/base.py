@@ -98,9 +98,11 @@ def options(cfg: ModelConfig) -> Any:
     return section if section is not None else FAMILY_OPTIONS[family]()
 
 
-def check_reads(cfg: ModelConfig, reads: Optional[frozenset[str]], prefix: str = "model") -> None:
+def check_reads(cfg: ModelConfig, reads: Optional[frozenset[str]], prefix: str = "model",
+                set_in: Optional[Callable[[str], str]] = None) -> None:
     """Refuse a ModelConfig key the builder does not read, set to other than its default, and
-    the options section of another family (config.load checks both at load time too)."""
+    the options section of another family (the config loader checks both at load time too,
+    where ``set_in(dotted key)`` names the file that set the key)."""
     family = ARCH_FAMILIES[cfg.arch]
     for name, section in FAMILY_OPTIONS.items():
         if section is not None and name != family and getattr(cfg, name) is not None:
@@ -109,12 +111,14 @@ def check_reads(cfg: ModelConfig, reads: Optional[frozenset[str]], prefix: str =
         return
     defaults = ModelConfig(arch=cfg.arch)
     for f in dataclasses.fields(ModelConfig):
-        if f.name in reads or f.name == ARCH_FAMILIES[cfg.arch] or f.name in FAMILY_OPTIONS:
-            continue  # family sections are checked by config.load.check_family_options
+        if f.name in reads or f.name == family or f.name in FAMILY_OPTIONS:
+            continue  # family sections: the other families' are refused above, the own one reads itself
         if getattr(cfg, f.name) != getattr(defaults, f.name):
-            hint = f"; arch: {ARCH_FAMILIES[cfg.arch]} builds on detkd's backbones" if is_stock(cfg) else ""
-            raise DetkdError(f"{prefix}.{f.name} does not apply to arch '{cfg.arch}' (a {ARCH_FAMILIES[cfg.arch]}"
-                             f"{', stock builder' if is_stock(cfg) else ''}){hint}")
+            key = f"{prefix}.{f.name}"
+            hint = f"; arch: {family} builds on detkd's backbones" if is_stock(cfg) else ""
+            what = ("stock builder; " if is_stock(cfg) else "") + f"set in {set_in(key)}" if set_in else \
+                f"a {family}{', stock builder' if is_stock(cfg) else ''}"
+            raise DetkdError(f"{key} does not apply to arch '{cfg.arch}' ({what}){hint}")
 
 
 def require_default(cfg: Any, names: tuple[str, ...], key: str, why: str) -> None:
