@@ -219,7 +219,7 @@ def test_levels_pair_by_stride_and_a_level_map_of_other_strides_is_refused():
                                                                           rpn_bound=False), pkd=PKDConfig()))
     assert [(p.student, p.teacher, p.student_channels, p.teacher_channels) for p in d.methods["pkd"].pairs] == \
         [("0", "1", 16, 32), ("1", "2", 16, 32), ("2", "3", 16, 32)]
-    assert d.adapters.channels == {"1": (16, 32)}
+    assert d.methods["chen"].adapters.channels == {"1": (16, 32)}
     losses, _ = run(d, images, targets, seed=0)
     assert {"loss_pkd", "loss_hint", "loss_rcn_soft"} <= set(losses) and torch.isfinite(sum(losses.values()))
     assert set(t_maps[-1]) == {"0", "1", "2", "3", "pool"}
@@ -352,6 +352,6 @@ def test_resuming_with_other_methods_is_one_line_and_old_adapter_checkpoints_loa
         d.load_extra_state({"distill": {}}, Path("last.pth"))
     # A checkpoint written before the method interface kept Chen et al.'s adapters under "adapters".
     chen = Distiller(student, teacher, methods(chen=dict(hint_levels=["0"])))
-    old = {"adapters": {k: torch.full_like(v, 0.5) for k, v in chen.adapters.state_dict().items()}}
+    old = {"adapters": {k: torch.full_like(v, 0.5) for k, v in chen.methods["chen"].adapters.state_dict().items()}}
     chen.load_extra_state(old, Path("last.pth"))
-    assert all((v == 0.5).all() for v in chen.adapters.state_dict().values())
+    assert all((v == 0.5).all() for v in chen.methods["chen"].adapters.state_dict().values())

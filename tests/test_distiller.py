@@ -136,7 +136,7 @@ def test_zero_distillation_equals_torchvision_exactly(dcfg):
         assert torch.equal(ours[k], ref["losses"][k]), k
     assert torch.equal(sum(ours.values()), sum(ref["losses"].values()))
     assert torch.equal(rng_ours, ref["rng"])  # same random draws
-    assert teacher_calls == [] and d.adapters is None and d.last_stats == {}
+    assert teacher_calls == [] and "chen" not in d.methods and d.last_stats == {}
 
 
 # --------------------------------------------------------------------------- 2. rows line up
@@ -274,7 +274,7 @@ def test_default_objective_terms_weights_and_gradients():
     student = build(mcfg(), 0)
     teacher = build(mcfg(out_channels=64, representation_size=96), 1)  # bigger teacher
     d = Distiller(student, teacher, chen())
-    assert d.adapters is not None and d.adapters.channels == {"0": (32, 64)}
+    assert d.methods["chen"].adapters.channels == {"0": (32, 64)}
     losses, rng = run(d, images, targets, seed=3)
     assert list(losses) == ALL_KEYS
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
@@ -300,7 +300,7 @@ def test_default_objective_terms_weights_and_gradients():
     total = sum(losses.values())
     assert total.item() == pytest.approx(sum(v.item() for v in losses.values()), rel=1e-6)
     total.backward()
-    adapter = d.adapters.adapter("0")
+    adapter = d.methods["chen"].adapters.adapter("0")
     assert adapter.weight.grad is not None and adapter.weight.grad.abs().sum() > 0
     for name in ["backbone.body.layer1.0.conv1.weight", "backbone.fpn.layer_blocks.0.0.weight",
                  "rpn.head.cls_logits.weight", "roi_heads.box_predictor.cls_score.weight"]:
@@ -356,7 +356,7 @@ def test_anchor_and_stride_mismatch_allowed_without_rpn_terms(tmp_path):
     with pytest.raises(DetkdError, match=r"same feature strides: on a 256x256 image the student's maps are \[0: 32x32"):
         build_distiller(cfg, build(student_cfg, 0))
     d = build_distiller(replace(cfg, distill=chen(**no_rpn)), build(student_cfg, 0))
-    assert d.adapters.channels == {"0": (32, 32)}  # hint maps resized 32x32 -> 64x64
+    assert d.methods["chen"].adapters.channels == {"0": (32, 32)}  # hint maps resized 32x32 -> 64x64
 
 
 def test_mismatched_checkpoint_and_box_coder(tmp_path):

@@ -50,9 +50,8 @@ from detkd.config.schema import Config, DistillConfig, ModelConfig
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
 from detkd.distill.methods.base import scale_boxes
 from detkd.errors import DetkdError
-from detkd.modeling.adapters import HintAdapters
 from detkd.modeling.detector import build_detector
-from detkd.modeling.families import TrainStep, family_of_model
+from detkd.modeling.families import TrainStep, check_boxes_only, family_of_model
 from detkd.modeling.families.base import feature_dict
 from detkd.modeling.sampling import sampling_keys, set_sampling_keys
 from detkd.modeling.weights import load_matching, read_state_dict
@@ -156,7 +155,6 @@ class Distiller(nn.Module):
 
     Attributes:
         methods: ``nn.ModuleDict`` name -> :class:`DistillMethod` of the enabled methods.
-        adapters: Chen et al.'s :class:`HintAdapters`, or ``None`` when the hint is off.
         last_stats: Python floats from the last training forward (read lazily, so there is
             no host sync unless it is read): every running method's ``stats``, e.g.
             ``raw_<term>`` unweighted term values (Chen et al. also ``rpn_bound_active`` /
@@ -167,11 +165,9 @@ class Distiller(nn.Module):
     sum is the objective: the student's own (torchvision's keys in torchvision's order: Faster
     R-CNN ``loss_classifier``, ``loss_box_reg``, ``loss_objectness``, ``loss_rpn_box_reg``;
     RetinaNet/FCOS ``classification``, ``bbox_regression`` (FCOS ``bbox_ctrness``); SSD
-    ``bbox_regression``, ``classification``), then each enabled method's terms (Chen et al.:
-    ``loss_rcn_soft``, ``loss_rcn_bound``, ``loss_rpn_soft``, ``loss_rpn_bound``,
-    ``loss_hint``; ``loss_pkd``, ``loss_cwd``, ``loss_mgd``, ``loss_fgd``, ``loss_fgfi``,
-    ``loss_mimic``; ``loss_crosskd_cls``, ``loss_crosskd_reg``). In eval mode it is the
-    student's inference.
+    ``bbox_regression``, ``classification``), then each enabled method's terms, ``loss_<term>``
+    for every term of :meth:`DistillMethod.terms` (each method's in docs/distillation_methods.md).
+    In eval mode it is the student's inference.
     """
 
     def __init__(
@@ -191,9 +187,7 @@ class Distiller(nn.Module):
         teacher.requires_grad_(False)
         teacher.eval()
         for model, who in ((student, "student"), (teacher, "teacher")):
-            heads = getattr(model, "roi_heads", None)
-            if heads is not None and (heads.has_mask() or heads.has_keypoint()):
-                raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills box detectors only")
+            check_boxes_only(model, who)
         self.student_family = family_of_model(student)
         self.own_size = _teacher_at_own_size(cfg, student, teacher)
         ctx = BuildContext(cfg, student, teacher, student_cfg, teacher_cfg, self.own_size)
@@ -257,11 +251,6 @@ class Distiller(nn.Module):
     def active_methods(self) -> list[DistillMethod]:
         """The methods that run this epoch (those with a term: Chen et al. may only scale)."""
         return [m for m in self.methods.values() if m.terms()] if self.distilling else []
-
-    @property
-    def adapters(self) -> Optional[HintAdapters]:
-        chen = self.methods["chen"] if "chen" in self.methods else None
-        return None if chen is None else chen.adapters
 
     @property
     def last_stats(self) -> dict[str, float]:

@@ -15,7 +15,8 @@ from detkd.errors import DetkdError
 from detkd.modeling.families import faster_rcnn, fcos, retinanet, ssd, ssdlite
 from detkd.modeling.families.base import Family, TrainStep, foreground, is_stock
 
-__all__ = ["FAMILIES", "Family", "TrainStep", "family_of", "family_of_model", "describe", "foreground", "is_stock"]
+__all__ = ["FAMILIES", "Family", "TrainStep", "check_boxes_only", "family_of", "family_of_model", "describe",
+           "foreground", "is_stock"]
 
 FAMILIES: dict[str, Family] = {
     "faster_rcnn": faster_rcnn.FAMILY,
@@ -40,6 +41,14 @@ def family_of_model(model: nn.Module) -> Family:
         if isinstance(model, family.model_class):
             return family
     raise DetkdError(f"{type(model).__name__} is not a model of a detkd family ({', '.join(FAMILIES)})")
+
+
+def check_boxes_only(model: nn.Module, who: str) -> None:
+    """Refuse a model with mask or keypoint heads (torchvision's Mask/Keypoint R-CNN): detkd
+    distils box detectors only."""
+    heads = getattr(model, "roi_heads", None)
+    if heads is not None and (heads.has_mask() or heads.has_keypoint()):
+        raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills box detectors only")
 
 
 def describe(cfg: ModelConfig) -> str:
