@@ -6,6 +6,7 @@ parameters (MGD's generator, FGD's context blocks, the classification regressors
 * ``kd``: single-teacher KD, FitNet, attention transfer, similarity preserving.
 * ``multi_teacher``: AVER, EBKD, AEKD, CA-MKD, FitNet-MKD.
 * ``online``: deep mutual learning, feature fusion learning, SCD self-distillation.
+* ``predictions``: prediction-level distillation from any teacher's detections (soft targets, pseudo-labels).
 
 Equations and conventions: ``docs/methods.md``.
 """
@@ -56,6 +57,7 @@ from detkd.losses.multi_teacher import (
     solve_one_class_svm_dual,
 )
 from detkd.losses.online import FFLLosses, FusionModule, dml_losses, ffl_losses, ffl_rampup, scd_loss
+from detkd.losses.predictions import score_weighted_box_loss, soft_sigmoid_loss, soft_softmax_loss, split_by_score
 
 __all__ = [
     "bound_active", "bounded_regression_loss", "hint_loss", "objectness_soft_ce", "weighted_soft_ce",
@@ -65,4 +67,5 @@ __all__ = [
     "CAMKDRegressors", "aekd_loss", "aekd_weights", "aver_loss", "camkd_inter_loss", "camkd_kd_loss",
     "confidence_weights", "ebkd_loss", "ebkd_weights", "fitnet_mkd_loss", "solve_one_class_svm_dual",
     "FFLLosses", "FusionModule", "dml_losses", "ffl_losses", "ffl_rampup", "scd_loss",
+    "score_weighted_box_loss", "soft_sigmoid_loss", "soft_softmax_loss", "split_by_score",
 ]
