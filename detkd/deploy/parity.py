@@ -1,25 +1,29 @@
 """Do two runs of one detector agree? Its detections compared as sets, with the cut-offs in mind.
 
 An exported model (ONNX Runtime, TorchScript) computes the same function as the eager one in
-another order, so scores and boxes differ by float noise (~1e-6). That noise decides three things
-and nothing else: the order of detections whose scores differ by less than it, which of two
-near-tied overlapping boxes non-maximum suppression keeps, and whether a detection scoring at a
-cut-off (the score threshold, the last of the ``detections_per_img`` kept) survives it. So:
+another order, so scores and boxes differ by float noise (~1e-6). What that noise decides in the
+output: the order of detections whose scores differ by less than it, and whether a detection at a
+cut-off survives it (the score threshold, the last of the ``detections_per_img`` kept, the NMS IoU
+threshold; also which of two near-tied overlapping boxes NMS keeps, and cut-offs the output does
+not show, see the end). So:
 
 1. Each eager detection is matched to an unmatched exported one of the same label whose score is
    within ``score_atol`` and whose every box coordinate is within ``box_atol`` pixels (closest box
    first, eager detections in descending score order). Order does not matter.
 2. A detection left without a partner on one side is accepted only where float noise explains its
    absence on the other side (:func:`explained`): its score is within ``score_atol`` of the other
-   side's score threshold, or of the lowest score the other side kept when that side is full
-   (``detections_per_img``); or the other side kept a same-label box scoring at least as high whose
-   IoU with it is within ``IOU_ATOL`` of the NMS threshold.
+   side's score threshold; or the other side is full (``detections_per_img``) and it scores no more
+   than ``score_atol`` above the lowest score kept there; or the other side kept a same-label box
+   scoring at least as high whose IoU with it is within ``IOU_ATOL`` of the NMS threshold.
 
-Anything else is a disagreement, named with its detection and how far the nearest partner is. One
-float-noise case stays refused on purpose: two same-label boxes overlapping above the NMS
-threshold with scores within ``score_atol``, where each side kept the other one. Telling that
-apart from an export whose box moved would need the candidates before NMS, which an exported
-model does not return; trained models rarely have such pairs (the demo's never did).
+Anything else is a disagreement, named with its detection and how far the nearest partner is.
+Float-noise cases that stay refused on purpose, because telling them from a wrong export would need
+what the exported model does not return (its candidates before NMS and before each top-k): two
+same-label boxes overlapping above the NMS threshold with scores within ``score_atol`` where each
+side kept the other one (and what that flip lets survive further down); a candidate at a per-level
+``topk_candidates`` cut (RetinaNet, FCOS, SSD) or at the RPN's pre/post-NMS top-n (Faster R-CNN)
+whose final detection scores well above the output cut-offs. Trained models rarely meet them (the
+demo's and the tests' never did); a refused export names the detection, so a user can see it.
 """
 
 from __future__ import annotations

@@ -48,7 +48,6 @@ from torchvision.models.detection.image_list import ImageList
 
 from detkd.config.schema import Config, DistillConfig, ModelConfig
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
-from detkd.distill.methods.base import scale_boxes
 from detkd.errors import DetkdError
 from detkd.modeling.detector import build_detector
 from detkd.modeling.families import TrainStep, check_boxes_only, family_of_model
@@ -327,12 +326,10 @@ class Distiller(nn.Module):
             t_features = feature_dict(self.teacher.backbone(t_input))
         # Inference tensors cannot be saved for the student's backward: clone the few the
         # methods use into normal tensors (cheap next to the teacher's forward).
-        boxes = [t["boxes"] for t in targets]
         rec = DistillRecord(
             features=step.features,
             teacher_features={k: t_features[k].clone() for k in levels},
             targets=targets, image_sizes=sizes, batch_shape=tuple(image_list.tensors.shape[-2:]),
-            teacher_boxes=boxes if not self.own_size else scale_boxes(boxes, sizes, t_sizes),
             teacher_image_sizes=t_sizes, teacher_batch_shape=tuple(t_input.shape[-2:]),
             keys=self._image_keys(len(targets)) if any(m.needs_keys for m in methods) else [],
             step=step, taps=taps,

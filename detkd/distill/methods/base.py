@@ -54,13 +54,17 @@ class DistillRecord:
     targets: list[dict[str, Tensor]]  # transformed ground truth (student frame)
     image_sizes: list[tuple[int, int]]
     batch_shape: tuple[int, int]
-    teacher_boxes: list[Tensor]
     teacher_image_sizes: list[tuple[int, int]]
     teacher_batch_shape: tuple[int, int]
     keys: list[int]  # per-image keys (run seed, epoch, image id) where a method needs_keys, else []
     step: TrainStep  # the student's training forward
     taps: dict[str, list[Tensor]] = field(default_factory=dict)  # student_taps outputs, one per call
     teacher_outputs: dict[str, Any] = field(default_factory=dict)  # method name -> its teacher_step's result
+
+    @property
+    def teacher_boxes(self) -> list[Tensor]:
+        """The ground-truth boxes in the teacher's frame."""
+        return self.to_teacher_frame([t["boxes"] for t in self.targets])
 
     def to_teacher_frame(self, boxes: list[Tensor]) -> list[Tensor]:
         """xyxy boxes of each image from the student's frame into the teacher's (the same

@@ -38,10 +38,11 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from detkd.config.fields import option
 from detkd.config.schema import ModelConfig
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord
-from detkd.distill.probe import PROBE_SIZE, anchor_layout, probe_features
+from detkd.distill.probe import PROBE_SIZE, anchor_layout
 from detkd.errors import DetkdError
 from detkd.losses.detection import bounded_regression_loss, objectness_soft_ce, weighted_soft_ce
 from detkd.modeling.adapters import HintAdapters, hint_losses
+from detkd.modeling.families import check_boxes_only
 
 __all__ = ["TERMS", "RPN_TERMS", "RCN_TERMS", "ChenConfig", "ChenMethod", "check_compatible", "enabled_terms"]
 
@@ -110,16 +111,16 @@ def check_compatible(
     student: nn.Module,
     teacher: nn.Module,
     level_map: Optional[dict[str, str]] = None,
-    probe: Optional[Callable[[], tuple[Shapes, Shapes]]] = None,
+    *,
+    probe: Callable[[], tuple[Shapes, Shapes]],
 ) -> dict[str, tuple[int, int]]:
     """Refuse a teacher/student pair the enabled distillation terms cannot compare.
 
     Raises :class:`DetkdError` with one line naming the problem. The configs are only used
     to name keys in messages (``None`` is accepted when the models were built in code);
     everything is read from the models themselves. ``probe`` gives the two backbones' maps on
-    a zero image (the build's one probe, ``BuildContext.shapes``; default
-    :func:`~detkd.distill.probe.probe_features` of each), called only when an RPN term or the
-    hint is on.
+    a zero image (the build's one probe, ``BuildContext.shapes``), called only when an RPN term
+    or the hint is on.
 
     Returns ``{hint level: (student channels, teacher channels)}`` for the hint levels
     (empty when the hint term is off), which is what
@@ -132,7 +133,7 @@ def check_compatible(
     _check_heads(student, teacher, terms, s_pre, t_pre)
     if not terms & PROBED_TERMS:
         return {}
-    f_s, f_t = probe() if probe is not None else (probe_features(student), probe_features(teacher))
+    f_s, f_t = probe()
     if terms & RPN_TERMS:
         _check_rpn(student, teacher, terms, f_s, f_t, s_pre, t_pre)
     if "hint" not in terms:
@@ -143,9 +144,7 @@ def check_compatible(
 def _check_heads(student: nn.Module, teacher: nn.Module, terms: frozenset[str], s_pre: str, t_pre: str) -> None:
     """Box heads only, the same class list, and (for a bounded term) the same box coder."""
     for model, who in ((student, "student"), (teacher, "teacher")):
-        heads = model.roi_heads
-        if heads.has_mask() or heads.has_keypoint():
-            raise DetkdError(f"the {who} has mask/keypoint heads; detkd distills Faster R-CNN box detectors only")
+        check_boxes_only(model, who)
 
     # Classes: the soft CE compares distributions over the same class list.
     n_s, n_t = _num_classes(student), _num_classes(teacher)
