@@ -253,14 +253,15 @@ def _typed(value):
 def test_schema_defaults_are_stored_as_the_loader_converts_them():
     """Every section built from its defaults equals its dump read back, types included, so a
     config built in code hashes like the config.yaml saved beside its run."""
-    from detkd.cls.config import METHOD_OPTIONS, ClsConfig, MethodConfig
+    from detkd.cls.config import ClsConfig, MethodConfig, registries as cls_registries
     from detkd.config.build import build_dataclass
     from detkd.config.schema import ARCH_FAMILIES, Config, ModelConfig
     from detkd.recipe import registries
 
-    regs = registries()
+    regs = {**registries(), **cls_registries()}
     sections = [Config(), ClsConfig(), *(ModelConfig(arch=arch) for arch in ARCH_FAMILIES),
-                *(MethodConfig(name=name) for name in METHOD_OPTIONS), *(cls() for cls in regs["methods"].values()),
+                *(MethodConfig(name=name, sections={name: cls()}) for name, cls in regs["cls_methods"].items()),
+                *(cls() for cls in regs["methods"].values()),
                 *(cls() for cls in regs["datasets"].values())]
     for section in sections:
         back = build_dataclass(type(section), yaml.safe_load(dump_config(section)) or {}, "<dump>", registries=regs)

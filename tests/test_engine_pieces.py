@@ -151,7 +151,7 @@ def test_resolve_device_errors_name_the_key():
 @pytest.fixture
 def nan_first_ce(monkeypatch):
     """The classification CE is NaN in its first two calls (then real): a transient blow-up."""
-    import detkd.cls.methods as methods
+    import detkd.cls.methods.base as methods
 
     real, calls = methods.labelled_ce, []
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkd.cls.config import ClsDataConfig
+from detkd.cls.schema import ClsDataConfig
 from detkd.errors import DetkdError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -42,9 +42,9 @@ import yaml
 from torch import nn
 
 import detkd
-from detkd.cls.config import ONLINE, ClsConfig, NetConfig, cls_config_from_dict
+from detkd.cls.config import ClsConfig, NetConfig, cls_config_from_dict
 from detkd.cls.data import BatchLoader, ClsData, load_cls_data
-from detkd.cls.methods import DMLMethod, FFLMethod, StudentMethod
+from detkd.cls.methods import METHODS
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
 from detkd.config.dump import config_hash, dump_config
 from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint, run_record
@@ -164,7 +164,7 @@ class ClsRun:
 class ClsState:
     """What the steps change: the method (networks, optimizers, schedulers) and the position."""
 
-    method: Any  # StudentMethod | DMLMethod | FFLMethod
+    method: Any  # a ClsMethod of detkd.cls.methods
     pos: Position
     best: dict[str, float] = field(default_factory=dict)  # the best top-1 of each network so far
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # of the last evaluation
@@ -248,11 +248,11 @@ def build_loaders(cfg: ClsConfig, data: ClsData, device: torch.device) -> tuple[
 def build_method(cfg: ClsConfig, data: ClsData, teachers: list[nn.Module], plan: IterationPlan,
                  device: torch.device) -> tuple[Any, dict[str, dict[str, Any]]]:
     """The trained networks (student, or peers / sub-networks) inside their method, and their specs."""
-    name = cfg.method.name
+    method = METHODS[cfg.method.name]
     specs: dict[str, dict[str, Any]] = {}
-    if name in ONLINE:
+    if method.peer_prefix is not None:
         peer_cfgs = list(cfg.peers) or [cfg.model] * cfg.num_peers
-        prefix = "sub" if name == "ffl" else "peer"
+        prefix = method.peer_prefix
         nets = []
         for k, pc in enumerate(peer_cfgs):
             net = build_cls_net(pc, data, device)
@@ -260,14 +260,12 @@ def build_method(cfg: ClsConfig, data: ClsData, teachers: list[nn.Module], plan:
                 load_weights(net, pc, data, f"peers[{k}]" if cfg.peers else f"model (peer {k})")
             nets.append(net)
             specs[f"{prefix}{k}"] = net_spec(pc, data)
-        if name == "ffl":
-            return FFLMethod(cfg, nets, data, plan.iters_per_epoch, plan.total_iters), specs
-        return DMLMethod(cfg, nets, plan.iters_per_epoch, plan.total_iters), specs
-    student = build_cls_net(cfg.model, data, device)
-    if cfg.model.checkpoint:
-        load_weights(student, cfg.model, data, "model")
-    specs["student"] = net_spec(cfg.model, data)
-    return StudentMethod(cfg, student, teachers, data, plan.iters_per_epoch, plan.total_iters), specs
+    else:
+        nets = [build_cls_net(cfg.model, data, device)]
+        if cfg.model.checkpoint:
+            load_weights(nets[0], cfg.model, data, "model")
+        specs["student"] = net_spec(cfg.model, data)
+    return method(cfg, nets, teachers, data, plan.iters_per_epoch, plan.total_iters), specs
 
 
 def log_networks(cfg: ClsConfig, data: ClsData, method: Any, specs: dict[str, dict[str, Any]],

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from detkd.config.fields import broken_rule, range_of, registry_of
+from detkd.config.fields import broken_rule, one_of, range_of, registry_of
 from detkd.config.tree import NO_REGISTRIES, Registries, key_source
 from detkd.errors import DetkdError
 
@@ -170,7 +170,7 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mappin
             f = next(f for f in fields if f.name == key)
             reg = registry_of(f)
             kwargs[key] = (_build_picked(value, f, path, ctx) if reg is not None and reg.by is not None
-                           else _convert(value, hints[key], path, ctx))
+                           else _convert(value, _declared_type(f, hints[key], ctx), path, ctx))
         except _Invalid as exc:
             raise DetkdError(f"{ctx.where(path)}: '{path}': {exc}") from None
     if keyed is not None:
@@ -190,6 +190,13 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx, entries: typing.Mappin
         key, message = broken
         raise DetkdError(f"{ctx.where(prefix + key)}: {message}")
     return obj
+
+
+def _declared_type(f: dataclasses.Field, tp: Any, ctx: _Ctx) -> Any:
+    """The type ``f``'s value is converted to: for a field naming a registry entry
+    (``option(..., one_of=...)``), the ``Literal`` of that registry's names."""
+    entries = ctx.registries.get(one_of(f) or "", {})
+    return Literal[tuple(entries)] if entries else tp
 
 
 def _build_picked(value: Any, f: dataclasses.Field, path: str, ctx: _Ctx) -> Any:

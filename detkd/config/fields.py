@@ -9,7 +9,8 @@ new section needs no validation code and no name list elsewhere.
   ``"<file>: 'distill.pkd.weight' must be >= 0, got -1.0"`` (``why``: a reason in parentheses
   after the bound; ``says``: the whole rule in words instead, for a list of numbers).
   ``weight=True`` marks a loss weight (a method with every weight 0 is a no-op:
-  :func:`weights_of`).
+  :func:`weights_of`). ``one_of="methods"``: a string that must name an entry of the loader's
+  registry ``"methods"`` (a method's ``name``; the message lists them as for a ``Literal``).
 * ``registry("methods")``: a ``dict[str, Any]`` field that holds the *other* keys of its
   section, each built as the dataclass of that name in the registry ``"methods"``; the
   registries are passed to the loader by the layer that owns them (detkd/recipe), so the
@@ -32,11 +33,12 @@ import dataclasses
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Optional
 
-__all__ = ["Range", "Registry", "broken_rule", "option", "registry", "range_of", "registry_of", "weights_of"]
+__all__ = ["Range", "Registry", "broken_rule", "one_of", "option", "registry", "range_of", "registry_of", "weights_of"]
 
 RANGE = "detkd.range"
 WEIGHT = "detkd.weight"
 REGISTRY = "detkd.registry"
+ONE_OF = "detkd.one_of"
 
 
 @dataclass(frozen=True)
@@ -122,12 +124,12 @@ class Registry:
 def option(default: Any = MISSING, *, default_factory: Callable[[], Any] | Any = MISSING, ge: Optional[float] = None,
            gt: Optional[float] = None, le: Optional[float] = None, lt: Optional[float] = None,
            nonempty: bool = False, length: Optional[int] = None, why: Optional[str] = None,
-           says: Optional[str] = None, weight: bool = False) -> Any:
-    """A ``dataclasses.field`` carrying its :class:`Range` (checked by the builder) and
-    whether it is a loss weight."""
+           says: Optional[str] = None, weight: bool = False, one_of: Optional[str] = None) -> Any:
+    """A ``dataclasses.field`` carrying its :class:`Range` (checked by the builder), whether
+    it is a loss weight, and the registry whose entry it names (``one_of``)."""
     bounds = Range(ge=ge, gt=gt, le=le, lt=lt, nonempty=nonempty, length=length, why=why, says=says)
     return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={RANGE: bounds, WEIGHT: weight})
+                             metadata={RANGE: bounds, WEIGHT: weight, ONE_OF: one_of})
 
 
 def registry(name: str, *, by: Optional[str] = None, default_factory: Callable[[], Any] = dict) -> Any:
@@ -142,6 +144,11 @@ def range_of(f: dataclasses.Field) -> Optional[Range]:
 
 def registry_of(f: dataclasses.Field) -> Optional[Registry]:
     return f.metadata.get(REGISTRY)
+
+
+def one_of(f: dataclasses.Field) -> Optional[str]:
+    """The registry whose entry names field ``f`` holds (``option(..., one_of=...)``), or None."""
+    return f.metadata.get(ONE_OF)
 
 
 def weights_of(cls: type) -> list[str]:

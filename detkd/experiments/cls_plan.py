@@ -54,13 +54,14 @@ def method_opts(recipe: str, opts: list[str]) -> list[str]:
     """The ``--opts`` for the runs of one recipe: an override of a method's own section
     (``method.kd.temperature=2``) goes only to that method's runs, so one command can tune
     one method beside the baseline; every other override goes to every run."""
-    from detkd.cls.config import METHOD_OPTIONS, load_cls_config
+    from detkd.cls.config import load_cls_config
+    from detkd.cls.methods import METHODS as CLS_METHODS
 
     name = load_cls_config(CFG / f"{recipe}.yaml").method.name
     kept = []
     for opt in opts:
         parts = opt.split("=", 1)[0].split(".")
-        if len(parts) >= 2 and parts[0] == "method" and parts[1] in METHOD_OPTIONS and parts[1] != name:
+        if len(parts) >= 2 and parts[0] == "method" and parts[1] in CLS_METHODS and parts[1] != name:
             continue
         kept.append(opt)
     return kept
