@@ -487,7 +487,7 @@ def test_installed_export_needs_only_the_model_file_and_refuses_a_mismatch(insta
     # The CPU's own vector kernels, then AVX2 and plain ones: eager and exported float noise differs by kernel.
     for capability in ("", "avx2", "default"):
         env = {"ATEN_CPU_CAPABILITY": capability} if capability else {}
-        for model_file, fmt, out, source in cases if not capability else cases[1:]:
+        for model_file, fmt, out, source in cases if not capability else cases[1:2]:  # ONNX Runtime vs eager
             proc = installed.run(installed.detkd, "export", "--ckpt", model_file, "--format", fmt, "--out", out,
                                  cwd=outside, env=env)
             assert f"parity on 8 images ({source})" in proc.stdout, (capability, proc.stdout)
