@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,93 @@ def test_resume_ends_with_identical_weights(method, teachers, tmp_path, monkeypa
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (full, part))
     assert ra["networks"] == rb["networks"] and ra["best_top1"] == rb["best_top1"]
     assert ra["iterations"] == rb["iterations"]
+
+
+def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
+    """Bit for bit: every network, auxiliary module and optimizer state of ``last.pth``, the
+    weights files and the results."""
+    a = torch.load(a_dir / "last.pth", map_location="cpu", weights_only=False)
+    b = torch.load(b_dir / "last.pth", map_location="cpu", weights_only=False)
+    assert a["iter"] == b["iter"] and a["networks"].keys() == b["networks"].keys()
+    for key in a["networks"]:
+        for name, tensor in a["networks"][key].items():
+            assert torch.equal(tensor, b["networks"][key][name]), (key, name)
+    for name, tensor in a.get("aux", {}).items():
+        assert torch.equal(tensor, b["aux"][name]), name
+    for oa, ob in zip(a["optimizers"], b["optimizers"]):
+        for pid, state in oa["state"].items():
+            assert all(torch.equal(v, ob["state"][pid][k]) for k, v in state.items() if torch.is_tensor(v)), pid
+    assert torch.equal(a["loader_rng"], b["loader_rng"])
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a_dir, b_dir))
+    assert ra["networks"] == rb["networks"] and ra["best_top1"] == rb["best_top1"]
+    assert ra["iterations"] == rb["iterations"]
+
+
+# 4 iterations per epoch, augmented (the loader's RNG is part of the resume), FFL: two
+# optimizers, a fusion module.
+MID_EPOCH = ("ffl.yaml", "train.batch_size=16", "data.augment=true", "train.epochs=2")
+
+
+def _stop_in_step(monkeypatch, n: int, stop) -> None:
+    """``stop()`` inside the ``n``-th training step (counting from the patch)."""
+    from detkd.cls import methods
+
+    original, calls = methods.FFLMethod.step, []
+
+    def step(self, x, y, epoch):
+        calls.append(1)
+        if len(calls) == n:
+            stop()
+        return original(self, x, y, epoch)
+
+    monkeypatch.setattr(methods.FFLMethod, "step", step)
+
+
+def test_sigterm_mid_epoch_saves_and_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
+    """SIGTERM in the middle of iteration 3 of 4: last.pth at that iteration boundary, exit
+    128 + 15, no results; ``--resume auto`` then ends as the uninterrupted run, bit for bit."""
+    cfg, *opts = MID_EPOCH
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(CFG / cfg, full, *opts) == 0
+    # Delivered in the main thread: Python runs the driver's handler (which only records the
+    # signal) as soon as raise_signal returns; the step goes on and the driver stops after it.
+    _stop_in_step(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(SystemExit) as stopped:
+        run(CFG / cfg, part, *opts)
+    monkeypatch.undo()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    ckpt = torch.load(part / "last.pth", map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["iter"], ckpt["iter_in_epoch"]) == (0, 3, 3)
+    assert not (part / "results.json").exists()
+    assert f"signal {int(signal.SIGTERM)}: saved {part / 'last.pth'} at iteration 3" in (part / "log.txt").read_text()
+    assert run(CFG / cfg, part, *opts, args=("--resume", "auto")) == 0
+    assert "resumed from" in (part / "log.txt").read_text()
+    _assert_same_run(full, part)
+    # The steps of the resumed run are those the uninterrupted one logged after iteration 3.
+    logged = [[m for m in read_metrics(d) if m["type"] == "train"] for d in (full, part)]
+    drop = ("time", "data_time", "eta_seconds")
+    assert [{k: v for k, v in m.items() if k not in drop} for m in logged[0]] == \
+        [{k: v for k, v in m.items() if k not in drop} for m in logged[1]]
+
+
+def test_checkpoint_period_iters_keeps_a_mid_epoch_checkpoint_that_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """``train.checkpoint_period_iters: 2``: a run interrupted in iteration 4 (no checkpoint of
+    its own) left last.pth at iteration 2, mid-epoch, and continues from it exactly."""
+    cfg, *opts = MID_EPOCH
+    opts.append("train.checkpoint_period_iters=2")
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(CFG / cfg, full, *opts) == 0
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    _stop_in_step(monkeypatch, 4, interrupt)
+    assert run(CFG / cfg, part, *opts) == 130
+    monkeypatch.undo()
+    ckpt = torch.load(part / "last.pth", map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["iter"], ckpt["iter_in_epoch"]) == (0, 2, 2)
+    assert run(CFG / cfg, part, *opts, args=("--resume", "auto")) == 0
+    _assert_same_run(full, part)
 
 
 def test_labelled_ce_without_labels_is_zero():

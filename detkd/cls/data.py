@@ -217,7 +217,7 @@ class BatchLoader:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch = 0
+        self.epoch = self.start = 0
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -225,8 +225,10 @@ class BatchLoader:
             return max(1, n // self.batch_size) if n else 0
         return math.ceil(n / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next pass is ``epoch``'s, from its sample ``start`` on (a multiple of the batch
+        size: a run resumed mid-epoch); the batches before it draw no augmentation."""
+        self.epoch, self.start = epoch, start
 
     def _augment(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -253,7 +255,7 @@ class BatchLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(n)
-        for b in range(len(self)):
+        for b in range(self.start // self.batch_size if self.train else 0, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images[idx].to(self.device, non_blocking=True).float()
             if self.augment:

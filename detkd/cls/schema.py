@@ -96,6 +96,7 @@ class ClsTrainConfig:
     log_interval: int = option(20, gt=0)  # iterations
     eval_interval: int = option(1, ge=0)  # epochs; 0 = only at the end
     checkpoint_interval: int = option(1, gt=0)  # epochs (last.pth)
+    checkpoint_period_iters: int = option(0, ge=0)  # also write last.pth every N iterations (0 = off)
     # A non-finite loss skips the step (up to max_nonfinite_skips times in a row), or stops (as detection's).
     nonfinite_policy: Literal["skip", "stop"] = "skip"
     max_nonfinite_skips: int = option(10, ge=0)

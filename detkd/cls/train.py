@@ -1,39 +1,33 @@
-"""The classification training loop: :func:`train_cls`.
+"""Setting up a classification run: :func:`train_cls`, read top to bottom.
 
 Builds the data, the trainable networks (student, or peers / sub-networks), the frozen
 teachers (loaded from checkpoints and checked against their config), the method
-(:mod:`detkd.cls.methods`), then trains with the per-iteration schedule of
-:mod:`detkd.engine.optim`, evaluates top-1/top-5 of every network on the test split and
-writes into ``output_dir``:
+(:mod:`detkd.cls.methods`), resumes a ``last.pth`` when asked, and hands them, as a
+:class:`~detkd.cls.task.ClsTask`, to the training driver detection uses too
+(:func:`detkd.engine.driver.train_epochs`: log lines, evaluation and ``last.pth`` when due,
+``train.checkpoint_period_iters``, the SIGINT/SIGTERM stop). What a step, an evaluation and a
+checkpoint do is in :mod:`detkd.cls.task`. ``output_dir`` receives:
 
 * ``config.yaml`` (the merged config), ``log.txt``, ``metrics.jsonl``;
-* ``last.pth`` every ``train.checkpoint_interval`` epochs (all networks, auxiliary modules,
-  optimizer and scheduler states; atomic);
+* ``last.pth`` every ``train.checkpoint_interval`` epochs, every
+  ``train.checkpoint_period_iters`` iterations and on SIGINT/SIGTERM (all networks, auxiliary
+  modules, optimizer and scheduler states, the position in the epoch; atomic);
 * one weights file per trained network — ``model_final.pth`` for a student,
   ``peer{k}_final.pth`` (DML), ``sub{k}_final.pth`` + ``fusion_final.pth`` (FFL) — that can
   serve as a teacher's ``checkpoint``;
 * ``results.json``: top-1/top-5 (%) of every network (and for FFL the fused classifier
   and the ensemble; for DML the ensemble), of the teachers, the best top-1 seen, timings.
 
-It has the detection loop's shape (:mod:`detkd.engine.trainer`) and shares its pieces
-(:mod:`detkd.engine.loop`: iteration plan, :class:`~detkd.engine.loop.Position`, an epoch's
-batches, log line, evaluate/checkpoint gating, non-finite policy;
-:func:`~detkd.engine.checkpoint.run_record`): a :class:`ClsRun` holds what stays fixed, a
-:class:`ClsState` what the steps change, and :func:`train_loop` calls the method's ``step``,
-:func:`run_eval` and :func:`save_checkpoint`.
-
-``resume`` (``tools/train_cls.py --resume auto|PATH``) continues from a ``last.pth``: the
-networks, auxiliary modules, optimizers, schedulers, epoch, the best top-1 so far and the
-RNG states (global and the training loader's augmentation generator) are restored, so a
-resumed run ends with the same weights as an uninterrupted one.
+``resume`` (``detkd train-cls --resume auto|PATH``) continues from a ``last.pth``, mid-epoch
+too: the networks, auxiliary modules, optimizers, schedulers, position, the best top-1 so far
+and the RNG states (global and the training loader's augmentation generator) are restored, so
+a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +35,23 @@ import torch
 import yaml
 from torch import nn
 
-import detkd
 from detkd.cls.config import ClsConfig, NetConfig, cls_config_from_dict
 from detkd.cls.data import BatchLoader, ClsData, load_cls_data
 from detkd.cls.methods import METHODS
 from detkd.cls.models import CIFAR_RESNET_DEPTHS, build_net, count_parameters
+from detkd.cls.task import ClsRun, ClsState, ClsTask, accuracy, finish
 from detkd.config.dump import config_hash, dump_config
-from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint, run_record
+from detkd.engine.checkpoint import prepare_output_dir, resume_checkpoint
+from detkd.engine.driver import LoopSettings, train_epochs
 from detkd.engine.lock import RunLock
-from detkd.engine.loop import IterationPlan, NonFiniteGuard, Position, epoch_batches, epoch_due, log_train_step
+from detkd.engine.loop import IterationPlan, NonFiniteGuard, Position
 from detkd.errors import DetkdError
 from detkd.modeling.weights import read_weights, state_mismatch
-from detkd.utils.atomic import atomic_save, atomic_write_text
+from detkd.utils.atomic import atomic_write_text
 from detkd.utils.logger import MetricsWriter, require_tensorboard, setup_logging
 from detkd.utils.runtime import resolve_device, seed_everything, set_rng_state
-from detkd.utils.speed import SpeedMeter
 
 log = logging.getLogger("detkd")
-
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -124,57 +117,6 @@ def resume_hash(cfg: ClsConfig) -> str:
 CHECKPOINT_ENTRIES = ("networks", "optimizers")
 
 
-@torch.no_grad()
-def evaluate(logits_fn, loader: BatchLoader, num_classes: int) -> dict[str, dict[str, float]]:
-    """Top-1 and top-5 (%) of every output of ``logits_fn(x) -> {name: logits}``."""
-    k = min(5, num_classes)
-    correct: dict[str, list[int]] = {}
-    n = 0
-    for x, y in loader:
-        for name, logits in logits_fn(x).items():
-            top = logits.topk(k, dim=1).indices
-            hit = top.eq(y.view(-1, 1))
-            c = correct.setdefault(name, [0, 0])
-            c[0] += int(hit[:, 0].sum())
-            c[1] += int(hit.any(dim=1).sum())
-        n += len(y)
-    return {name: {"top1": 100.0 * c[0] / max(n, 1), "top5": 100.0 * c[1] / max(n, 1)}
-            for name, c in correct.items()}
-
-
-# ----------------------------------------------------------------------------- run and state
-
-
-@dataclass
-class ClsRun:
-    """What stays fixed for one classification run."""
-
-    cfg: ClsConfig
-    out: Path
-    config_hash: str
-    logger: logging.Logger
-    data: ClsData
-    train_loader: BatchLoader
-    test_loader: BatchLoader
-    metrics: MetricsWriter
-    specs: dict[str, dict[str, Any]]  # the layout of each trained network (:func:`net_spec`), fusion aside
-
-
-@dataclass
-class ClsState:
-    """What the steps change: the method (networks, optimizers, schedulers) and the position."""
-
-    method: Any  # a ClsMethod of detkd.cls.methods
-    pos: Position
-    best: dict[str, float] = field(default_factory=dict)  # the best top-1 of each network so far
-    results: dict[str, dict[str, float]] = field(default_factory=dict)  # of the last evaluation
-    seconds_before: float = 0.0  # training time of the run(s) this one resumes
-    t_start: float = 0.0
-
-    def train_seconds(self) -> float:
-        return self.seconds_before + time.time() - self.t_start
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -231,7 +173,8 @@ def _train_cls(cfg: ClsConfig, resume: str | None, force_resume: bool) -> dict[s
     state = ClsState(method, Position(plan))
     if ckpt is not None:
         resume_state(run, state, ckpt, ckpt_path)
-    train_loop(run, state)
+    state.t_start = time.time()
+    train_epochs(ClsTask(run, state), LoopSettings.of(cfg.train, out, logger, metrics))
     return finish(run, state, teacher_results)
 
 
@@ -281,7 +224,7 @@ def log_networks(cfg: ClsConfig, data: ClsData, method: Any, specs: dict[str, di
 
 
 def evaluate_teachers(run: ClsRun, teachers: list[nn.Module]) -> dict[str, dict[str, float]]:
-    results = {f"teacher{i}": evaluate(lambda x, n=tnet: {"t": n(x)}, run.test_loader, run.data.num_classes)["t"]
+    results = {f"teacher{i}": accuracy(lambda x, n=tnet: {"t": n(x)}, run.test_loader, run.data.num_classes)["t"]
                for i, tnet in enumerate(teachers)}
     run.logger.info("teachers: %s", ", ".join(f"{k} top1 {v['top1']:.2f}" for k, v in results.items()))
     run.metrics.write({"type": "eval_teachers", **{f"{k}/{m}": v for k, r in results.items() for m, v in r.items()}})
@@ -292,7 +235,9 @@ def resume_state(run: ClsRun, state: ClsState, ckpt: dict[str, Any], path: Path)
     """Continue from a ``last.pth``: the method's states, the position, the best top-1 so far, RNG states."""
     state.method.load_state(ckpt)
     pos = state.pos
+    # A checkpoint of an earlier version was always taken at an epoch's end.
     pos.epoch, pos.iteration = int(ckpt["epoch"]), int(ckpt["iter"])
+    pos.iter_in_epoch = int(ckpt.get("iter_in_epoch", 0))
     state.best = dict(ckpt.get("best", {}))
     state.seconds_before = float(ckpt.get("train_seconds", 0.0))
     if not pos.done:  # a finished run is only evaluated again: no RNG needed
@@ -302,85 +247,3 @@ def resume_state(run: ClsRun, state: ClsState, ckpt: dict[str, Any], path: Path)
         set_rng_state(ckpt["rng"])
         run.train_loader.generator.set_state(ckpt["loader_rng"])
     run.logger.info("resumed from %s at epoch %d, iteration %d", path, pos.epoch, pos.iteration)
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def train_loop(run: ClsRun, state: ClsState) -> None:
-    """The epochs from ``state.pos`` on: steps and log lines, then evaluation and ``last.pth`` when due."""
-    pos, t, method = state.pos, run.cfg.train, state.method
-    state.t_start = time.time()
-    speed = SpeedMeter(pos.iteration, pos.plan.total_iters)
-    for epoch in range(pos.epoch, pos.plan.epochs):
-        pos.epoch = epoch
-        run.train_loader.set_epoch(epoch)
-        method.train()
-        for x, y in epoch_batches(run.train_loader, pos, speed):
-            values = method.step(x, y, epoch)
-            if values is None:  # a non-finite loss: the step was skipped (train.nonfinite_policy)
-                continue
-            pos.step_done()
-            speed.step_done()
-            if pos.plan.log_due(pos.iteration, t.log_interval):
-                log_train_step(run.logger, run.metrics, epoch, pos.iteration, pos.plan.total_iters, method.lr,
-                               values, speed.interval(pos.iteration))
-        done = pos.done
-        pos.epoch, pos.iter_in_epoch = epoch + 1, 0  # checkpoints resume at the next epoch
-        if epoch_due(epoch, t.eval_interval, done):
-            run_eval(run, state, epoch)
-        if epoch_due(epoch, t.checkpoint_interval, done):
-            save_checkpoint(run, state)
-        if done:
-            break
-
-
-def run_eval(run: ClsRun, state: ClsState, epoch: int) -> None:
-    """Evaluate every network, log it, and keep the best top-1 of each (``state.best``)."""
-    state.method.eval()
-    res = evaluate(state.method.eval_logits, run.test_loader, run.data.num_classes)
-    it = state.pos.iteration
-    run.logger.info("eval epoch %d iter %d: %s", epoch, it,
-                    " ".join(f"{k} top1={v['top1']:.2f} top5={v['top5']:.2f}" for k, v in res.items()))
-    run.metrics.write({"type": "eval", "epoch": epoch, "iter": it,
-                       **{f"{k}/{m}": v for k, r in res.items() for m, v in r.items()}})
-    for k, r in res.items():
-        state.best[k] = max(state.best.get(k, -1.0), r["top1"])
-    state.results = res
-
-
-def save_checkpoint(run: ClsRun, state: ClsState) -> None:
-    """``last.pth``: everything an exact resume needs (all networks, auxiliary modules,
-    optimizers and schedulers, the training loader's augmentation RNG), at ``state.pos``."""
-    m = state.method
-    ckpt = {"networks": {k: n.state_dict() for k, n in m.networks.items()}, **m.aux_state(), **m.optimizer_state(),
-            "epoch": state.pos.epoch, "iter": state.pos.iteration, "best": state.best,
-            "loader_rng": run.train_loader.generator.get_state(), "train_seconds": state.train_seconds(),
-            **run_record(run.cfg, run.config_hash)}
-    atomic_save(ckpt, run.out / "last.pth")
-
-
-def finish(run: ClsRun, state: ClsState, teacher_results: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The weights file of every trained network and ``results.json``; returns its summary."""
-    cfg, data, pos = run.cfg, run.data, state.pos
-    if not state.results:  # resumed from the last checkpoint of a finished run
-        run_eval(run, state, pos.plan.epochs - 1)
-    results, train_seconds = state.results, state.train_seconds()
-    for key, net in state.method.networks.items():
-        fname = "model_final.pth" if key == "student" else f"{key}_final.pth"
-        entry = {"model": net.state_dict(), "version": detkd.__version__, "method": cfg.method.name,
-                 "dataset": data.name, "class_names": data.class_names, "image_size": data.image_size}
-        if key in run.specs:
-            entry.update(net=run.specs[key], **results.get(key, {}))
-        atomic_save(entry, run.out / fname)
-    summary = {
-        "method": cfg.method.name, "dataset": data.name, "train_images": len(data.train_labels),
-        "labelled_images": data.num_labelled, "test_images": len(data.test_labels),
-        "networks": results, "best_top1": state.best, "teachers": teacher_results,
-        "iterations": pos.iteration, "epochs": pos.plan.epochs, "train_seconds": round(train_seconds, 1),
-    }
-    atomic_write_text(json.dumps(summary, indent=2), run.out / "results.json")
-    run.logger.info("done in %.1fs: %s; results %s", train_seconds,
-                    " ".join(f"{k} top1={v['top1']:.2f}" for k, v in results.items()), run.out / "results.json")
-    run.metrics.close()
-    return summary

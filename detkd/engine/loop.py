@@ -1,6 +1,6 @@
-"""The pieces both training loops (detection: :mod:`detkd.engine.trainer`, classification:
-:mod:`detkd.cls.train`) share: iteration maths, where a run stands, an epoch's batches, when to
-log / evaluate / checkpoint, the log line, and the policy for a non-finite loss.
+"""The pieces of the training driver (:mod:`detkd.engine.driver`) and of the steps of both
+kinds of run: iteration maths, where a run stands, an epoch's batches, when to evaluate /
+checkpoint, the log line, and the policy for a non-finite loss (called inside a task's step).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A plain torchvision detector (wrapped in :class:`PlainDetector`) and a
 :class:`detkd.distill.Distiller` both satisfy it, structurally (``distill`` does not import
-``engine``), so the loop in :mod:`detkd.engine.trainer` never asks which one it holds.
+``engine``), so the detection steps (:mod:`detkd.engine.detection_task`) never ask which one they hold.
 """
 
 from __future__ import annotations
