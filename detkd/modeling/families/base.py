@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -64,6 +65,21 @@ class TrainStep:
 
 
 @dataclass(frozen=True)
+class DenseRows:
+    """How a one-stage family assigns its rows (anchors, points, default boxes) to boxes and scores
+    them, for a loss against other targets than the ground truth (prediction-level distillation).
+
+    ``match(model, anchors, targets, grids)``: the family's own assignment (-1 background, -2
+    ignored); ``sigmoid``: per-class sigmoids (RetinaNet, FCOS) or a softmax whose column 0 is the
+    background (SSD); ``row_box_loss(model, anchors, regression, boxes)``: the family's box loss of
+    each row ``[R]`` (what its hard loss sums)."""
+
+    match: Callable[..., list[Tensor]]
+    sigmoid: bool
+    row_box_loss: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
 class Family:
     """One detector family: how to build it and what of the config it reads.
 
@@ -73,7 +89,11 @@ class Family:
     (None: every key; a key outside them left at its default is fine, changed it is refused).
     ``postprocessor(model)``: the module whose ``score_thresh``, ``nms_thresh`` and
     ``detections_per_img`` rule inference (the model itself, or Faster R-CNN's RoI heads).
-    ``train_step(model, images, targets)``: the training forward as a :class:`TrainStep`."""
+    ``train_step(model, images, targets)``: the training forward as a :class:`TrainStep`.
+    ``detect(model, image_list, features)``: eval-mode detections from the model's own maps
+    (what its forward does after the backbone; boxes in the ``image_list`` frame), so that a
+    teacher whose backbone already ran needs nothing more. ``dense``: a one-stage family's
+    :class:`DenseRows` (None for Faster R-CNN)."""
 
     name: str
     model_class: type
@@ -82,6 +102,8 @@ class Family:
     reads_stock: Optional[frozenset[str]]
     postprocessor: Callable[[nn.Module], nn.Module]
     train_step: Callable[[nn.Module, list[Tensor], list[dict[str, Tensor]]], TrainStep]
+    detect: Callable[[nn.Module, ImageList, "OrderedDict[str, Tensor]"], list[dict[str, Tensor]]]
+    dense: Optional[DenseRows] = None
 
     def stock_archs(self) -> tuple[str, ...]:
         return tuple(a for a, f in ARCH_FAMILIES.items() if f == self.name and a not in (self.name, "custom"))
@@ -408,6 +430,34 @@ def match_by_iou(model: nn.Module, anchors: list[Tensor], targets: list[dict[str
     (the -1 / -2 codes of torchvision's ``Matcher``), every anchor background without boxes."""
     return [unmatched(a) if t["boxes"].numel() == 0 else model.proposal_matcher(box_iou(t["boxes"], a))
             for a, t in zip(anchors, targets)]
+
+
+def box_loss_rows(kind: str, coder: Any, anchors: Tensor, regression: Tensor, boxes: Tensor) -> Tensor:
+    """torchvision's ``_box_loss`` of each row ``[R]`` instead of their sum: ``l1`` and
+    ``smooth_l1`` (beta 1) on the encoded boxes, ``giou``/``diou``/``ciou`` (eps 1e-7) on the
+    decoded regression."""
+    if kind in ("l1", "smooth_l1"):
+        target = coder.encode_single(boxes, anchors)
+        loss = F.l1_loss if kind == "l1" else F.smooth_l1_loss
+        return loss(regression, target, reduction="none").sum(dim=1)
+    decode = coder.decode_single if hasattr(coder, "decode_single") else coder.decode
+    pred = decode(regression, anchors)
+    loss = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}[kind]
+    return loss(pred, boxes, reduction="none", eps=1e-7)
+
+
+def split_detect(model: nn.Module, image_list: ImageList, features: "OrderedDict[str, Tensor]") -> list[dict]:
+    """RetinaNet's and FCOS's eval forward after the backbone: head, anchors, the head's rows
+    split per level, ``postprocess_detections``."""
+    maps = list(features.values())
+    head_outputs = model.head(maps)
+    anchors = model.anchor_generator(image_list, maps)
+    per_level = [m.size(2) * m.size(3) for m in maps]
+    per_location = head_outputs["cls_logits"].size(1) // sum(per_level)
+    per_level = [n * per_location for n in per_level]
+    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+    split_anchors = [list(a.split(per_level)) for a in anchors]
+    return model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
 
 
 DenseLoss = Callable[[nn.Module, list[dict[str, Tensor]], dict[str, Tensor], list[Tensor], list[Tensor]],

@@ -230,5 +230,12 @@ def _rcn(model: FasterRCNN, features: "OrderedDict[str, Tensor]", proposals: lis
     }
 
 
+def detect(model: FasterRCNN, image_list, features) -> list[dict]:
+    """Faster R-CNN's eval forward after the backbone: RPN proposals, then the RoI heads."""
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    return detections
+
+
 FAMILY = Family(name="faster_rcnn", model_class=FasterRCNN, build=build, reads=None, reads_stock=None,
-                postprocessor=postprocessor, train_step=train_step)
+                postprocessor=postprocessor, train_step=train_step, detect=detect)

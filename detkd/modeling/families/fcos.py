@@ -32,6 +32,9 @@ from detkd.modeling.families.base import (
     postprocess_on_model,
     unmatched,
     without_weights,
+    DenseRows,
+    box_loss_rows,
+    split_detect,
 )
 from detkd.modeling.families.retinanet import custom_fpn, group_norm_fits, head_loss, one_stage_kwargs, \
     replace_cls_logits
@@ -116,5 +119,11 @@ def train_step(model: FCOS, images, targets):
     return dense_train_step(model, images, targets, match_points, head_loss)
 
 
+def row_box_loss(model: FCOS, anchors: Tensor, regression: Tensor, boxes: Tensor) -> Tensor:
+    """GIoU loss of the decoded ltrb per row (``FCOSHead.compute_loss``)."""
+    return box_loss_rows("giou", model.head.box_coder, anchors, regression, boxes)
+
+
 FAMILY = Family(name="fcos", model_class=FCOS, build=build, reads=READS, reads_stock=READS_STOCK,
-                postprocessor=postprocess_on_model, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step, detect=split_detect,
+                dense=DenseRows(match=match_points, sigmoid=True, row_box_loss=row_box_loss))

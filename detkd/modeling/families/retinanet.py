@@ -16,7 +16,7 @@ import math
 from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -45,6 +45,9 @@ from detkd.modeling.families.base import (
     postprocess_on_model,
     trainable_layers,
     without_weights,
+    DenseRows,
+    box_loss_rows,
+    split_detect,
 )
 from detkd.modeling.weights import is_local_path
 
@@ -161,5 +164,12 @@ def train_step(model: RetinaNet, images, targets):
     return dense_train_step(model, images, targets, match_by_iou, head_loss)
 
 
+def row_box_loss(model: RetinaNet, anchors: Tensor, regression: Tensor, boxes: Tensor) -> Tensor:
+    """The regression head's own loss kind (v1 ``l1``, v2 ``giou``) per row."""
+    head = model.head.regression_head
+    return box_loss_rows(head._loss_type, head.box_coder, anchors, regression, boxes)
+
+
 FAMILY = Family(name="retinanet", model_class=RetinaNet, build=build, reads=READS, reads_stock=READS_STOCK,
-                postprocessor=postprocess_on_model, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step, detect=split_detect,
+                dense=DenseRows(match=match_by_iou, sigmoid=True, row_box_loss=row_box_loss))

@@ -39,6 +39,8 @@ from detkd.modeling.families.ssdlite import (
     SSDFeatures,
     default_boxes,
     replace_ssd_classifier,
+    SSD_ROWS,
+    ssd_detect,
     ssd_kwargs,
     train_step,
     trunk,
@@ -92,4 +94,4 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> SSD:
 
 
 FAMILY = Family(name="ssd", model_class=SSD, build=build, reads=READS, reads_stock=READS_STOCK,
-                postprocessor=postprocess_on_model, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step, detect=ssd_detect, dense=SSD_ROWS)

@@ -48,6 +48,8 @@ from detkd.modeling.families.base import (
     require_default,
     postprocess_on_model,
     trainable_layers,
+    DenseRows,
+    box_loss_rows,
 )
 from detkd.modeling.weights import enum_state_dict, is_local_path, load_matching, read_state_dict, resolve_enum
 
@@ -245,5 +247,19 @@ def train_step(model: SSD, images, targets):
     return dense_train_step(model, images, targets, match_by_iou, ssd_loss)
 
 
+def ssd_detect(model: SSD, image_list, features) -> list[dict]:
+    """SSD's eval forward after the backbone: head, default boxes, ``postprocess_detections``."""
+    maps = list(features.values())
+    return model.postprocess_detections(model.head(maps), model.anchor_generator(image_list, maps),
+                                        image_list.image_sizes)
+
+
+def row_box_loss(model: SSD, anchors: Tensor, regression: Tensor, boxes: Tensor) -> Tensor:
+    """Smooth-L1 (beta 1) of the encoded boxes per row (``SSD.compute_loss``)."""
+    return box_loss_rows("smooth_l1", model.box_coder, anchors, regression, boxes)
+
+
+SSD_ROWS = DenseRows(match=match_by_iou, sigmoid=False, row_box_loss=row_box_loss)
+
 FAMILY = Family(name="ssdlite", model_class=SSD, build=build, reads=READS, reads_stock=READS_STOCK,
-                postprocessor=postprocess_on_model, train_step=train_step)
+                postprocessor=postprocess_on_model, train_step=train_step, detect=ssd_detect, dense=SSD_ROWS)
