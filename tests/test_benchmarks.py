@@ -63,8 +63,10 @@ def test_each_method_overrides_turn_exactly_that_method_on():
     from detkd.recipe import load_config
 
     opts = method_opts()
-    assert list(opts) == ["chen", *(m for m in METHODS if m not in ("chen", "crosskd"))]  # crosskd: one-stage pairs
+    # crosskd: one-stage pairs; predictions: one-stage students
+    assert list(opts) == ["chen", *(m for m in METHODS if m not in ("chen", "crosskd", "predictions"))]
     assert "crosskd" in method_opts(("fcos", "fcos")) and "crosskd" not in method_opts(("fcos", "faster_rcnn"))
+    assert "predictions" in method_opts(("fcos", "faster_rcnn"))
     assert list(method_opts(("fcos", "faster_rcnn")))[0] == "as configured"
     cfg = REPO / "configs/demo/methods/pkd.yaml"  # PKD alone: "chen" keeps the config's own sections
     assert sorted(load_config(cfg, opts["chen"]).distill.methods) == ["pkd"]

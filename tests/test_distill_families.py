@@ -20,6 +20,7 @@ from detkd.config.schema import DistillConfig, ModelConfig
 from detkd.distill import Distiller
 from detkd.distill.methods import METHODS
 from detkd.distill.methods.crosskd import CrossKDConfig
+from detkd.distill.methods.features import LevelMethod
 from detkd.distill.methods.fgfi import FGFIConfig
 from detkd.distill.methods.pkd import PKDConfig
 from detkd.errors import DetkdError
@@ -118,11 +119,16 @@ def test_every_family_has_a_train_step():
 
 # ----------------------------------------------------------------------------- feature methods across families
 
-CROSS = {name: method for name, method in METHODS.items() if method.applies_to("retinanet", "faster_rcnn")}
+# The FPN-feature methods that pair maps across families (predictions applies across families too,
+# without maps: tests/test_distill_predictions.py).
+CROSS = {name: method for name, method in METHODS.items()
+         if issubclass(method, LevelMethod) and method.applies_to("retinanet", "faster_rcnn")}
 
 
 def test_chen_and_crosskd_do_not_apply_across_families_and_the_feature_methods_do():
     assert set(CROSS) == {"pkd", "cwd", "mgd", "fgd", "fgfi", "mimic"}
+    across = {name for name, method in METHODS.items() if method.applies_to("retinanet", "faster_rcnn")}
+    assert across == set(CROSS) | {"predictions"}
     assert METHODS["crosskd"].applies_to("fcos", "fcos") and not METHODS["crosskd"].applies_to("fcos", "retinanet")
 
 

@@ -99,8 +99,8 @@ def test_method_recipe_builds(recipe):
         assert own, name
         if name == "chen":
             assert {"hint", "rpn_soft", "rcn_bound"} <= own
-        elif name == "crosskd":
-            assert own == {"crosskd_cls", "crosskd_reg"}
+        elif name in ("crosskd", "predictions"):
+            assert own == {f"{name}_cls", f"{name}_reg"}
         else:
             assert own == {name}
     assert d.own_size == ("halfres" in recipe)

@@ -18,6 +18,7 @@ from detkd.distill.methods.fgfi import FGFIMethod
 from detkd.distill.methods.mgd import MGDMethod
 from detkd.distill.methods.mimic import MimicMethod
 from detkd.distill.methods.pkd import PKDMethod
+from detkd.distill.methods.predictions import PredictionsMethod
 
 METHODS: dict[str, type[DistillMethod]] = {
     "chen": ChenMethod,
@@ -28,6 +29,7 @@ METHODS: dict[str, type[DistillMethod]] = {
     "fgfi": FGFIMethod,
     "mimic": MimicMethod,
     "crosskd": CrossKDMethod,
+    "predictions": PredictionsMethod,
 }
 
 __all__ = ["METHODS", "BuildContext", "ChenConfig", "DistillMethod", "DistillRecord", "LevelPair"]

@@ -1,0 +1,144 @@
+"""Prediction-level distillation: the student learns from the teacher's detections, which every
+detector has, whatever its family (the method specification, section 5; Zoph et al., NeurIPS 2020;
+Liu et al., "Unbiased Teacher", ICLR 2021; Li et al., GFL, NeurIPS 2020).
+
+Per batch the teacher runs once (its own post-processing, score threshold lowered to
+``score_thresh`` = tau_lo, at most ``max_detections`` per image; background-label and degenerate
+boxes dropped), its detections D_i are mapped into the student's frame, and the student's own
+matcher assigns its rows to them (RetinaNet: IoU; FCOS: centre sampling and scale ranges; SSD:
+IoU with forced best matches). With j(r) the detection assigned to row r (none: background)::
+
+    sigmoid heads: L_cls = (1/N) sum_{r,c} BCE(p, q) |p - q|^beta,  N = max(1, sum q),
+                   q[r, c] = s_j(r) on c_j(r), else 0
+    softmax heads: L_cls = (1/R) sum_r CE(z[r], q[r]),
+                   q[r] = s_j(r) on c_j(r), 1 - s_j(r) on the background
+    L_box = sum_{r assigned} s_j(r) ell_family(box_s[r], b_j(r)) / max(sum s_j(r), 1)
+    L     = L_student + weight_cls L_cls + weight_reg L_box
+
+The teacher's scores and boxes are constants; nothing is detached on the student side.
+Students so far: the one-stage families (a family with ``Family.dense``); a Faster R-CNN student
+is refused in one line. Teachers: every family.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from detkd.config.fields import option
+from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord, scale_boxes
+from detkd.errors import DetkdError
+from detkd.losses.predictions import score_weighted_box_loss, soft_sigmoid_loss, soft_softmax_loss
+from detkd.modeling.families import FAMILIES, family_of_model
+
+
+MIN_BOX = 1e-2  # pixels: torchvision's remove_small_boxes threshold in its RoI heads
+
+
+@dataclass
+class PredictionsConfig:
+    """``distill.predictions``: the teacher's detections as soft targets of the student's own rows."""
+
+    weight_cls: float = option(1.0, ge=0, weight=True)  # lambda_cls
+    weight_reg: float = option(1.0, ge=0, weight=True)  # lambda_box
+    score_thresh: float = option(0.3, ge=0, le=1)  # tau_lo: the teacher's detections kept
+    max_detections: int = option(100, gt=0)  # per image
+    beta: float = option(2.0, ge=0)  # the quality-focal exponent of sigmoid heads
+
+
+def _students() -> list[str]:
+    return [name for name, family in FAMILIES.items() if family.dense is not None]
+
+
+class PredictionsMethod(DistillMethod):
+    """Soft classification and score-weighted box targets from the teacher's detections."""
+
+    config = PredictionsConfig
+
+    def __init__(self, section: PredictionsConfig, student: nn.Module) -> None:
+        super().__init__()
+        self.section = section
+        self._student = {"model": student}  # a dict: not a submodule (its weights are not the method's)
+
+    @classmethod
+    def check_families(cls, section: Any, student_family: str, teacher_family: str) -> None:
+        if FAMILIES[student_family].dense is None:
+            raise DetkdError(f"distill.predictions: a {student_family} student is not supported yet "
+                             f"(students: {', '.join(_students())}; the teacher may be any family)")
+
+    @classmethod
+    def build(cls, section: PredictionsConfig, ctx: BuildContext) -> Optional["PredictionsMethod"]:
+        if section.weight_cls == 0 and section.weight_reg == 0:
+            return None
+        cls.check_families(section, family_of_model(ctx.student).name, family_of_model(ctx.teacher).name)
+        return cls(section, ctx.student)
+
+    def terms(self) -> frozenset[str]:
+        weights = {"predictions_cls": self.section.weight_cls, "predictions_reg": self.section.weight_reg}
+        return frozenset(term for term, w in weights.items() if w > 0)
+
+    def teacher_step(self, rec: DistillRecord, teacher: nn.Module,
+                     features: "OrderedDict[str, Tensor]") -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The teacher's detections per image, (boxes in the student's frame, labels, scores)."""
+        family = family_of_model(teacher)
+        post = family.postprocessor(teacher)
+        kept = post.score_thresh, post.detections_per_img
+        post.score_thresh, post.detections_per_img = self.section.score_thresh, self.section.max_detections
+        try:
+            first = next(iter(features.values()))
+            batch = first.new_zeros(()).expand(len(rec.image_sizes), 3, *rec.teacher_batch_shape)
+            found = family.detect(teacher, ImageList(batch, rec.teacher_image_sizes), features)
+        finally:
+            post.score_thresh, post.detections_per_img = kept
+        boxes = scale_boxes([d["boxes"] for d in found], rec.teacher_image_sizes, rec.image_sizes)
+        out = []
+        for b, d in zip(boxes, found):
+            # A one-stage teacher's background-channel detections mean nothing; a box thinner than
+            # MIN_BOX (FCOS at background points) has no encoding (log of its width).
+            keep = (d["labels"] > 0) & ((b[:, 2:] - b[:, :2]) >= MIN_BOX).all(dim=1)
+            out.append((b[keep], d["labels"][keep], d["scores"][keep]))
+        return out
+
+    def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
+        student = self._student["model"]
+        rows = family_of_model(student).dense
+        step = rec.step
+        detections = rec.teacher_outputs[self.name]
+        targets = [{"boxes": b, "labels": lab} for b, lab, _ in detections]
+        matched = rows.match(student, step.anchors, targets, step.grids)
+        logits = step.head_outputs["cls_logits"]
+        regression = step.head_outputs["bbox_regression"]
+        none = -1 if rows.sigmoid else 0
+        classes, scores, box_rows, box_scores = [], [], [], []
+        for i, ((boxes, labels, s), idx) in enumerate(zip(detections, matched)):
+            assigned = idx >= 0
+            j = idx.clamp(min=0)
+            if len(labels):
+                classes.append(torch.where(assigned, labels[j], torch.full_like(idx, none)))
+                scores.append(torch.where(assigned, s[j], torch.zeros_like(s[j])))
+            else:
+                classes.append(torch.full_like(idx, none))
+                scores.append(torch.zeros(idx.shape, dtype=logits.dtype, device=logits.device))
+            if assigned.any():
+                rows_i = torch.nonzero(assigned).flatten()
+                box_rows.append(rows.row_box_loss(student, step.anchors[i][rows_i], regression[i][rows_i],
+                                                  boxes[j[rows_i]]))
+                box_scores.append(s[j[rows_i]])
+        z, c, q = logits.flatten(0, 1), torch.cat(classes), torch.cat(scores).to(logits.dtype)
+        cls_loss = (soft_sigmoid_loss(z, c, q, self.section.beta) if rows.sigmoid else soft_softmax_loss(z, c, q))
+        box_loss = (score_weighted_box_loss(torch.cat(box_rows), torch.cat(box_scores)) if box_rows
+                    else regression.sum() * 0.0)
+        per_image = float(sum(len(d[1]) for d in detections)) / len(detections)
+        self.stats = {"raw_predictions_cls": cls_loss.detach(), "raw_predictions_reg": box_loss.detach(),
+                      "predictions_teacher_boxes": torch.tensor(per_image)}
+        out = {}
+        if self.section.weight_cls > 0:
+            out["loss_predictions_cls"] = self.section.weight_cls * cls_loss
+        if self.section.weight_reg > 0:
+            out["loss_predictions_reg"] = self.section.weight_reg * box_loss
+        return out
