@@ -1,4 +1,4 @@
-"""Bad input through the real command line (issue #7).
+"""Bad input through the real command line.
 
 Each case runs ``tools/train_det.py`` (or ``tools/eval_det.py``) as a subprocess and expects a
 non-zero exit, one last stderr line ``error: ...`` naming the problem, no traceback, and the

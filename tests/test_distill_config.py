@@ -1,4 +1,4 @@
-"""The distill section (issue #19): Chen et al. is a section like the others, a method is on
+"""The distill section: Chen et al. is a section like the others, a method is on
 exactly when its section is there, old flat keys are one-line errors saying where each moved,
 and a config.yaml saved by an earlier version loads as the same run with one warning line."""
 

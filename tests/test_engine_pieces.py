@@ -1,4 +1,4 @@
-"""The engine pieces both training loops share (issue #14): iteration plan and gating,
+"""The engine pieces both training loops share: iteration plan and gating,
 non-finite policy, resume lookup and check, output-directory guard, weight files, devices.
 The classification loop is run for real (tiny Fashion-MNIST runs) to show it now follows
 the detection side's non-finite policy."""

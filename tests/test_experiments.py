@@ -1,5 +1,5 @@
-"""detkd.experiments (issue #14). The detection seeds experiment (tools/run_experiment.py,
-issue #5) on the tiny demo data: every group trains for two iterations, the summary (table
+"""detkd.experiments. The detection seeds experiment (tools/run_experiment.py)
+on the tiny demo data: every group trains for two iterations, the summary (table
 and summary.json) aggregates the seeds, the report is written, and a second invocation skips
 the finished runs. Also: the one mean ± std convention, the paired gains, the gap closed,
 reusing a finished run only when its config is the requested one, the classification table."""
@@ -203,7 +203,7 @@ def test_demo_reports_the_fraction_of_the_gap_closed():
     assert stats.gap_closed(0.3, 0.3, 0.4).startswith("n/a")
 
 
-# ----------------------------------------------------------------------------- issue #14: the unified pieces
+# ----------------------------------------------------------------------------- the pieces both experiments share
 
 
 def test_one_mean_std_convention_sample_std_and_none_for_one_value():

@@ -1,4 +1,4 @@
-"""Interrupted training (issue #7), through the real command line.
+"""Interrupted training, through the real command line.
 
 ``tools/train_det.py`` runs as a subprocess on the tiny demo settings (24 iterations, ``last.pth``
 after every iteration). It is SIGKILLed at seeded random points, or stopped with SIGINT/SIGTERM,

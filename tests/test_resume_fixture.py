@@ -1,4 +1,4 @@
-"""A checkpoint written before issue #19 (tests/fixtures/resume_v0, detkd at 6c19121) still
+"""A checkpoint written before the method-interface refactor (tests/fixtures/resume_v0, detkd at 6c19121) still
 resumes: its config.yaml (flat Chen et al. keys) loads, ``--resume auto`` accepts its last.pth
 (another hash rule: the saved config is hashed again), the methods' weights load, and the
 continued run repeats, to the float, the iterations that version logged; so it does with a

@@ -1,4 +1,4 @@
-"""Resuming with another world size or per-process batch size (issue #15).
+"""Resuming with another world size or per-process batch size.
 
 * The sampler's global order does not depend on the world size: step ``i`` of any layout
   consumes samples ``[i*G, (i+1)*G)`` of the epoch's permutation (checked against

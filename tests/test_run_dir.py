@@ -1,4 +1,4 @@
-"""The run directory (issue #15): one run at a time, clear write errors, honest speed, TensorBoard.
+"""The run directory: one run at a time, clear write errors, honest speed, TensorBoard.
 
 * A second ``tools/train_det.py`` on a directory held by a live run stops with one line and
   changes no file; after SIGKILL of the holder, ``--resume auto`` starts at once.

@@ -436,7 +436,7 @@ def test_reevaluate_scores_a_finished_run_on_the_new_test_set(tmp_path):
 
 
 def test_output_dir_held_by_a_live_run_is_refused(capsys, tmp_path):
-    """Issue #15: a second run on a directory another run holds (its RunLock) writes nothing."""
+    """A second run on a directory another run holds (its RunLock) writes nothing."""
     from detkd.engine.lock import RunLock
 
     out = tmp_path / "held"
@@ -450,7 +450,7 @@ def test_output_dir_held_by_a_live_run_is_refused(capsys, tmp_path):
 
 
 def test_tensorboard_holds_every_metric(tmp_path):
-    """Issue #15: train.tensorboard writes every field of metrics.jsonl as a scalar."""
+    """train.tensorboard writes every field of metrics.jsonl as a scalar."""
     pytest.importorskip("tensorboard")
     from test_run_dir import assert_tensorboard_has_every_metric
 
