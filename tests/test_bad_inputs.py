@@ -207,6 +207,17 @@ def missing_image_files(ctx):
                 f"image file not found: {images / '1.png'} (image id 2; 2 of 4 image files missing)")
 
 
+def val_image_size_differs_from_its_annotation(ctx):
+    """Caught before the first step (not at the first evaluation, after training): nothing written."""
+    images, ann, data = ctx.coco()
+    data["images"][2]["width"] = 80
+    val = ann.with_name("val.json")
+    val.write_text(json.dumps(data))
+    return Case(ctx.train(*coco_opts(images, ann, val)),
+                f"image {images / '2.png'} is 64x64 but its annotation says 80x64 (COCO val.json; 1 of 4 images differ); "
+                "the boxes refer to that size")
+
+
 def corrupt_image_in_loader_worker(ctx):
     images, ann, _ = ctx.coco()
     (images / "2.png").write_bytes(b"these bytes are not an image")
@@ -344,6 +355,7 @@ CASES: dict[str, Callable[[Ctx], Case]] = {f.__name__: f for f in (
     unknown_key_in_file, mistyped_opts_key, wrong_type, out_of_range, negative_checkpoint_period,
     missing_config_file, missing_base_file, yaml_syntax_error,
     missing_annotation_file, truncated_coco_json, unknown_category_id, missing_image_files,
+    val_image_size_differs_from_its_annotation,
     corrupt_image_in_loader_worker, truncated_image, dataset_without_images, every_image_filtered,
     fewer_model_classes_than_data,
     corrupt_voc_xml, voc_unknown_class, voc_missing_image,

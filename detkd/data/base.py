@@ -83,3 +83,7 @@ class DetectionDataset(Dataset, ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Called with the epoch number before every training epoch."""
+
+    def check_image_sizes(self) -> None:
+        """Refuse, before any training step, an image whose size differs from its annotation
+        (evaluation splits: otherwise the first evaluation fails, after training). Default: no check."""

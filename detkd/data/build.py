@@ -137,6 +137,8 @@ def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: in
                         min_box_size=data.augment.min_box_size)
     if ds.max_images is not None:
         dataset.limit(ds.max_images)
+    if not train:  # seconds for a val set; a wrong size would otherwise stop the first evaluation
+        dataset.check_image_sizes()
     if train and seed is not None:
         return EpochSeeded(dataset, seed)
     return dataset

@@ -41,6 +41,7 @@ from detkd.data.utils import (
     image_to_tensor,
     load_rgb_image,
     make_target,
+    read_image_size,
 )
 from detkd.errors import DetkdError
 
@@ -168,6 +169,21 @@ class RecordDataset(DetectionDataset):
             raise DetkdError(f"image file not found: {missing[0].file} ({self._describe(missing[0])}"
                              f"{len(missing)} of {len(self.records)} image files missing)")
 
+    def _size_error(self, record: ImageRecord, width: int, height: int, more: str = "") -> DetkdError:
+        return DetkdError(f"image {record.file} is {width}x{height} but its annotation says "
+                          f"{record.width}x{record.height} ({self.name}{more}); the boxes refer to that size")
+
+    def check_image_sizes(self) -> None:
+        """Every image's size, read from its header only, against its record: the first that
+        differs, with the count, in one line."""
+        bad = []
+        for record in self.records:
+            width, height = read_image_size(record.file)
+            if (width, height) != (record.width, record.height):
+                bad.append((record, width, height))
+        if bad:
+            raise self._size_error(*bad[0], more=f"; {len(bad)} of {len(self.records)} images differ")
+
     def limit(self, n: int) -> None:
         """Keep only the first ``n`` items (``max_images``)."""
         self.records = self.records[:n]
@@ -220,8 +236,7 @@ class RecordDataset(DetectionDataset):
         image = load_rgb_image(record.file)
         height, width = image.shape[:2]
         if (width, height) != (record.width, record.height):
-            raise DetkdError(f"image {record.file} is {width}x{height} but its annotation says "
-                             f"{record.width}x{record.height} ({self.name}); the boxes refer to that size")
+            raise self._size_error(record, width, height)
         train = self._trained(record)
         image, boxes, keep = apply_transforms(self.transforms, image, record.boxes[train])
         target = make_target(boxes, record.labels[train][keep], record.image_id, (height, width))
