@@ -102,6 +102,9 @@ class ClsTask:
     def log_values(self, step: dict[str, float]) -> dict[str, float]:
         return step
 
+    def terms(self, step: dict[str, float]) -> dict[str, float]:
+        return step
+
     def lr(self) -> float:
         return self.state.method.lr
 

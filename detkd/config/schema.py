@@ -325,6 +325,9 @@ class TrainConfig:
     # A non-finite loss skips the step (up to max_nonfinite_skips times in a row), or stops.
     nonfinite_policy: Literal["skip", "stop"] = "skip"
     max_nonfinite_skips: int = option(10, ge=0)
+    # Loss terms stuck at a constant, at 0 or exploding over a window of steps: warn, stop or off.
+    health: Literal["warn", "stop", "off"] = "warn"
+    health_window: int = option(50, ge=2)  # iterations
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = False  # also write metrics.jsonl's fields as TensorBoard scalars (extra 'tensorboard')
 

@@ -137,6 +137,9 @@ class DetectionTask:
         state.scheduler.step()
         return losses, total
 
+    def terms(self, step: Step) -> dict[str, torch.Tensor]:
+        return step[0]
+
     def log_values(self, step: Step) -> dict[str, float]:
         """Every term and the model's own statistics, averaged over the processes."""
         losses, total = step

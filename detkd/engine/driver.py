@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
+from detkd.engine.health import HealthMonitor
 from detkd.engine.loop import Position, epoch_batches, epoch_due, log_train_step
 from detkd.utils import dist
 from detkd.utils.logger import MetricsWriter
@@ -40,6 +41,9 @@ class Task(Protocol):
     def log_values(self, step: Any) -> Mapping[str, float]:
         """The terms of a step's log line (only asked for on the lines due: may synchronize)."""
 
+    def terms(self, step: Any) -> Mapping[str, Any]:
+        """A step's loss terms (tensors or floats) for the health monitor, every step."""
+
     def lr(self) -> float: ...
 
     def evaluate(self, epoch: int) -> None: ...
@@ -60,12 +64,14 @@ class LoopSettings:
     checkpoint_interval: int
     checkpoint_period_iters: int = 0
     progress: bool | None = False
+    health: str = "warn"
+    health_window: int = 50
 
     @classmethod
     def of(cls, train: Any, out: Path, logger: logging.Logger, metrics: MetricsWriter,
            progress: bool | None = False) -> "LoopSettings":
         return cls(out, logger, metrics, train.log_interval, train.eval_interval, train.checkpoint_interval,
-                   train.checkpoint_period_iters, progress)
+                   train.checkpoint_period_iters, progress, train.health, train.health_window)
 
 
 class StopRequest:
@@ -98,14 +104,16 @@ def train_epochs(task: Task, loop: LoopSettings) -> None:
     at the iteration boundary and exits with ``128 + signum``."""
     pos = task.pos
     speed = SpeedMeter(pos.iteration, pos.plan.total_iters)
+    health = HealthMonitor(loop.health, loop.health_window, loop.logger, loop.metrics)
     with StopRequest() as stop:
         for epoch in range(pos.epoch, pos.plan.epochs):
-            train_epoch(task, loop, epoch, speed, stop)
+            train_epoch(task, loop, epoch, speed, stop, health)
             if end_epoch(task, loop, epoch):
                 break
 
 
-def train_epoch(task: Task, loop: LoopSettings, epoch: int, speed: SpeedMeter, stop: StopRequest) -> None:
+def train_epoch(task: Task, loop: LoopSettings, epoch: int, speed: SpeedMeter, stop: StopRequest,
+                health: HealthMonitor) -> None:
     """One epoch of steps, each followed by :func:`after_step`."""
     from tqdm import tqdm
 
@@ -123,6 +131,7 @@ def train_epoch(task: Task, loop: LoopSettings, epoch: int, speed: SpeedMeter, s
             speed.step_done()
             bar.set_postfix_str(f"eta {format_eta(speed.eta(pos.iteration))}", refresh=False)
             bar.update(1)
+            health.observe(pos.iteration, task.terms(step))
             after_step(task, loop, step, speed, stop)
     finally:
         bar.close()

@@ -1,0 +1,108 @@
+"""The training health monitor (detkd.engine.health): its rules on made-up loss sequences, and
+through the real command line a dead FCOS box branch reported within the window while a healthy
+run reports nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, tiny_opts
+from detkd.engine.health import HealthMonitor, window_problems
+from detkd.errors import DetkdError
+from detkd.utils.logger import MetricsWriter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_window_rules():
+    rng = random.Random(0)
+    alive = [1.0 + 0.01 * rng.random() for _ in range(50)]
+    assert window_problems("loss_box_reg", alive, first_median=1.0) == []
+    (check, message), = window_problems("bbox_regression", [1.0] * 50, None)
+    assert check == "stuck" and "'bbox_regression' has stayed at 1 for 50 iterations" in message
+    (check, message), = window_problems("bbox_regression", [0.0] * 50, None)
+    assert check == "zero" and "no anchor or point matched a ground-truth box" in message
+    assert "teacher bound never activates" in window_problems("loss_rcn_bound", [0.0] * 50, None)[0][1]
+    (check, message), = window_problems("loss_pkd", [0.0] * 50, None)
+    assert check == "zero" and "teacher checkpoint" in message
+    (check, message), = window_problems("loss", [2000.0 + i for i in range(50)], first_median=1.5)
+    assert check == "exploding" and "grew from 1.5 to 2024" in message
+    assert window_problems("loss", [2.0 + i for i in range(50)], first_median=1.5) == []  # 10x is no explosion
+
+
+def monitor(tmp_path, mode="warn", window=4):
+    import logging
+
+    return HealthMonitor(mode, window, logging.getLogger("test_health"), MetricsWriter(tmp_path / "metrics.jsonl"))
+
+
+def test_each_problem_is_reported_once_in_the_log_and_metrics(tmp_path, caplog):
+    m = monitor(tmp_path)
+    for it in range(1, 13):  # three windows of 4
+        m.observe(it, {"classification": torch.tensor(0.5 + 0.1 * it), "bbox_regression": torch.tensor(1.0)})
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["type"], r["iter"], r["check"], r["term"]) for r in records] == [
+        ("health", 4, "stuck", "bbox_regression")]
+    assert sum("health: loss term 'bbox_regression' has stayed at 1" in r.message for r in caplog.records) == 1
+
+
+def test_stop_ends_the_run_and_off_says_nothing(tmp_path):
+    with pytest.raises(DetkdError, match=r"^train.health: stop: loss term 'loss_fgd' has been 0 for 4 iterations"):
+        m = monitor(tmp_path, "stop")
+        for it in range(1, 5):
+            m.observe(it, {"loss_fgd": 0.0})
+    quiet = monitor(tmp_path / "off", "off")
+    (tmp_path / "off").mkdir()
+    for it in range(1, 9):
+        quiet.observe(it, {"loss_fgd": 0.0})
+    assert not (tmp_path / "off" / "metrics.jsonl").exists()
+
+
+def test_non_finite_windows_are_left_to_the_non_finite_guard(tmp_path):
+    m = monitor(tmp_path)
+    for it in range(1, 5):
+        m.observe(it, {"loss": float("nan")})
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+FCOS = {"arch": "fcos", "backbone": "resnet18", "weights_backbone": None, "out_channels": 64, "min_size": 96,
+        "max_size": 96, "num_classes": 11}
+
+
+def _train(tiny_demo_dir: Path, out: Path, cfg_file: Path, *extra: str) -> list[dict]:
+    from detkd.cli import train
+    from detkd.utils.cli import run_cli
+
+    opts = [o for o in tiny_opts(tiny_demo_dir, out, **{"train.max_iters": 8, "train.health_window": 4})
+            if not o.startswith("model.")]
+    assert run_cli(train.main, train.build_parser(), ["--cfg", str(cfg_file), "--no-progress", "--opts", *opts,
+                                                      *extra]) == 0
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_dead_fcos_box_branch_is_reported_and_a_healthy_run_is_not(tiny_demo_dir, tmp_path):
+    from detkd.modeling.detector import build_detector
+    from detkd.recipe import config_from_dict
+
+    cfg_file = tmp_path / "fcos.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "_base_": [str(REPO / "configs/_base_/demo_data.yaml"), str(REPO / "configs/_base_/demo_schedule.yaml")],
+        "model": FCOS}))
+    healthy = _train(tiny_demo_dir, tmp_path / "healthy", cfg_file)
+    assert [r for r in healthy if r["type"] == "health"] == []
+    # The ReLU'd ltrb outputs pushed below 0 everywhere: exactly 0, no gradient, GIoU loss 1.
+    torch.manual_seed(0)
+    model = build_detector(config_from_dict({"model": FCOS}).model)
+    with torch.no_grad():
+        model.head.regression_head.bbox_reg.bias.fill_(-100.0)
+    torch.save(model.state_dict(), tmp_path / "dead.pth")
+    dead = _train(tiny_demo_dir, tmp_path / "dead", cfg_file, f"model.weights={tmp_path / 'dead.pth'}")
+    events = [r for r in dead if r["type"] == "health"]
+    assert [(e["iter"], e["check"], e["term"]) for e in events] == [(4, "stuck", "bbox_regression")], events
