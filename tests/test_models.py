@@ -46,15 +46,20 @@ def digest(model: torch.nn.Module) -> str:
 @pytest.mark.parametrize("case", sorted(json.loads(GOLDEN.read_text())["cases"]))
 def test_faster_rcnn_builds_are_those_of_before_the_families(case):
     """`arch: custom` and the fasterrcnn_* names build what detkd built at 10e792a: same keys, same
-    seeded weights (hence the same construction order), same detections."""
-    want = json.loads(GOLDEN.read_text())["cases"][case]
-    spec = want["model"]
+    seeded weights (hence the same construction order), same detections. Seeded weights depend on
+    the CPU's kernels (torch's normal_ has its own AVX2 kernel): the fixture holds 10e792a's build
+    under the vectorized kernels and under the plain ones, and the build must be one of them
+    bit for bit, with that build's detections."""
+    recorded = json.loads(GOLDEN.read_text())["cases"][case]
+    spec = recorded["model"]
     cfg = load_config(REPO / spec["_base_"]).model if "_base_" in spec else model_cfg(**spec)
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
-    assert len(model.state_dict()) == want["keys"]
-    assert digest(model) == want["state_sha256"]
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == want["trainable"]
+    assert len(model.state_dict()) == recorded["keys"]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == recorded["trainable"]
+    variants = [recorded, recorded["default_kernels"]]
+    want = next((v for v in variants if v["state_sha256"] == digest(model)), None)
+    assert want is not None, f"{case}: weights of neither recorded kernel variant"
     torch.manual_seed(1)
     images = [torch.rand(3, 96, 112), torch.rand(3, 80, 96)]
     with torch.no_grad():
