@@ -51,6 +51,18 @@ def test_model_file_is_a_state_dict_with_its_model_record(student_run):
     assert isinstance(model, FasterRCNN) and not model.training and names == info["class_names"]
 
 
+def test_model_file_and_results_record_the_display_threshold(student_run):
+    from detkd.modeling.checkpoint_io import recorded_display_threshold
+
+    info = torch.load(student_run / "model_final.pth", weights_only=True)._metadata["detkd"]
+    final = json.loads((student_run / "results.json").read_text())["final"]
+    # The final evaluation's F1-optimal threshold, in the model file and in results.json alike.
+    assert 0.0 <= final["display_thresh"] <= 1.0 and 0.0 <= final["F1_50"] <= 1.0
+    assert recorded_display_threshold(info) == pytest.approx(final["display_thresh"])
+    assert info["display"]["F1_50"] == pytest.approx(final["F1_50"]) and "F1" in info["display"]["rule"]
+    assert recorded_display_threshold({k: v for k, v in info.items() if k != "display"}) is None
+
+
 def test_model_file_records_its_first_val_images(student_run, tiny_demo_dir):
     from detkd.config.schema import ModelConfig
     from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_info, recorded_val_images
