@@ -236,5 +236,32 @@ def test_help_documents_every_flag(capsys):
         run_tool(report_tool, ["--help"])
     text = capsys.readouterr().out
     for flag in ("--model", "NAME[@SEED]", "--out", "--device", "--warmup", "--runs", "--throughput-batch",
-                 "--threads", "--no-eval", "--metric", "--teacher", "--speed-for", "--debug"):
+                 "--threads", "--no-eval", "--metric", "--teacher", "--speed-for", "--debug", "--html",
+                 "--baseline"):
         assert flag in text, flag
+
+
+def test_html_page_is_valid_and_every_image_exists(models, tmp_path):
+    from conftest import check_html_page
+
+    out = tmp_path / "r"
+    argv = ["--out", str(out), *FAST, "--html",
+            "--model", "teacher", str(models["big"]), str(models["big0"]),
+            "--model", "baseline", str(models["small"]), str(models["small0"]),
+            "--model", "distilled@0", str(models["small"]), str(models["small1"]),
+            "--model", "distilled@1", str(models["small"]), str(models["small0"])]
+    assert run_tool(report_tool, argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["files"]["html"] == str(out / "report.html")
+    titles = check_html_page(out / "report.html")
+    assert titles == ["Comparison", "Accuracy against speed", "Per-class AP50", "Training curves",
+                      "Example detections"]
+    text = (out / "report.html").read_text()
+    t, b = rep["groups"][0]["AP50_mean"], rep["groups"][1]["AP50_mean"]
+    d = rep["groups"][2]["AP50_mean"]
+    assert f"{100 * (d - b) / (t - b):.0f}%" in text  # the gap closed, from the baseline group
+    assert "one seed" in text and "2 (0, 1)" in text  # the seed spread
+    selection = json.loads((out / "pictures" / "selection.json").read_text())
+    assert selection["pictures"] and all(Path(p["picture"]).is_file() for p in selection["pictures"])
+    assert all(set(p["ap50"]) == {"teacher", "baseline", "distilled"} for p in selection["pictures"])
+    assert all(r["per_class"] for r in rep["runs"])
