@@ -212,6 +212,8 @@ def test_latency_rounds_interleave_the_models():
     ("mismatch", "checkpoint {big0} does not match the model config"),
     ("bad_name", "must be NAME or NAME@SEED"),
     ("bad_teacher", "--teacher 'prof' is not the name of any --model"),
+    ("bad_baseline", "--baseline 'prof' is not the name of any --model"),
+    ("html_no_eval", "--html needs the evaluation (its pictures and per-class AP): drop --no-eval"),
 ])
 def test_bad_input_is_one_line_error(case, message, models, tmp_path, capsys):
     missing = tmp_path / "nope.pth"
@@ -219,8 +221,11 @@ def test_bad_input_is_one_line_error(case, message, models, tmp_path, capsys):
              "missing_cfg": ["student", str(missing), str(models["small0"])],
              "mismatch": ["student", str(models["small"]), str(models["big0"])],
              "bad_name": ["student@x", str(models["small"]), str(models["small0"])],
-             "bad_teacher": ["student", str(models["small"]), str(models["small0"])]}[case]
-    extra = ["--teacher", "prof"] if case == "bad_teacher" else []
+             "bad_teacher": ["student", str(models["small"]), str(models["small0"])],
+             "bad_baseline": ["student", str(models["small"]), str(models["small0"])],
+             "html_no_eval": ["student", str(models["small"]), str(models["small0"])]}[case]
+    extra = {"bad_teacher": ["--teacher", "prof"], "bad_baseline": ["--baseline", "prof"],
+             "html_no_eval": ["--html", "--no-eval"]}.get(case, [])
     capsys.readouterr()
     code = run_tool(report_tool, ["--out", str(tmp_path / "r"), *FAST, *extra,
                                   "--model", "teacher", str(models["big"]), str(models["big0"]), "--model", *model])
