@@ -41,6 +41,11 @@ def threshold_caption(score_thresh: Optional[float], source: str) -> str:
     return "all its detections" if score_thresh is None else f"boxes scoring >= {score_thresh:.2f} ({source})"
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 box``, ``2 boxes``, ``0 annotated objects``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('x', 's')) else 's'}"
+
+
 def as_detections(pred: Mapping[str, Any], class_names: Sequence[str],
                   score_thresh: Optional[float] = None) -> list[dict[str, Any]]:
     """Detection dicts (``box``, ``score``, ``label``, ``class``) of arrays, those scoring at least
@@ -75,14 +80,14 @@ def compare_on_dataset(models: Sequence[Shown], dataset: Any, out: Path, n_diffe
             drawn[m.title] = len(dets)
             pictures.append(draw_detections(files[image_id], dets))
             captions.append([m.title, threshold_caption(m.score_thresh, m.thresh_source),
-                             f"{len(dets)} boxes; AP50 on this image {aps[m.title][image_id]:.2f}"])
+                             f"{plural(len(dets), 'box')}; AP50 on this image {aps[m.title][image_id]:.2f}"])
         gt = truth[image_id]
         if len(gt["labels"]):
             names = models[0].class_names
             boxes = [{"box": b, "label": int(lb), "class": names[int(lb) - 1] if 1 <= lb <= len(names) else str(lb)}
                      for b, lb in zip(np.asarray(gt["boxes"]).tolist(), np.asarray(gt["labels"]).tolist())]
             pictures.append(draw_detections(files[image_id], boxes))
-            captions.append(["ground truth", f"{len(boxes)} annotated objects", ""])
+            captions.append(["ground truth", f"{plural(len(boxes), 'annotated object')}", ""])
         picture = out / f"{files[image_id].stem}.png"
         save_png(panel_row(pictures, captions), picture)
         entries.append({"picture": str(picture), "image": str(files[image_id]), "why": why,

@@ -137,7 +137,7 @@ def predict_and_draw(ckpts: Sequence[str | Path], files: Sequence[Path], out: Pa
     ``draw`` its pictures in ``out/pictures/``, and with more than one model file every image's
     detections of all of them side by side in ``out/compare/``. Pictures show the boxes scoring
     at least each model's recorded display threshold, or ``score_thresh`` when given."""
-    from detkd.deploy.compare import threshold_caption
+    from detkd.deploy.compare import plural, threshold_caption
     from detkd.deploy.pictures import draw_detections, panel_row, save_png
     from detkd.modeling.checkpoint_io import load_model_with_info
     from detkd.utils.atomic import atomic_write_text
@@ -163,6 +163,6 @@ def predict_and_draw(ckpts: Sequence[str | Path], files: Sequence[Path], out: Pa
         titles = [run_title(c) for c in ckpts]
         for k, (path, name) in enumerate(zip(files, names)):
             dets = [kept(run[k], thresh) for run, (thresh, _) in zip(runs, shown)]
-            captions = [[title, threshold_caption(*thr), f"{len(d)} boxes"] for title, thr, d in zip(titles, shown, dets)]
+            captions = [[title, threshold_caption(*thr), plural(len(d), "box")] for title, thr, d in zip(titles, shown, dets)]
             save_png(panel_row([draw_detections(path, d) for d in dets], captions), out / "compare" / name)
     return records
