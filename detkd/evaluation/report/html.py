@@ -76,7 +76,7 @@ def comparison_table(report: dict[str, Any], baseline: Optional[str]) -> str:
         if teacher is not None and base is not None and g is not teacher and g is not base:
             gap = gap_closed(teacher.get(f"{key}_mean"), base.get(f"{key}_mean"), g.get(f"{key}_mean"))
         seeds = ", ".join("-" if s is None else str(s) for s in g["seeds"])
-        cells = [g["name"], f"{g['n']} ({seeds})",
+        cells = [g["name"], f"{g['n']} ({seeds})" if any(s is not None for s in g["seeds"]) else str(g["n"]),
                  *[_fmt(g.get(f"{k}_mean")) + ("" if g.get(f"{k}_std") is None else f" ± {g[f'{k}_std']:.3f}")
                    for k in metrics], spread, "-" if gap is None else f"{100 * gap:.0f}%",
                  _fmt(g["params"] / 1e6, 2), _fmt(g.get("gflops"), 2), _fmt(g.get("latency_median_ms"), 1),
@@ -109,7 +109,8 @@ def per_class_plot(report: dict[str, Any]) -> Optional[bytes]:
         ax.bar(np.arange(len(classes)) + (i - (len(by_group) - 1) / 2) * width, ys, width, label=name)
     ax.set_xticks(np.arange(len(classes)), classes, rotation=30, ha="right")
     ax.set_ylabel(f"AP50 ({report['settings']['split']})")
-    ax.set_ylim(0, 1)
+    top = max((max(np.mean(v) for v in rows.values()) for rows in by_group.values()), default=0.0)
+    ax.set_ylim(0, min(1.0, max(0.05, 1.15 * top)))
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=9)
     return _png(fig)
