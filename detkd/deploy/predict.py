@@ -163,6 +163,7 @@ def predict_and_draw(ckpts: Sequence[str | Path], files: Sequence[Path], out: Pa
         titles = [run_title(c) for c in ckpts]
         for k, (path, name) in enumerate(zip(files, names)):
             dets = [kept(run[k], thresh) for run, (thresh, _) in zip(runs, shown)]
-            captions = [[title, threshold_caption(*thr), plural(len(d), "box")] for title, thr, d in zip(titles, shown, dets)]
+            captions = [[title, threshold_caption(*thr), plural(len(d), "box")]
+                        for title, thr, d in zip(titles, shown, dets)]
             save_png(panel_row([draw_detections(path, d) for d in dets], captions), out / "compare" / name)
     return records

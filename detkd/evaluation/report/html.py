@@ -174,7 +174,8 @@ def page(report: dict[str, Any], pictures: Sequence[dict[str, Any]] = (), rule: 
     title = "Speed/accuracy report"
     body = [
         f"<h1>{title}</h1>",
-        f"<p class='note'>{html.escape(report['date'])} · {html.escape(env['device'])} ({html.escape(env['device_name'])}),"
+        f"<p class='note'>{html.escape(report['date'])} · {html.escape(env['device'])} "
+        f"({html.escape(env['device_name'])}),"
         f" torch {html.escape(env['torch'])}, threads {env['torch_threads']} · <code>{html.escape(report['command'])}"
         "</code></p>",
         "<section><h2>Comparison</h2>", comparison_table(report, baseline), "</section>",
