@@ -94,3 +94,50 @@ def assert_export_of_a_changed_classifier_is_refused(model, image_dir: Path, out
     assert check_parity(changed, onnx_runner(out), images)["detections"] > 0  # the file itself is sound
     with pytest.raises(DetkdError, match="exported model disagrees on .*: (eager|exported) detection"):
         check_parity(exportable_copy(model), onnx_runner(out), images)
+
+
+def check_html_page(path: Path) -> list[str]:
+    """Parse a page with the standard library: every element closed in order and every image
+    reference a decodable embedded PNG or an existing file beside the page. The ``<h2>`` titles."""
+    import base64
+    from html.parser import HTMLParser
+
+    void = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
+
+    class Checker(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.stack: list[str] = []
+            self.images: list[str] = []
+            self.h2: list[str] = []
+            self.in_h2 = False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            if tag not in void:
+                self.stack.append(tag)
+            self.in_h2 = tag == "h2"
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+            self.stack.pop()
+            self.in_h2 = False
+
+        def handle_data(self, data):
+            if self.in_h2:
+                self.h2.append(data)
+
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    checker = Checker()
+    checker.feed(text)
+    checker.close()
+    assert not checker.stack, checker.stack
+    assert "http://" not in text and "https://" not in text  # nothing fetched from the network
+    for src in checker.images:
+        if src.startswith("data:image/png;base64,"):
+            assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert (path.parent / src).is_file(), src
+    return checker.h2

@@ -51,6 +51,18 @@ def test_model_file_is_a_state_dict_with_its_model_record(student_run):
     assert isinstance(model, FasterRCNN) and not model.training and names == info["class_names"]
 
 
+def test_model_file_and_results_record_the_display_threshold(student_run):
+    from detkd.modeling.checkpoint_io import recorded_display_threshold
+
+    info = torch.load(student_run / "model_final.pth", weights_only=True)._metadata["detkd"]
+    final = json.loads((student_run / "results.json").read_text())["final"]
+    # The final evaluation's F1-optimal threshold, in the model file and in results.json alike.
+    assert 0.0 <= final["display_thresh"] <= 1.0 and 0.0 <= final["F1_50"] <= 1.0
+    assert recorded_display_threshold(info) == pytest.approx(final["display_thresh"])
+    assert info["display"]["F1_50"] == pytest.approx(final["F1_50"]) and "F1" in info["display"]["rule"]
+    assert recorded_display_threshold({k: v for k, v in info.items() if k != "display"}) is None
+
+
 def test_model_file_records_its_first_val_images(student_run, tiny_demo_dir):
     from detkd.config.schema import ModelConfig
     from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_info, recorded_val_images
@@ -323,7 +335,8 @@ def test_predict_folder_writes_json_and_pictures_equal_to_eval_det_detections(st
     from PIL import Image
 
     with Image.open(out / "compare" / f"{files[0].stem}.png") as pic:
-        assert pic.size == (3 * 4 * 96 + 2 * 6, 4 * 96 + 14)  # three models side by side, 96 px enlarged 4x
+        # three models side by side, 96 px enlarged to 480, 10 px gaps, three caption lines above
+        assert pic.size == (3 * 480 + 4 * 10, 480 + 74 + 10)
     names = json.loads((student_run / "classes.json").read_text())
     for r in records:
         assert (r["width"], r["height"]) == (96, 96)
@@ -560,17 +573,62 @@ def test_predict_and_command_bad_inputs_are_one_line(student_run, tiny_demo_dir,
     assert not (tmp_path / "out").exists()
 
 
-def test_run_demo_ends_with_comparison_pictures(student_run, tiny_demo_dir, tmp_path, capsys):
+def _panels_with_box_colours(picture: Path, detections: list[list[dict]]) -> list[int]:
+    """Per panel of a comparison picture: how many pixels have one of its detections' class colours."""
+    import numpy as np
+    from PIL import Image
+
+    from detkd.deploy.pictures import class_color
+
+    with Image.open(picture) as pic:
+        pixels = np.asarray(pic.convert("RGB"))
+    counts = []
+    for k, dets in enumerate(detections):
+        panel = pixels[74:74 + 480, 10 + k * 490:10 + k * 490 + 480]
+        colours = {tuple(int(class_color(d["label"])[i:i + 2], 16) for i in (1, 3, 5)) for d in dets}
+        counts.append(int(sum((panel == np.array(c, dtype=np.uint8)).all(axis=2).sum() for c in colours)))
+    return counts
+
+
+def test_comparison_picture_shows_every_models_boxes(student_run, tiny_demo_dir, tmp_path):
+    from detkd.deploy.predict import display_thresholds
+
+    ckpt = str(student_run / "model_final.pth")
+    out = tmp_path / "pred"
+    assert _cli("predict", ["--ckpt", ckpt, "--input", str(tiny_demo_dir / "val"), "--out", str(out), "--compare",
+                            ckpt, "--score-thresh", "0.02", "--no-progress"]) == 0
+    records = json.loads((out / "detections.json").read_text())
+    image = next(r for r in records if r["detections"])  # an image where each model detects something
+    counts = _panels_with_box_colours(out / "compare" / f"{Path(image['file']).stem}.png",
+                                      [image["detections"]] * 2)
+    assert all(c >= 50 for c in counts), counts  # boxes and label tags drawn in both panels
+    # Without --score-thresh each model is drawn above the threshold its file records.
+    info = torch.load(ckpt, weights_only=True)._metadata["detkd"]
+    assert display_thresholds([info, None], None) == [(info["display"]["score_thresh"],
+                                                        "its F1-optimal threshold on val"),
+                                                       (None, "no threshold recorded")]
+    assert display_thresholds([info], 0.3) == [(0.3, "--score-thresh")]
+
+
+def test_run_demo_ends_with_report_page_and_comparison_pictures(student_run, tiny_demo_dir, tmp_path, capsys):
     import shutil
 
+    from conftest import check_html_page
     from detkd.experiments import demo as run_demo
 
     for name in ("teacher", "student", "distill"):
-        (tmp_path / name).mkdir()
-        shutil.copy(student_run / "model_final.pth", tmp_path / name / "model_final.pth")
-    run_demo.compare_pictures(tmp_path, str(tiny_demo_dir), count=2)
-    pictures = sorted(p.name for p in (tmp_path / "predictions" / "compare").iterdir())
-    assert pictures == [f"{p.stem}.png" for p in val_images(tiny_demo_dir)[:2]]
+        shutil.copytree(student_run, tmp_path / name)
+    run_demo.report_with_pictures(tmp_path, n_differ=2, n_typical=1)
+    printed = capsys.readouterr().out
+    selection = json.loads((tmp_path / "predictions" / "compare" / "selection.json").read_text())
+    assert len(selection["pictures"]) == 3 and "largest spread" in selection["rule"]
+    for p in selection["pictures"]:
+        assert Path(p["picture"]).is_file() and p["why"] in printed
+        assert set(p["ap50"]) == {"teacher", "baseline", "distilled (PKD)"}
+    assert "AP50" in selection["pictures"][0]["why"]
+    titles = check_html_page(tmp_path / "report" / "report.html")
+    assert "Training curves" in titles and "Example detections" in titles
+    assert "from each run" in (tmp_path / "report" / "report.html").read_text()  # curves drawn: runs have metrics
     (tmp_path / "student" / "model_final.pth").write_bytes(b"torn")
-    run_demo.compare_pictures(tmp_path, str(tiny_demo_dir), count=2)  # a note, not a failed demo
-    assert "[demo] no comparison pictures: cannot read weight file" in capsys.readouterr().out
+    run_demo.report_with_pictures(tmp_path)  # a note, not a failed demo
+    assert "[demo] no report page or comparison pictures: " in capsys.readouterr().out

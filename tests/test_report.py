@@ -212,6 +212,8 @@ def test_latency_rounds_interleave_the_models():
     ("mismatch", "checkpoint {big0} does not match the model config"),
     ("bad_name", "must be NAME or NAME@SEED"),
     ("bad_teacher", "--teacher 'prof' is not the name of any --model"),
+    ("bad_baseline", "--baseline 'prof' is not the name of any --model"),
+    ("html_no_eval", "--html needs the evaluation (its pictures and per-class AP): drop --no-eval"),
 ])
 def test_bad_input_is_one_line_error(case, message, models, tmp_path, capsys):
     missing = tmp_path / "nope.pth"
@@ -219,8 +221,11 @@ def test_bad_input_is_one_line_error(case, message, models, tmp_path, capsys):
              "missing_cfg": ["student", str(missing), str(models["small0"])],
              "mismatch": ["student", str(models["small"]), str(models["big0"])],
              "bad_name": ["student@x", str(models["small"]), str(models["small0"])],
-             "bad_teacher": ["student", str(models["small"]), str(models["small0"])]}[case]
-    extra = ["--teacher", "prof"] if case == "bad_teacher" else []
+             "bad_teacher": ["student", str(models["small"]), str(models["small0"])],
+             "bad_baseline": ["student", str(models["small"]), str(models["small0"])],
+             "html_no_eval": ["student", str(models["small"]), str(models["small0"])]}[case]
+    extra = {"bad_teacher": ["--teacher", "prof"], "bad_baseline": ["--baseline", "prof"],
+             "html_no_eval": ["--html", "--no-eval"]}.get(case, [])
     capsys.readouterr()
     code = run_tool(report_tool, ["--out", str(tmp_path / "r"), *FAST, *extra,
                                   "--model", "teacher", str(models["big"]), str(models["big0"]), "--model", *model])
@@ -236,5 +241,32 @@ def test_help_documents_every_flag(capsys):
         run_tool(report_tool, ["--help"])
     text = capsys.readouterr().out
     for flag in ("--model", "NAME[@SEED]", "--out", "--device", "--warmup", "--runs", "--throughput-batch",
-                 "--threads", "--no-eval", "--metric", "--teacher", "--speed-for", "--debug"):
+                 "--threads", "--no-eval", "--metric", "--teacher", "--speed-for", "--debug", "--html",
+                 "--baseline"):
         assert flag in text, flag
+
+
+def test_html_page_is_valid_and_every_image_exists(models, tmp_path):
+    from conftest import check_html_page
+
+    out = tmp_path / "r"
+    argv = ["--out", str(out), *FAST, "--html",
+            "--model", "teacher", str(models["big"]), str(models["big0"]),
+            "--model", "baseline", str(models["small"]), str(models["small0"]),
+            "--model", "distilled@0", str(models["small"]), str(models["small1"]),
+            "--model", "distilled@1", str(models["small"]), str(models["small0"])]
+    assert run_tool(report_tool, argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["files"]["html"] == str(out / "report.html")
+    titles = check_html_page(out / "report.html")
+    assert titles == ["Comparison", "Accuracy against speed", "Per-class AP50", "Training curves",
+                      "Example detections"]
+    text = (out / "report.html").read_text()
+    t, b = rep["groups"][0]["AP50_mean"], rep["groups"][1]["AP50_mean"]
+    d = rep["groups"][2]["AP50_mean"]
+    assert f"{100 * (d - b) / (t - b):.0f}%" in text  # the gap closed, from the baseline group
+    assert "one seed" in text and "2 (0, 1)" in text  # the seed spread
+    selection = json.loads((out / "pictures" / "selection.json").read_text())
+    assert selection["pictures"] and all(Path(p["picture"]).is_file() for p in selection["pictures"])
+    assert all(set(p["ap50"]) == {"teacher", "baseline", "distilled"} for p in selection["pictures"])
+    assert all(r["per_class"] for r in rep["runs"])

@@ -9,7 +9,8 @@ last.pth/best.pth or a plain state dict matching CONFIG.
 
 Writes into --out: report.md (tables), report.csv (one row per run), report.json (every
 number, the environment and this command line) and report.png (AP50 vs median latency,
-one point per group, Pareto front).
+one point per group, Pareto front); with --html also report.html, the whole report on one
+page with per-class AP50, training curves and example pictures (--out/pictures).
 
 Example:
   python tools/report.py --out outputs/report --device cpu --threads 2 \\
@@ -59,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", action="store_true",
                         help="also time each model's ONNX export (onnxruntime, CPU) beside the eager model on the "
                              "same images and --threads (default 1): onnx_latency.md/.json in --out")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: one page that opens from disk, with the comparison table "
+                             "(gap closed, seed spread), the Pareto plot, per-class AP50, training curves from each "
+                             "run's metrics.jsonl and example pictures (in --out/pictures) of the images where the "
+                             "groups differ most, each model's boxes above its own display threshold")
+    parser.add_argument("--baseline", default=None, metavar="NAME",
+                        help="the group the gap closed is measured from, towards the teacher (default: the group "
+                             "named baseline, if any)")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     return parser
@@ -90,6 +99,8 @@ def command_line(args: argparse.Namespace) -> str:
     argv += ["--metric", args.metric] if args.metric else []
     argv += ["--no-eval"] if args.no_eval else []
     argv += ["--onnx"] if getattr(args, "onnx", False) else []
+    argv += ["--html"] if getattr(args, "html", False) else []
+    argv += ["--baseline", args.baseline] if getattr(args, "baseline", None) else []
     return shlex.join(argv)
 
 
@@ -104,11 +115,21 @@ def main(args: argparse.Namespace) -> int:
                                   role="teacher" if name == teacher else "student"))
     if args.teacher and not any(e.name == teacher for e in entries):
         raise DetkdError(f"--teacher '{teacher}' is not the name of any --model")
-    report = run_report(entries, args.out, device=args.device, split=args.split, warmup=args.warmup,
-                        runs=args.runs, throughput_batch=args.throughput_batch, threads=args.threads,
-                        measure_speed_for=args.speed_for, evaluate=not args.no_eval, metric=args.metric,
-                        latency_rounds=args.latency_rounds,
-                        progress=False if args.no_progress else None, command=command_line(args))
+    baseline = args.baseline or ("baseline" if any(e.name == "baseline" for e in entries) else None)
+    if baseline and not any(e.name == baseline for e in entries):
+        raise DetkdError(f"--baseline '{baseline}' is not the name of any --model")
+    if args.html and args.no_eval:
+        raise DetkdError("--html needs the evaluation (its pictures and per-class AP): drop --no-eval")
+    kwargs = dict(device=args.device, split=args.split, warmup=args.warmup, runs=args.runs,
+                  throughput_batch=args.throughput_batch, threads=args.threads, measure_speed_for=args.speed_for,
+                  evaluate=not args.no_eval, metric=args.metric, latency_rounds=args.latency_rounds,
+                  progress=False if args.no_progress else None, command=command_line(args))
+    if args.html:
+        from detkd.deploy.page import report_page
+
+        report = report_page(entries, args.out, baseline=baseline, **kwargs)[0]
+    else:
+        report = run_report(entries, args.out, **kwargs)
     print(Path(report["files"]["md"]).read_text())
     if args.onnx:
         print(onnx_section(args, entries))

@@ -96,58 +96,6 @@ def predict_files(model: nn.Module, class_names: Sequence[str], files: Sequence[
     return records
 
 
-def draw_record(path: Path, record: dict[str, Any], width: int = 2, min_side: int = 320) -> torch.Tensor:
-    """The image of ``path`` (uint8 [3, H, W]) with the record's boxes, class names and scores
-    drawn; images smaller than ``min_side`` are enlarged by a whole factor first, so that the
-    labels (PIL's fixed-size default font) stay legible."""
-    from torchvision.utils import draw_bounding_boxes
-
-    pixels = load_rgb_image(path)
-    factor = max(1, -(-min_side // max(pixels.shape[:2])))
-    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-    if factor > 1:
-        image = image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
-    dets = record["detections"]
-    if not dets:
-        return image
-    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32) * factor
-    labels = [f"{d['class']} {d['score']:.2f}" for d in dets]
-    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
-               "#fabebe", "#008080", "#9a6324", "#800000"]
-    colors = [palette[d["label"] % len(palette)] for d in dets]
-    return draw_bounding_boxes(image, boxes, labels=labels, colors=colors, width=width)
-
-
-def side_by_side(pictures: Sequence[torch.Tensor], titles: Sequence[str], gap: int = 6) -> torch.Tensor:
-    """Pictures (uint8 [3, H, W], same H) in one row, each under a title strip."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    height = max(p.shape[1] for p in pictures)
-    strip = 14
-    total_w = sum(p.shape[2] for p in pictures) + gap * (len(pictures) - 1)
-    canvas = Image.new("RGB", (total_w, height + strip), "white")
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for pic, title in zip(pictures, titles):
-        canvas.paste(Image.fromarray(pic.permute(1, 2, 0).numpy()), (x, strip))
-        draw.text((x + 2, 1), title, fill="black")
-        x += pic.shape[2] + gap
-    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
-
-
-def save_picture(picture: torch.Tensor, path: Path) -> None:
-    import io
-
-    from PIL import Image
-
-    from detkd.utils.atomic import atomic_write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(picture.permute(1, 2, 0).numpy()).save(buf, format="PNG")
-    atomic_write_bytes(buf.getvalue(), path)
-
-
 def picture_names(files: Sequence[Path]) -> list[str]:
     """``<stem>.png`` per file, made unique (``a.png``, ``a-2.png``) when stems repeat."""
     names, seen = [], {}
@@ -164,28 +112,58 @@ def run_title(path: str | Path) -> str:
     return p.parent.name if p.stem == "model_final" and p.parent.name else p.stem
 
 
+def display_thresholds(infos: Sequence[dict[str, Any] | None], score_thresh: float | None) -> list[tuple]:
+    """Per model: (the threshold its pictures show boxes from, where it comes from): --score-thresh
+    when given, else the one its model file records, else None (all its detections)."""
+    from detkd.modeling.checkpoint_io import recorded_display_threshold
+
+    out = []
+    for info in infos:
+        recorded = recorded_display_threshold(info)
+        if score_thresh is not None:
+            out.append((score_thresh, "--score-thresh"))
+        elif recorded is not None:
+            out.append((recorded, "its F1-optimal threshold on val"))
+        else:
+            out.append((None, "no threshold recorded"))
+    return out
+
+
 def predict_and_draw(ckpts: Sequence[str | Path], files: Sequence[Path], out: Path, device: torch.device | str,
                      config: str | None = None, score_thresh: float | None = None, batch_size: int = 1,
                      draw: bool = False, progress: bool = False) -> list[dict[str, Any]]:
     """``detkd predict``: the first model's detections on ``files`` into ``out/detections.json``
-    (returned), with ``draw`` its pictures in ``out/pictures/``, and with more than one model
-    file every image's detections of all of them side by side in ``out/compare/``."""
-    from detkd.modeling.checkpoint_io import load_model
+    (returned: all those above the model's own ``box_score_thresh``, or ``score_thresh``), with
+    ``draw`` its pictures in ``out/pictures/``, and with more than one model file every image's
+    detections of all of them side by side in ``out/compare/``. Pictures show the boxes scoring
+    at least each model's recorded display threshold, or ``score_thresh`` when given."""
+    from detkd.deploy.compare import plural, threshold_caption
+    from detkd.deploy.pictures import draw_detections, panel_row, save_png
+    from detkd.modeling.checkpoint_io import load_model_with_info
     from detkd.utils.atomic import atomic_write_text
 
-    runs = []
+    runs, infos = [], []
     for i, ckpt in enumerate(ckpts):
-        model, names = load_model(ckpt, config=config if i == 0 else None, device=device)
+        model, names, info = load_model_with_info(ckpt, config=config if i == 0 else None, device=device)
         set_score_thresh(model, score_thresh)
         runs.append(predict_files(model, names, files, device, batch_size, progress))
+        infos.append(info)
     records = runs[0]
     atomic_write_text(json.dumps(records, indent=1), out / "detections.json")
     names = picture_names(files)
+    shown = display_thresholds(infos, score_thresh)
+
+    def kept(record: dict[str, Any], thresh: float | None) -> list[dict[str, Any]]:
+        return [d for d in record["detections"] if thresh is None or d["score"] >= thresh]
+
     if draw:
         for path, record, name in zip(files, records, names):
-            save_picture(draw_record(path, record), out / "pictures" / name)
+            save_png(draw_detections(path, kept(record, shown[0][0])), out / "pictures" / name)
     if len(ckpts) > 1:
         titles = [run_title(c) for c in ckpts]
         for k, (path, name) in enumerate(zip(files, names)):
-            save_picture(side_by_side([draw_record(path, run[k]) for run in runs], titles), out / "compare" / name)
+            dets = [kept(run[k], thresh) for run, (thresh, _) in zip(runs, shown)]
+            captions = [[title, threshold_caption(*thr), plural(len(d), "box")]
+                        for title, thr, d in zip(titles, shown, dets)]
+            save_png(panel_row([draw_detections(path, d) for d in dets], captions), out / "compare" / name)
     return records

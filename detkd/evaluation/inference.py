@@ -14,9 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detkd.data.base import DetectionDataset
+from detkd.modeling.checkpoint_io import set_display_threshold
 from detkd.utils import dist
 from detkd.errors import DetkdError
 from detkd.evaluation.coco_eval import detections_to_coco, evaluate_coco
+from detkd.evaluation.thresholds import f1_optimal_threshold
 from detkd.evaluation.voc_eval import evaluate_voc
 
 
@@ -60,7 +62,17 @@ def score_predictions(preds: dict[int, dict[str, np.ndarray]], dataset: Detectio
         voc = evaluate_voc(gts, [preds[i] for i in image_ids], num_classes=len(names) + 1, class_names=names)
         metrics["VOC_mAP"] = voc["mAP"]
         metrics["VOC_mAP_07"] = voc["mAP_07"]
+    metrics.update(display_threshold(preds, dataset, image_ids))
     return metrics
+
+
+def display_threshold(preds: dict[int, dict[str, np.ndarray]], dataset: DetectionDataset,
+                      image_ids: list[int]) -> dict[str, float]:
+    """``{"F1_50", "display_thresh"}``: the best F1 at IoU 0.5 over all classes and the score
+    threshold reaching it (:func:`~detkd.evaluation.thresholds.f1_optimal_threshold`); empty
+    without detections or ground truth."""
+    best = f1_optimal_threshold([preds[i] for i in image_ids], dataset.voc_ground_truth(image_ids))
+    return {} if best is None else {"F1_50": best["F1"], "display_thresh": best["score_thresh"]}
 
 
 def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: DetectionDataset, metric: str,
@@ -68,7 +80,9 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: DetectionDa
                       per_class: list | None = None) -> dict[str, float]:
     """Predict (sharded over ranks), gather on rank 0, score, broadcast the metrics. On rank 0,
     ``predictions`` (a dict) receives every image's detections and ``per_class`` (a list) the
-    per-class COCO APs."""
+    per-class COCO APs. The metrics' ``display_thresh`` is left on ``model`` too
+    (:func:`~detkd.modeling.checkpoint_io.set_display_threshold`), so that the model file
+    written after this evaluation records it."""
     preds = predict(model, loader, device, progress)
     gathered = dist.all_gather_object(preds) if dist.is_dist() else [preds]
     metrics: dict[str, float] = {}
@@ -79,7 +93,9 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: DetectionDa
         metrics = score_predictions(merged, dataset, metric, per_class)
         if predictions is not None:
             predictions.update(merged)
-    return dist.broadcast_object(metrics)
+    metrics = dist.broadcast_object(metrics)
+    set_display_threshold(model, metrics)
+    return metrics
 
 
 def load_detector(model_cfg: Any, checkpoint: str) -> nn.Module:

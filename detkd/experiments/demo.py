@@ -4,7 +4,9 @@
 2. trains the baseline student alone (configs/demo/student_demo.yaml),
 3. trains the same student distilled from the frozen teacher with PKD on the FPN
    (configs/demo/methods/pkd.yaml; Chen et al.'s objective: configs/demo/distill_demo.yaml),
-then prints the three models' COCO AP / AP50 side by side. A finished run is reused
+then prints the three models' COCO AP / AP50 side by side, and ends with their report page
+(``detkd report --html``: table, Pareto plot, per-class AP, training curves) and comparison
+pictures of the held-out images where they differ most. A finished run is reused
 (its results.json is read) if it was trained with the same config (else a one-line error),
 an interrupted one resumes, so the demo can be re-run cheaply.
 """
@@ -73,27 +75,37 @@ def main(args: argparse.Namespace, repo: Path = REPO) -> int:
     print(f"\ndistillation changed the student's AP50 by {d_ap50 - b_ap50:+.3f} and its AP by {d_ap - b_ap:+.3f}: "
           f"{gap_closed(t_ap50, b_ap50, d_ap50)} of the teacher-student AP50 gap, "
           f"{gap_closed(t_ap, b_ap, d_ap)} of the AP gap closed (one seed: docs/results.md has the seed spread)")
-    compare_pictures(root, load_config(repo / RUNS[0][1]).data.demo.out_dir)
+    report_with_pictures(root)
     return 0
 
 
-def compare_pictures(root: Path, demo_dir: str, count: int = 4) -> None:
-    """Teacher, baseline and distilled detections side by side on a few held-out images
-    (detkd predict --compare) in ROOT/predictions/compare/."""
-    from detkd.deploy.predict import predict_and_draw
-    from detkd.errors import DetkdError
-    from detkd.utils.runtime import resolve_device
+#: The report's name of each run folder (the pictures' column titles); the gap closed is the
+#: distilled student's, from the baseline towards the teacher.
+REPORT_NAMES = {"teacher": "teacher", "student": "baseline", "distill": "distilled (PKD)"}
 
-    images = sorted((Path(demo_dir) / "val").glob("*.jpg"))[:count]
-    if not images:  # e.g. reused runs after the demo data were deleted
-        print(f"[demo] no comparison pictures: no held-out images in {Path(demo_dir) / 'val'}")
-        return
-    ckpts = [str(root / folder / "model_final.pth") for _, _, folder in RUNS]
-    out = root / "predictions"
+
+def report_with_pictures(root: Path, n_differ: int = 3, n_typical: int = 2) -> None:
+    """The three runs' report with its page (ROOT/report/report.html: detkd report --html) and
+    the comparison pictures in ROOT/predictions/compare/: the held-out images where the models
+    differ most, the one where distillation helps most and typical ones, each model drawn above
+    its own display threshold beside the ground truth."""
+    from detkd.deploy.page import report_page
+    from detkd.errors import DetkdError
+    from detkd.evaluation.report import ModelEntry
+
+    entries = [ModelEntry(name=REPORT_NAMES[folder], config=str(root / folder / "config.yaml"),
+                          checkpoint=str(root / folder / "model_final.pth")) for _, _, folder in RUNS]
+    out, compare = root / "report", root / "predictions" / "compare"
     try:
-        records = predict_and_draw(ckpts, images, out, resolve_device("auto"), score_thresh=0.5)
-        n_dets = sum(len(r["detections"]) for r in records)
-        print(f"{len(images)} images, {n_dets} detections -> {out / 'detections.json'}; comparisons in "
-              f"{out / 'compare'}")
+        report, pictures, page = report_page(
+            entries, out, baseline="baseline", ahead=("distilled (PKD)", "baseline"), pictures_dir=compare,
+            n_differ=n_differ, n_typical=n_typical, device="cpu", warmup=3, runs=20, throughput_batch=0,
+            latency_rounds=2, progress=False, command="detkd demo (its report: detkd report --html)")
     except DetkdError as exc:  # e.g. runs reused from before self-describing model files
-        print(f"[demo] no comparison pictures: {exc}")
+        print(f"[demo] no report page or comparison pictures: {exc}")
+        return
+    print(f"\n{len(pictures)} comparison pictures in {compare} (teacher, baseline, distilled, ground truth; each "
+          "model's boxes above its own F1-optimal threshold on val), chosen by per-image AP50:")
+    for p in pictures:
+        print(f"  {Path(p['picture']).name}: {p['why']}")
+    print(f"the whole report on one page: {page} (open it in a browser)")

@@ -10,11 +10,16 @@ own ``_metadata`` mapping (where torch keeps each module's version, and which
      "model": {...every ModelConfig field...}, "class_names": ["...", ...],
      "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32",
                "min_size", "max_size", "image_mean", "image_std"},
-     "val_images": ["/abs/path/val/0001.jpg", ...]}
+     "val_images": ["/abs/path/val/0001.jpg", ...],
+     "display": {"score_thresh": 0.62, "F1_50": 0.71, "rule": "..."}}
 
 ``val_images`` (absolute paths of the first :data:`VAL_IMAGES_KEPT` validation images, absent
 in files written before it) is what ``detkd export`` checks its parity on when given no images
-and those files are still there.
+and those files are still there. ``display`` (absent when the model was not evaluated, or in
+older files) is the score threshold the model's pictures are drawn with: the one maximizing
+F1 at IoU 0.5 over all classes on its val split, found by the evaluation that ran last before
+the file was written (:func:`detkd.evaluation.inference.evaluate_detector` leaves it on the
+model with :func:`set_display_threshold`).
 
 Only str/int/float/bool/None/lists/dicts, so ``weights_only=True`` loading stays safe.
 ``class_names[i]`` is the name of label ``i + 1`` (label 0 is the background). The ``input``
@@ -38,6 +43,22 @@ from detkd.errors import DetkdError
 META_KEY = "detkd"
 FORMAT = "detkd.model/1"
 VAL_IMAGES_KEPT = 20  # as many as detkd export checks by default (--check-count)
+DISPLAY_ATTR = "detkd_display"  # a plain attribute on the evaluated model, not in its state dict
+DISPLAY_RULE = "the score threshold maximizing F1 at IoU 0.5 over all classes on the val split"
+
+
+def set_display_threshold(model: nn.Module, metrics: dict[str, Any]) -> None:
+    """Leave the metrics' ``display_thresh`` (and ``F1_50``) on ``model`` for :func:`model_info`."""
+    if metrics.get("display_thresh") is not None:
+        setattr(model, DISPLAY_ATTR, {"score_thresh": float(metrics["display_thresh"]),
+                                      "F1_50": float(metrics.get("F1_50", float("nan"))), "rule": DISPLAY_RULE})
+
+
+def recorded_display_threshold(info: dict[str, Any] | None) -> float | None:
+    """The display score threshold a model file's record holds, or None."""
+    display = info.get("display") if info else None
+    value = display.get("score_thresh") if isinstance(display, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _weights_only_safe(value: Any) -> Any:
@@ -66,7 +87,7 @@ def model_info(model_cfg: ModelConfig, class_names: list[str], val_images: Itera
     else:
         sizes = {"min_size": model_cfg.min_size, "max_size": model_cfg.max_size,
                  "image_mean": list(model_cfg.image_mean), "image_std": list(model_cfg.image_std)}
-    return {
+    record = {
         "format": FORMAT,
         "detkd_version": str(detkd.__version__),
         "torch_version": str(torch.__version__),
@@ -76,6 +97,10 @@ def model_info(model_cfg: ModelConfig, class_names: list[str], val_images: Itera
         "input": {"channels": "RGB", "range": [0.0, 1.0], "dtype": "float32", **sizes},
         "val_images": [str(Path(p).resolve()) for p in itertools.islice(val_images, VAL_IMAGES_KEPT)],
     }
+    display = getattr(model, DISPLAY_ATTR, None)
+    if isinstance(display, dict):
+        record["display"] = dict(display)
+    return record
 
 
 def model_state(model: nn.Module, model_cfg: ModelConfig, class_names: list[str],

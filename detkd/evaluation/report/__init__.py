@@ -47,7 +47,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
                warmup: int = 10, runs: int = 50, throughput_batch: int = 8, threads: Optional[int] = None,
                measure_speed_for: str = "all", evaluate: bool = True, metric: Optional[str] = None,
                speed_images: int = 32, latency_rounds: int = 5, progress: Optional[bool] = None,
-               command: Optional[str] = None) -> dict[str, Any]:
+               command: Optional[str] = None, predictions: Optional[dict] = None) -> dict[str, Any]:
     """Evaluate and time every entry; write report.md/.csv/.json/.png into ``out_dir``.
 
     Args:
@@ -74,11 +74,14 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
             same images for every model whose config names the same data).
         progress: a progress bar over the models (default: when stderr is a terminal).
         command: the command line to record (default: ``sys.argv``).
+        predictions: a dict that receives every evaluated entry's detections on the split,
+            ``{label: {image_id: {"boxes", "scores", "labels"}}}`` (for the pictures of
+            :func:`detkd.deploy.page.report_page`).
 
     Returns:
         The content of report.json: ``environment``, ``settings``, ``command``, ``date``,
         ``runs`` (one dict per entry: ``params``, ``gflops``, ``metrics``, ``latency``,
-        ``throughput``, ``memory``, ``speedup_vs_teacher``...), ``groups`` (aggregates,
+        ``throughput``, ``memory``, ``speedup_vs_teacher``, ``per_class``...), ``groups`` (aggregates,
         with ``pareto``), ``accuracy_key`` and ``files`` (the paths written).
     """
     from detkd.utils.runtime import resolve_device
@@ -92,7 +95,7 @@ def run_report(entries: Sequence[ModelEntry], out_dir: str | Path, *, device: st
     for entry in entries:
         load_entry(entry)
     gc.collect()
-    env, results = measure_entries(entries, settings, dev, progress)
+    env, results = measure_entries(entries, settings, dev, progress, predictions)
 
     groups = aggregate_groups(results)
     teacher_ms = set_speedups(results, groups)

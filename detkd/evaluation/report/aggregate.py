@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from detkd.utils.stats import mean_std
 
-__all__ = ["REPORT_METRICS", "accuracy_key", "aggregate_groups", "mark_pareto", "pareto_front", "set_speedups"]
+__all__ = ["REPORT_METRICS", "accuracy_key", "aggregate_groups", "gap_closed", "mark_pareto", "pareto_front",
+           "set_speedups"]
 
 #: Metrics aggregated over seeds and shown in the tables (those present are used).
 REPORT_METRICS = ("AP", "AP50", "VOC_mAP")
@@ -90,3 +91,10 @@ def mark_pareto(groups: list[dict], key: Optional[str]) -> None:
     front = {plotted[i]["name"] for i in pareto_front([(g["latency_median_ms"], g[f"{key}_mean"]) for g in plotted])}
     for g in groups:
         g["pareto"] = g["name"] in front
+
+
+def gap_closed(teacher: Optional[float], baseline: Optional[float], value: Optional[float]) -> Optional[float]:
+    """The fraction of the teacher-baseline gap that ``value`` closes (None when undefined)."""
+    if teacher is None or baseline is None or value is None or teacher == baseline:
+        return None
+    return (value - baseline) / (teacher - baseline)

@@ -112,10 +112,11 @@ def load_entry(entry: ModelEntry):
     return cfg, load_detector(cfg.model, entry.checkpoint)
 
 
-def measure_entries(entries: Sequence[ModelEntry], settings: Settings, dev: torch.device,
-                    progress: Optional[bool]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def measure_entries(entries: Sequence[ModelEntry], settings: Settings, dev: torch.device, progress: Optional[bool],
+                    predictions: Optional[dict] = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the environment, one run dict per entry): each entry evaluated and measured in turn
-    with ``settings.threads`` torch threads, then the timed ones' latencies side by side."""
+    with ``settings.threads`` torch threads, then the timed ones' latencies side by side;
+    ``predictions`` (a dict) receives each evaluated entry's detections by its label."""
     from tqdm import tqdm
 
     from detkd.utils.runtime import show_progress
@@ -130,7 +131,7 @@ def measure_entries(entries: Sequence[ModelEntry], settings: Settings, dev: torc
         results = []
         to_time: list[tuple[dict[str, Any], Any, list[torch.Tensor]]] = []  # (run, model, images)
         for entry in tqdm(entries, desc="report", disable=not show_progress(progress), dynamic_ncols=True):
-            run, timed = _measure_entry(entry, settings, dev, progress, image_cache, timed_groups)
+            run, timed = _measure_entry(entry, settings, dev, progress, image_cache, timed_groups, predictions)
             results.append(run)
             if timed is not None:
                 to_time.append((run, *timed))
@@ -150,9 +151,10 @@ def measure_entries(entries: Sequence[ModelEntry], settings: Settings, dev: torc
 
 
 def _measure_entry(entry: ModelEntry, s: Settings, dev: torch.device, progress: Optional[bool],
-                   image_cache: dict[str, list[torch.Tensor]], timed_groups: set[str]):
+                   image_cache: dict[str, list[torch.Tensor]], timed_groups: set[str], predictions: Optional[dict]):
     """(run dict, (model, images) to time or None): ``entry`` scored (or its given metrics
-    taken) and, unless its group is timed already under ``first_of_group``, its GFLOPs,
+    taken; ``predictions[entry.label]`` receives its detections, ``run["per_class"]`` its
+    per-class COCO APs) and, unless its group is timed already under ``first_of_group``, its GFLOPs,
     throughput and peak memory measured."""
     from detkd.evaluation.inference import build_eval_data, evaluate_detector
 
@@ -162,14 +164,19 @@ def _measure_entry(entry: ModelEntry, s: Settings, dev: torch.device, progress: 
         "name": entry.name, "seed": entry.seed, "role": entry.resolved_role, "label": entry.label,
         "config": str(entry.config), "checkpoint": str(entry.checkpoint), "opts": list(entry.opts),
         "params": profile.count_parameters(model), "metrics": None, "metrics_source": None,
-        "gflops": None, "latency": None, "throughput": None, "memory": None,
+        "gflops": None, "latency": None, "throughput": None, "memory": None, "per_class": None,
     }
     dataset, loader = build_eval_data(cfg, s.split)
     if entry.metrics is not None:
         run["metrics"], run["metrics_source"] = dict(entry.metrics), "given"
     elif s.evaluate:
-        run["metrics"] = evaluate_detector(model, loader, dataset, s.metric or cfg.eval.metric, dev, progress=progress)
-        run["metrics_source"] = "evaluated"
+        preds: dict = {}
+        per_class: list = []
+        run["metrics"] = evaluate_detector(model, loader, dataset, s.metric or cfg.eval.metric, dev, progress=progress,
+                                           predictions=preds, per_class=per_class)
+        run["metrics_source"], run["per_class"] = "evaluated", per_class
+        if predictions is not None:
+            predictions[entry.label] = preds
     if s.measure_speed_for != "all" and entry.name in timed_groups:
         return run, None
     timed_groups.add(entry.name)
