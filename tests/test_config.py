@@ -280,3 +280,20 @@ def test_a_fresh_process_loads_a_config_with_nothing_else_imported():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["demo", "yolo"]
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({"model": {"rpn_bg_iou_thresh": 0.8}},
+     "'model.rpn_bg_iou_thresh' (0.8) must not exceed 'model.rpn_fg_iou_thresh' (0.7)"),
+    ({"model": {"box_fg_iou_thresh": 1.5}}, "'model.box_fg_iou_thresh' must be in [0, 1], got 1.5"),
+    ({"model": {"rpn_post_nms_top_n_test": 0}}, "'model.rpn_post_nms_top_n_test' must be > 0, got 0"),
+    ({"train": {"optimizer": {"momentum": -0.1}}}, "'train.optimizer.momentum' must be >= 0, got -0.1"),
+    ({"train": {"scheduler": {"gamma": 0}}}, "'train.scheduler.gamma' must be > 0, got 0"),
+    ({"train": {"scheduler": {"min_lr_factor": 2}}}, "'train.scheduler.min_lr_factor' must be in [0, 1], got 2"),
+])
+def test_faster_rcnn_matcher_sampler_and_optimizer_ranges_are_on_their_fields(tree, message):
+    from detkd.recipe import config_from_dict
+
+    with pytest.raises(DetkdError) as err:
+        config_from_dict(tree)
+    assert message in str(err.value), str(err.value)

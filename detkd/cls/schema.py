@@ -92,7 +92,7 @@ class ClsTrainConfig:
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.05, weight_decay=5e-4))
     scheduler: SchedulerConfig = field(
         default_factory=lambda: SchedulerConfig(warmup_iters=0, milestones=[150.0, 180.0, 210.0]))
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: Optional[float] = option(None, gt=0)
     log_interval: int = option(20, gt=0)  # iterations
     eval_interval: int = option(1, ge=0)  # epochs; 0 = only at the end
     checkpoint_interval: int = option(1, gt=0)  # epochs (last.pth)

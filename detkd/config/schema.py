@@ -173,13 +173,13 @@ class ModelConfig:
     image_mean: list[float] = option(default_factory=lambda: [0.485, 0.456, 0.406], length=3)
     image_std: list[float] = option(default_factory=lambda: [0.229, 0.224, 0.225], length=3)
     # --- RPN ---
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000
+    rpn_pre_nms_top_n_train: int = option(2000, gt=0)
+    rpn_pre_nms_top_n_test: int = option(1000, gt=0)
+    rpn_post_nms_top_n_train: int = option(2000, gt=0)
+    rpn_post_nms_top_n_test: int = option(1000, gt=0)
     rpn_nms_thresh: float = option(0.7, ge=0, le=1)
-    rpn_fg_iou_thresh: float = 0.7
-    rpn_bg_iou_thresh: float = 0.3
+    rpn_fg_iou_thresh: float = option(0.7, ge=0, le=1)
+    rpn_bg_iou_thresh: float = option(0.3, ge=0, le=1)
     rpn_batch_size_per_image: int = option(256, gt=0)
     rpn_positive_fraction: float = option(0.5, ge=0, le=1)
     # --- RoI heads ---
@@ -187,8 +187,8 @@ class ModelConfig:
     representation_size: int = option(1024, gt=0)
     box_batch_size_per_image: int = option(512, gt=0)
     box_positive_fraction: float = option(0.25, ge=0, le=1)
-    box_fg_iou_thresh: float = 0.5
-    box_bg_iou_thresh: float = 0.5
+    box_fg_iou_thresh: float = option(0.5, ge=0, le=1)
+    box_bg_iou_thresh: float = option(0.5, ge=0, le=1)
     box_score_thresh: float = option(0.05, ge=0, le=1)
     box_nms_thresh: float = option(0.5, ge=0, le=1)
     box_detections_per_img: int = option(100, gt=0)
@@ -213,6 +213,11 @@ class ModelConfig:
             if options is not None and name != family and getattr(self, name) is not None:
                 return name, (f"'{at}{name}' is set but '{at}arch' {self.arch!r} is a {family} "
                               f"(the {name} options apply to the {name} archs only)")
+        for part in ("rpn", "box"):  # Faster R-CNN's matchers: background below foreground
+            bg, fg = getattr(self, f"{part}_bg_iou_thresh"), getattr(self, f"{part}_fg_iou_thresh")
+            if bg > fg:
+                return f"{part}_bg_iou_thresh", (f"'{at}{part}_bg_iou_thresh' ({bg}) must not exceed "
+                                                 f"'{at}{part}_fg_iou_thresh' ({fg})")
         return None
 
 
@@ -280,7 +285,7 @@ class DataConfig:
 class OptimizerConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = option(0.02, gt=0)
-    momentum: float = 0.9
+    momentum: float = option(0.9, ge=0)
     nesterov: bool = False
     weight_decay: float = option(1e-4, ge=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -300,8 +305,8 @@ class SchedulerConfig:
     warmup_iters: int = option(500, ge=0)
     warmup_factor: float = option(0.001, ge=0, le=1)
     milestones: list[float] = field(default_factory=lambda: [8.0, 11.0])  # floats: as config.yaml reads back
-    gamma: float = 0.1
-    min_lr_factor: float = 0.0  # cosine floor, as a fraction of the base lr
+    gamma: float = option(0.1, gt=0)
+    min_lr_factor: float = option(0.0, ge=0, le=1)  # cosine floor, as a fraction of the base lr
 
 
 @dataclass
