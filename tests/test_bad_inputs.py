@@ -219,10 +219,15 @@ def val_image_size_differs_from_its_annotation(ctx):
 
 
 def corrupt_image_in_loader_worker(ctx):
-    images, ann, _ = ctx.coco()
+    images, ann, data = ctx.coco()
     (images / "2.png").write_bytes(b"these bytes are not an image")
+    # A val set without it (a corrupt val image is refused before training, with the same words).
+    data["images"] = [i for i in data["images"] if i["file_name"] != "2.png"]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in {i["id"] for i in data["images"]}]
+    val = ann.with_name("val.json")
+    val.write_text(json.dumps(data))
     # workers=1: the error comes back through a DataLoader worker process.
-    return Case(ctx.train(*coco_opts(images, ann), "train.workers=1"),
+    return Case(ctx.train(*coco_opts(images, ann, val), "train.workers=1"),
                 f"cannot read image {images / '2.png'}: not an image file PIL can identify", started=True)
 
 

@@ -76,7 +76,10 @@ def read_image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except UnidentifiedImageError:  # PIL's message repeats the path; the same words as load_rgb_image
+        raise DetkdError(f"cannot read image {path}: not an image file PIL can identify "
+                         "(corrupt or truncated?)") from None
+    except OSError as exc:
         raise DetkdError(f"cannot read image {path}: {exc}") from exc
 
 
