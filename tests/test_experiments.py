@@ -325,7 +325,7 @@ def test_demo_reuses_its_finished_runs_without_training(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(": reusing finished run") == 3 and "[demo] training" not in out
     # teacher 0.6 / baseline 0.2 / distilled 0.4 AP50: half of the gap.
-    assert "50% of the teacher-student AP50 gap" in out and "[demo] no comparison pictures" in out
+    assert "50% of the teacher-student AP50 gap" in out and "[demo] no report page or comparison pictures" in out
     assert sorted(p.name for p in (root / "student").iterdir()) == ["config.yaml", "results.json"]
 
 
