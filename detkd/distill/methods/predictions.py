@@ -75,7 +75,7 @@ class PredictionsMethod(DistillMethod):
     def build(cls, section: PredictionsConfig, ctx: BuildContext) -> Optional["PredictionsMethod"]:
         if section.weight_cls == 0 and section.weight_reg == 0:
             return None
-        cls.check_families(section, family_of_model(ctx.student).name, family_of_model(ctx.teacher).name)
+        cls.check_families(section, ctx.student_family, ctx.teacher_family)
         return cls(section, ctx.student)
 
     def terms(self) -> frozenset[str]:
