@@ -545,6 +545,38 @@ def test_report_times_onnx_beside_eager(student_run, tmp_path, capsys):
     assert "| student |" in md and "--onnx" in md and md in capsys.readouterr().out
 
 
+def test_detkd_predict_of_one_model_is_the_offline_teacher_of_another(student_run, tiny_demo_dir, tmp_path):
+    """The round trip: ``detkd predict`` on the training images writes COCO results by file and
+    category name; an FCOS student distils from that file (``teacher.detections``)."""
+    import yaml
+
+    pred = tmp_path / "pred"
+    assert _cli("predict", ["--ckpt", str(student_run / "model_final.pth"), "--input", str(tiny_demo_dir / "train"),
+                            "--out", str(pred), "--no-progress"]) == 0
+    records = json.loads((pred / "detections.json").read_text())
+    coco = json.loads((pred / "detections_coco.json").read_text())
+    assert len(coco) == sum(len(r["detections"]) for r in records) > 0
+    first = records[0]["detections"][0]
+    x0, y0, x1, y1 = first["box"]
+    assert coco[0] == {"file_name": Path(records[0]["file"]).name, "category_name": first["class"],
+                       "bbox": [x0, y0, x1 - x0, y1 - y0], "score": first["score"]}
+    cfg_file = tmp_path / "fcos.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "_base_": [str(REPO / "configs/_base_/demo_data.yaml")],
+        "model": {"arch": "fcos", "num_classes": 11, "backbone": "resnet18", "weights_backbone": None,
+                  "out_channels": 64, "min_size": 96, "max_size": 96},
+        "teacher": {"detections": str(pred / "detections_coco.json")},
+        "distill": {"predictions": {"score_thresh": 0.0}}}))  # a 6-iteration teacher scores low
+    out = tmp_path / "run"
+    opts = [o for o in tiny_opts(tiny_demo_dir, out, **{"train.max_iters": 2, "train.log_interval": 1})
+            if not o.startswith("model.")]
+    assert _cli("train", ["--cfg", str(cfg_file), "--no-progress", "--opts", *opts]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x.get("type") == "train"]
+    assert train and all(x["loss_predictions_cls"] > 0 and x["predictions_teacher_boxes"] > 0 for x in train), train
+    assert "teacher_boxes" in (out / "log.txt").read_text()  # the train set line counts them
+
+
 def test_predict_and_command_bad_inputs_are_one_line(student_run, tiny_demo_dir, tmp_path, capsys):
     from detkd.cli.main import main as detkd_main
 

@@ -7,7 +7,10 @@ self-describing model_final.pth (no config needed); an old bare state dict needs
 
 Writes DIR/detections.json: one record per image,
   {"file", "width", "height", "detections": [{"box": [x0, y0, x1, y1], "score", "label", "class"}]}
-(boxes in the image's pixels, label 1..C, class its name), and with --draw DIR/pictures/*.png.
+(boxes in the image's pixels, label 1..C, class its name), DIR/detections_coco.json: the same as
+COCO results by file and category name ([{"file_name", "category_name", "bbox": [x, y, w, h],
+"score"}]; either file is a distillation run's teacher.detections), and with --draw
+DIR/pictures/*.png.
 Pictures show each model's boxes scoring at least its display threshold (recorded in its
 model file at the end of training: the score maximizing F1 at IoU 0.5 on its val set), or
 --score-thresh when given; the caption of each --compare panel says which.
@@ -61,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
                                score_thresh=args.score_thresh, batch_size=args.batch_size, draw=args.draw,
                                progress=show_progress(False if args.no_progress else None))
     n_dets = sum(len(r["detections"]) for r in records)
-    print(f"{len(files)} images, {n_dets} detections -> {out / 'detections.json'}"
+    print(f"{len(files)} images, {n_dets} detections -> {out / 'detections.json'} (COCO results: "
+          f"{out / 'detections_coco.json'})"
           + (f"; pictures in {out / 'pictures'}" if args.draw else "")
           + (f"; comparisons in {out / 'compare'}" if args.compare else ""))
     return 0

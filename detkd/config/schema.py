@@ -348,11 +348,16 @@ class EvalConfig:
 class TeacherConfig:
     """A frozen teacher: its model config and a checkpoint (a detkd checkpoint or a plain
     state dict). ``config`` names the YAML file the teacher was trained with: its ``model``
-    section becomes the base of ``teacher.model``."""
+    section becomes the base of ``teacher.model``. Or an offline teacher: ``detections``, a
+    file or folder of detections written by any detector (docs/methods.md, "Prediction-level
+    distillation"), which feeds ``distill.predictions`` only."""
 
     config: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     checkpoint: str = ""
+    # A COCO results JSON, detkd predict's detections.json or a folder of YOLO txt with confidences.
+    detections: Optional[str] = None
+    drop_unknown_classes: bool = False  # detections of classes outside the label map: leave out (else refuse)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detkd.config.schema import BaseDatasetConfig, DataConfig
+from detkd.config.schema import BaseDatasetConfig, DataConfig, TeacherConfig
 from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.csv import CsvDetection
@@ -126,8 +126,10 @@ class EpochSeeded(DetectionDataset):
         self.dataset.limit(n)
 
 
-def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: int | None = None) -> DetectionDataset:
-    """One split as a dataset; training splits get augmentation (seeded per item)."""
+def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: int | None = None,
+                  teacher: TeacherConfig | None = None) -> DetectionDataset:
+    """One split as a dataset; training splits get augmentation (seeded per item). ``teacher``
+    with ``detections``: every item also carries that offline teacher's detections."""
     fmt = DATASETS.get(ds.type)
     if fmt is None or type(ds) is not fmt.options:
         raise DetkdError(f"the options of type '{ds.type}' are {fmt.options.__name__ if fmt else 'unknown'} "
@@ -135,6 +137,8 @@ def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: in
     transforms = build_transforms(data.augment, train=train) if train else None
     dataset = fmt.build(ds, data, transforms=transforms, skip_empty=ds.skip_empty and train,
                         min_box_size=data.augment.min_box_size)
+    if teacher is not None and teacher.detections:  # before max_images: the file may cover every image
+        dataset.attach_teacher(teacher.detections, teacher.drop_unknown_classes)
     if ds.max_images is not None:
         dataset.limit(ds.max_images)
     if not train:  # seconds for a val set; a wrong size would otherwise stop the first evaluation

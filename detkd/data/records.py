@@ -43,6 +43,7 @@ from detkd.data.utils import (
     make_target,
     read_image_size,
 )
+from detkd.data.teacher_detections import TeacherDetections, read_teacher_detections
 from detkd.errors import DetkdError
 
 __all__ = ["ImageRecord", "RecordDataset"]
@@ -120,6 +121,8 @@ class RecordDataset(DetectionDataset):
         self.stats.update(counts or {})
         self.stats.update(empty_images=0, empty_images_skipped=0)
         self.records: list[ImageRecord] = []
+        # image id -> an offline teacher's detections (attach_teacher), carried through augmentation
+        self.teacher: dict[int, TeacherDetections] | None = None
         for record in records:
             record = self._clean(record)
             if not self._trained(record).any():
@@ -238,8 +241,32 @@ class RecordDataset(DetectionDataset):
         if (width, height) != (record.width, record.height):
             raise self._size_error(record, width, height)
         train = self._trained(record)
-        image, boxes, keep = apply_transforms(self.transforms, image, record.boxes[train])
-        target = make_target(boxes, record.labels[train][keep], record.image_id, (height, width))
+        gt = record.boxes[train]
+        teacher = self.teacher[record.image_id] if self.teacher is not None else None
+        if teacher is not None:  # the teacher's boxes go through the very same augmentation
+            gt = np.concatenate([gt, teacher.boxes])
+        image, boxes, keep = apply_transforms(self.transforms, image, gt)
+        n = int(train.sum())
+        own = keep < n
+        target = make_target(boxes[own], record.labels[train][keep[own]], record.image_id, (height, width))
         if self.flag_key:
-            target[self.flag_key] = torch.as_tensor(record.flagged[train][keep], dtype=torch.bool)
+            target[self.flag_key] = torch.as_tensor(record.flagged[train][keep[own]], dtype=torch.bool)
+        if teacher is not None:
+            rows = keep[~own] - n
+            target.update(teacher_boxes=torch.as_tensor(boxes[~own], dtype=torch.float32).reshape(-1, 4),
+                          teacher_labels=torch.as_tensor(teacher.labels[rows], dtype=torch.int64),
+                          teacher_scores=torch.as_tensor(teacher.scores[rows], dtype=torch.float32))
         return image_to_tensor(image), target
+
+    def attach_teacher(self, path: str | Path, drop_unknown_classes: bool = False) -> None:
+        """Carry an offline teacher's detections (``teacher.detections``: a file or folder any
+        detector wrote, :func:`read_teacher_detections`) in every item's target, as
+        ``teacher_boxes`` / ``teacher_labels`` / ``teacher_scores``, augmented as the image is.
+        Boxes are clipped to the image; those left thinner than ``min_box_size`` are dropped."""
+        found = read_teacher_detections(path, self.records, self.class_names, drop_unknown_classes)
+        self.teacher = {}
+        for record in self.records:
+            dets = found[record.image_id]
+            boxes, keep, _ = clip_boxes(dets.boxes, record.width, record.height, self.min_box_size)
+            self.teacher[record.image_id] = TeacherDetections(boxes[keep], dets.labels[keep], dets.scores[keep])
+        self.stats["teacher_boxes"] = sum(len(d.labels) for d in self.teacher.values())

@@ -5,7 +5,8 @@ A record per image (what ``detkd predict`` writes to ``detections.json``)::
     {"file": "img/0001.jpg", "width": 160, "height": 160,
      "detections": [{"box": [x0, y0, x1, y1], "score": 0.93, "label": 3, "class": "Dress"}, ...]}
 
-Boxes are in the image's own pixels (torchvision's postprocess maps them back from the
+``detections_coco.json`` beside it holds the same detections as COCO results by file and
+category name (:func:`coco_results`). Boxes are in the image's own pixels (torchvision's postprocess maps them back from the
 resized input); images are read exactly as the datasets read them (PIL, RGB, 0..1), so the
 detections equal those of ``eval_det --save-detections`` on the same files.
 """
@@ -96,6 +97,16 @@ def predict_files(model: nn.Module, class_names: Sequence[str], files: Sequence[
     return records
 
 
+def coco_results(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records as COCO results by file and category name (``[{file_name, category_name,
+    bbox: [x, y, w, h], score}]``): what any tool reads, and ``teacher.detections`` of a
+    distillation run (matched to the training images by file name, to its classes by name)."""
+    return [{"file_name": Path(r["file"]).name, "category_name": d["class"],
+             "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]],
+             "score": d["score"]}
+            for r in records for d in r["detections"]]
+
+
 def picture_names(files: Sequence[Path]) -> list[str]:
     """``<stem>.png`` per file, made unique (``a.png``, ``a-2.png``) when stems repeat."""
     names, seen = [], {}
@@ -150,6 +161,7 @@ def predict_and_draw(ckpts: Sequence[str | Path], files: Sequence[Path], out: Pa
         infos.append(info)
     records = runs[0]
     atomic_write_text(json.dumps(records, indent=1), out / "detections.json")
+    atomic_write_text(json.dumps(coco_results(records)), out / "detections_coco.json")
     names = picture_names(files)
     shown = display_thresholds(infos, score_thresh)
 

@@ -141,6 +141,9 @@ class Distiller(nn.Module):
             Faster R-CNN with the same classes and, for the RPN terms, the same anchors and
             strides; CrossKD one of the student's family). It is frozen here
             (``requires_grad=False``) and kept in eval mode whatever ``train()`` is called with.
+            None: an offline teacher (``teacher.detections``), whose detections come with each
+            target (``teacher_boxes``, ``teacher_labels``, ``teacher_scores``, in the image's
+            frame before the transform); only the methods marked ``offline`` run from it.
         cfg: the distillation config (run-wide keys and one section per method).
         teacher_renorm: ``(mean_s, std_s, mean_t, std_t)`` (3 values each) to map the
             student's normalized batch into the teacher's normalization,
@@ -172,7 +175,7 @@ class Distiller(nn.Module):
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: Optional[nn.Module],
         cfg: DistillConfig,
         teacher_renorm: Optional[tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]] = None,
         *,
@@ -183,24 +186,30 @@ class Distiller(nn.Module):
         self.student = student
         self.teacher = teacher
         self.cfg = cfg
-        teacher.requires_grad_(False)
-        teacher.eval()
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
         for model, who in ((student, "student"), (teacher, "teacher")):
-            check_boxes_only(model, who)
+            if model is not None:
+                check_boxes_only(model, who)
         self.student_family = family_of_model(student)
-        self.own_size = _teacher_at_own_size(cfg, student, teacher)
+        self.own_size = teacher is not None and _teacher_at_own_size(cfg, student, teacher)
         ctx = BuildContext(cfg, student, teacher, student_cfg, teacher_cfg, self.own_size)
         ref = next(student.parameters())
         self.methods = nn.ModuleDict()
         for name, section in _sections(cfg):
             ctx.name = name
+            if teacher is None and not METHODS[name].offline:
+                raise DetkdError(f"distill.{name} needs the teacher model; an offline teacher "
+                                 "(teacher.detections) feeds only the methods that read detections")
             method = METHODS[name].build(section, ctx)
             if method is not None:
                 method.name = name
                 self.methods[name] = method.to(ref.device)
 
         if teacher_renorm is None:
-            st, tt = student.transform, teacher.transform
+            st = student.transform
+            tt = st if teacher is None else teacher.transform
             teacher_renorm = (st.image_mean, st.image_std, tt.image_mean, tt.image_std)
         stats = [torch.as_tensor([float(v) for v in vals]).view(-1, 1, 1) for vals in teacher_renorm]
         self.renorm = not self.own_size and not (torch.equal(stats[0], stats[2]) and torch.equal(stats[1], stats[3]))
@@ -218,7 +227,8 @@ class Distiller(nn.Module):
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
-        self.teacher.eval()  # BatchNorm statistics and dropout of the teacher stay fixed
+        if self.teacher is not None:
+            self.teacher.eval()  # BatchNorm statistics and dropout of the teacher stay fixed
         return self
 
     def set_epoch(self, epoch: int) -> None:
@@ -288,7 +298,7 @@ class Distiller(nn.Module):
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None) -> Any:
         if not self.training:
             return self.student(images, targets)
-        if self.teacher.training:  # someone called teacher.train() directly
+        if self.teacher is not None and self.teacher.training:  # someone called teacher.train() directly
             self.teacher.eval()
         methods = self.active_methods()
         self._stats = {}
@@ -317,13 +327,15 @@ class Distiller(nn.Module):
         levels = list(dict.fromkeys(level for m in methods for level in m.teacher_levels()))
         image_list, targets = step.images, step.targets
         sizes = image_list.image_sizes
+        t_input, t_sizes, t_features = image_list.tensors, sizes, {}  # offline: detections came with the targets
         with torch.inference_mode():
-            if self.own_size:  # the teacher's own transform (eval mode: its test size, no randomness)
+            if self.teacher is not None and self.own_size:  # its own transform (eval mode: no randomness)
                 t_list, _ = self.teacher.transform(raw_images)
                 t_input, t_sizes = t_list.tensors, t_list.image_sizes
-            else:
-                t_input, t_sizes = self._teacher_input(image_list), sizes
-            t_features = feature_dict(self.teacher.backbone(t_input))
+            elif self.teacher is not None:
+                t_input = self._teacher_input(image_list)
+            if self.teacher is not None:
+                t_features = feature_dict(self.teacher.backbone(t_input))
         # Inference tensors cannot be saved for the student's backward: clone the few the
         # methods use into normal tensors (cheap next to the teacher's forward).
         rec = DistillRecord(
@@ -332,7 +344,7 @@ class Distiller(nn.Module):
             targets=targets, image_sizes=sizes, batch_shape=tuple(image_list.tensors.shape[-2:]),
             teacher_image_sizes=t_sizes, teacher_batch_shape=tuple(t_input.shape[-2:]),
             keys=self._image_keys(len(targets)) if any(m.needs_keys for m in methods) else [],
-            step=step, taps=taps,
+            step=step, taps=taps, input_sizes=[tuple(img.shape[-2:]) for img in raw_images],
         )
         with torch.inference_mode():  # each method's own teacher work (Chen et al.: the teacher's heads)
             outputs = {m.name: m.teacher_step(rec, self.teacher, t_features) for m in methods}
@@ -381,6 +393,8 @@ def build_distiller(cfg: Config, student: nn.Module) -> Distiller:
     compatibility (each method's ``build``) and wrap ``student`` in a :class:`Distiller`."""
     if cfg.teacher is None or cfg.distill is None:
         raise DetkdError("a distillation run needs both a 'teacher' and a 'distill' section")
+    if cfg.teacher.detections:  # an offline teacher: its detections ride with the targets (detkd.data)
+        return Distiller(student, None, cfg.distill, student_cfg=cfg.model)
     if not cfg.teacher.checkpoint:
         raise DetkdError("'teacher.checkpoint' is required for a distillation run")
     teacher = build_detector(cfg.teacher.model)

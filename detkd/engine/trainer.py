@@ -120,7 +120,7 @@ def set_up_runtime(cfg: Config, device: torch.device, logger: logging.Logger) ->
 
 
 def build_data(cfg: Config, device: torch.device, logger: logging.Logger) -> DetectionData:
-    train_set = build_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.train.seed)
+    train_set = build_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.train.seed, teacher=cfg.teacher)
     val_set = build_dataset(cfg.data.val, cfg.data, train=False)
     # An empty validation set would only fail at the first evaluation, after training.
     for name, ds, ds_cfg in (("training", train_set, cfg.data.train), ("validation", val_set, cfg.data.val)):
@@ -147,7 +147,8 @@ def build_state(cfg: Config, data: DetectionData, device: torch.device, distribu
                 logger: logging.Logger) -> TrainState:
     """Model, optimizer, LR schedule, AMP scaler and iteration plan of a fresh run."""
     model = build_model(cfg).to(device)
-    if cfg.distill is not None and not check_label_map(cfg.teacher.checkpoint, data.class_names):
+    if cfg.distill is not None and cfg.teacher.checkpoint and not check_label_map(cfg.teacher.checkpoint,
+                                                                                   data.class_names):
         logger.warning("the teacher's run recorded no classes.json: its label map cannot be checked")
     if cfg.train.sync_bn and distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

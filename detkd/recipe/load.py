@@ -131,13 +131,33 @@ def check_config(cfg: Config, source: str, origins: dict | None = None) -> None:
         raise DetkdError(f"{source}: 'output_dir' must not be empty")
     if (cfg.teacher is None) != (cfg.distill is None):
         raise DetkdError(f"{source}: a distillation run needs both a 'teacher' and a 'distill' section")
-    if cfg.distill is not None and not cfg.teacher.checkpoint:
-        raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run")
+    if cfg.distill is not None:
+        check_teacher_source(cfg, source)
     if cfg.distill is not None:  # pairs of detector families a method cannot distil
-        families = ARCH_FAMILIES[cfg.model.arch], ARCH_FAMILIES[cfg.teacher.model.arch]
+        families = (ARCH_FAMILIES[cfg.model.arch],
+                    None if cfg.teacher.detections else ARCH_FAMILIES[cfg.teacher.model.arch])
         for name, section in cfg.distill.methods.items():
             if name in METHODS and section is not None:
                 try:
                     METHODS[name].check_families(section, *families)
                 except DetkdError as exc:
                     raise DetkdError(f"{source}: {exc}") from None
+
+
+def check_teacher_source(cfg: Config, source: str) -> None:
+    """A teacher is a model (``teacher.checkpoint``) or a detections file (``teacher.detections``),
+    not both; a detections file feeds only the methods that read detections (``offline``)."""
+    teacher = cfg.teacher
+    if teacher.detections and teacher.checkpoint:
+        raise DetkdError(f"{source}: teacher.detections and teacher.checkpoint are exclusive: a teacher is a model "
+                         "or a file of its detections")
+    if teacher.detections:
+        need_model = [name for name, section in cfg.distill.methods.items()
+                      if section is not None and name in METHODS and not METHODS[name].offline]
+        if need_model:
+            raise DetkdError(f"{source}: distill.{need_model[0]} needs the teacher model (teacher.config and "
+                             f"teacher.checkpoint); teacher.detections {teacher.detections} feeds only "
+                             f"{', '.join('distill.' + n for n, m in METHODS.items() if m.offline)}")
+    elif not teacher.checkpoint:
+        raise DetkdError(f"{source}: 'teacher.checkpoint' is required for a distillation run "
+                         "(or teacher.detections, a file of the teacher's detections)")

@@ -60,6 +60,7 @@ class DistillRecord:
     step: TrainStep  # the student's training forward
     taps: dict[str, list[Tensor]] = field(default_factory=dict)  # student_taps outputs, one per call
     teacher_outputs: dict[str, Any] = field(default_factory=dict)  # method name -> its teacher_step's result
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)  # (H, W) of the images before the transform
 
     @property
     def teacher_boxes(self) -> list[Tensor]:
@@ -97,13 +98,14 @@ class BuildContext:
     """What a method's ``build`` may read: the two models, their families, their configs (only
     for naming keys in messages) and their feature maps probed once on a zero image."""
 
-    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: Optional[nn.Module],
                  student_cfg: Optional[ModelConfig], teacher_cfg: Optional[ModelConfig], own_size: bool) -> None:
         self.cfg, self.student, self.teacher = cfg, student, teacher
         self.student_cfg, self.teacher_cfg = student_cfg, teacher_cfg
         self.own_size = own_size  # the teacher runs at its own input size
         self.student_family = family_of_model(student).name
-        self.teacher_family = family_of_model(teacher).name
+        # None: an offline teacher (teacher.detections), only for the methods marked ``offline``
+        self.teacher_family = None if teacher is None else family_of_model(teacher).name
         self.name = ""  # the METHODS key of the method being built (its config section distill.<name>)
         self._probe: Optional[tuple[OrderedDict, OrderedDict]] = None
 
@@ -227,6 +229,9 @@ class DistillMethod(nn.Module):
     config: type = type(None)  # the dataclass of its config section distill.<name>
     name = ""  # its METHODS key: set by the Distiller (BuildContext.name while it is built)
     needs_keys = False  # per-image keys for random draws (DistillRecord.keys; else left empty)
+    # Runs from an offline teacher (teacher.detections: no model; teacher_step gets None and
+    # reads the detections the data carries in each target's teacher_boxes/labels/scores).
+    offline = False
     # Defaults that depend on the student's family (docs/methods.md, section 4): family name ->
     # {option: value}, filled in by the config loader where the section leaves the option out
     # (so a saved config.yaml shows the values used).

@@ -51,6 +51,13 @@ class PredictionsConfig:
     beta: float = option(2.0, ge=0)  # the quality-focal exponent of sigmoid heads
 
 
+def _usable(boxes: Tensor, labels: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Leave out a one-stage teacher's background-channel detections (they mean nothing) and
+    boxes thinner than MIN_BOX (FCOS at background points): those have no encoding (log of a width)."""
+    keep = (labels > 0) & ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX).all(dim=1)
+    return boxes[keep], labels[keep], scores[keep]
+
+
 def _students() -> list[str]:
     return [name for name, family in FAMILIES.items() if family.dense is not None]
 
@@ -59,6 +66,7 @@ class PredictionsMethod(DistillMethod):
     """Soft classification and score-weighted box targets from the teacher's detections."""
 
     config = PredictionsConfig
+    offline = True  # teacher.detections: a file of any detector's detections
 
     def __init__(self, section: PredictionsConfig, student: nn.Module) -> None:
         super().__init__()
@@ -85,6 +93,8 @@ class PredictionsMethod(DistillMethod):
     def teacher_step(self, rec: DistillRecord, teacher: nn.Module,
                      features: "OrderedDict[str, Tensor]") -> list[tuple[Tensor, Tensor, Tensor]]:
         """The teacher's detections per image, (boxes in the student's frame, labels, scores)."""
+        if teacher is None:
+            return self._offline(rec)
         family = family_of_model(teacher)
         post = family.postprocessor(teacher)
         kept = post.score_thresh, post.detections_per_img
@@ -96,12 +106,22 @@ class PredictionsMethod(DistillMethod):
         finally:
             post.score_thresh, post.detections_per_img = kept
         boxes = scale_boxes([d["boxes"] for d in found], rec.teacher_image_sizes, rec.image_sizes)
+        return [_usable(b, d["labels"], d["scores"]) for b, d in zip(boxes, found)]
+
+    def _offline(self, rec: DistillRecord) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The detections the data carried (``teacher.detections``, augmented with the image),
+        from the image's frame into the student's, kept as an online teacher's would be: score
+        at least ``score_thresh``, the ``max_detections`` best."""
+        if not all("teacher_scores" in t for t in rec.targets):
+            raise DetkdError("distill.predictions: the batch carries no teacher detections (teacher.detections "
+                             "is read by the training set only)")
+        boxes = scale_boxes([t["teacher_boxes"] for t in rec.targets], rec.input_sizes, rec.image_sizes)
         out = []
-        for b, d in zip(boxes, found):
-            # A one-stage teacher's background-channel detections mean nothing; a box thinner than
-            # MIN_BOX (FCOS at background points) has no encoding (log of its width).
-            keep = (d["labels"] > 0) & ((b[:, 2:] - b[:, :2]) >= MIN_BOX).all(dim=1)
-            out.append((b[keep], d["labels"][keep], d["scores"][keep]))
+        for b, t in zip(boxes, rec.targets):
+            scores, labels = t["teacher_scores"], t["teacher_labels"]
+            order = torch.argsort(scores, descending=True, stable=True)[: self.section.max_detections]
+            order = order[scores[order] >= self.section.score_thresh]
+            out.append(_usable(b[order], labels[order], scores[order]))
         return out
 
     def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
