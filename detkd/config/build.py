@@ -204,12 +204,14 @@ def _build_picked(value: Any, f: dataclasses.Field, path: str, ctx: _Ctx) -> Any
     out: the one of the field's default), which must have every key given."""
     reg = registry_of(f)
     entries = ctx.registries.get(reg.name, {})
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    if value is None and default is None:  # an optional section (data.unlabeled), left off
+        return None
     if not entries:
         raise DetkdError(f"{ctx.source}: '{path}': the config loader was given no '{reg.name}' registry "
                          f"(load detection configs with detkd.recipe.load_config)")
     if not isinstance(value, dict):
         raise _Invalid(f"expected a mapping for section, got {type(value).__name__}")
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
     if reg.by not in value and not hasattr(default, reg.by):
         raise DetkdError(f"{ctx.where(path)}: '{path}' needs '{reg.by}' (one of {', '.join(entries)})")
     kind = value.get(reg.by, getattr(default, reg.by, None))

@@ -279,6 +279,12 @@ class DataConfig:
     val: BaseDatasetConfig = registry("datasets", by="type", default_factory=lambda: BaseDatasetConfig(split="val"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    # Images without annotations for a distillation run (a folder or glob, {type: images, root: DIR}
+    # or {type: images, glob: PATTERN}, or any format, whose labels are then ignored): mixed into
+    # every training batch, pseudo-labelled by the teacher (docs/methods.md, section 5).
+    unlabeled: Optional[BaseDatasetConfig] = registry("datasets", by="type", default_factory=lambda: None)
+    # The unlabeled images' share of each batch (None: the two sets' size ratio)
+    unlabeled_share: Optional[float] = option(None, gt=0, lt=1)
 
 
 @dataclass
@@ -370,6 +376,9 @@ class DistillConfig:
     ``METHODS`` there (detkd.recipe passes them in: this layer does not import them)."""
 
     start_epoch: int = option(0, ge=0)  # distillation terms on from this epoch
+    # data.unlabeled: the teacher's detections scoring at least this are the ground truth of an
+    # unlabeled image (hard pseudo-labels, tau_hi; Zoph et al., NeurIPS 2020)
+    pseudo_thresh: float = option(0.5, ge=0, le=1)
     stop_epoch: Optional[int] = option(None, ge=1)  # ... and off from this one
     # A teacher whose config has another input size (min/max_size): "own" sees the images at
     # its own size (boxes/proposals scaled into its frame, student maps resized to its maps;

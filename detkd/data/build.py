@@ -22,7 +22,9 @@ from detkd.data.base import DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.csv import CsvDetection
 from detkd.data.demo import DemoDetection
-from detkd.data.records import RecordDataset
+from detkd.data.images import ImagesDataset
+from detkd.data.mixed import MixedDataset, MixedSampler, batch_split
+from detkd.data.records import RecordDataset, attach_teacher
 from detkd.data.sampler import ResumableSampler
 from detkd.data.transforms import build_transforms
 from detkd.data.utils import collate_fn
@@ -31,7 +33,7 @@ from detkd.data.yolo import YoloDetection
 from detkd.utils import dist
 from detkd.errors import DetkdError
 
-__all__ = ["DATASETS", "EpochSeeded", "build_dataset", "build_eval_loader", "check_label_maps", "dataset_options",
+__all__ = ["DATASETS", "EpochSeeded", "build_dataset", "build_train_set", "build_train_sampler", "build_eval_loader", "check_label_maps", "dataset_options",
            "collate_fn", "dataset_types"]
 
 # data.<split>.type -> its format; the options of each are DATASETS[type].options.
@@ -41,6 +43,7 @@ DATASETS: dict[str, type[RecordDataset]] = {
     "demo": DemoDetection,
     "yolo": YoloDetection,
     "csv": CsvDetection,
+    "images": ImagesDataset,
 }
 
 
@@ -126,19 +129,23 @@ class EpochSeeded(DetectionDataset):
         self.dataset.limit(n)
 
 
-def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: int | None = None,
-                  teacher: TeacherConfig | None = None) -> DetectionDataset:
-    """One split as a dataset; training splits get augmentation (seeded per item). ``teacher``
-    with ``detections``: every item also carries that offline teacher's detections."""
+def _read(ds: BaseDatasetConfig, data: DataConfig, train: bool) -> RecordDataset:
     fmt = DATASETS.get(ds.type)
     if fmt is None or type(ds) is not fmt.options:
         raise DetkdError(f"the options of type '{ds.type}' are {fmt.options.__name__ if fmt else 'unknown'} "
                          f"(types: {', '.join(DATASETS)}), got {type(ds).__name__}")
     transforms = build_transforms(data.augment, train=train) if train else None
-    dataset = fmt.build(ds, data, transforms=transforms, skip_empty=ds.skip_empty and train,
-                        min_box_size=data.augment.min_box_size)
+    return fmt.build(ds, data, transforms=transforms, skip_empty=ds.skip_empty and train,
+                     min_box_size=data.augment.min_box_size)
+
+
+def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: int | None = None,
+                  teacher: TeacherConfig | None = None) -> DetectionDataset:
+    """One split as a dataset; training splits get augmentation (seeded per item). ``teacher``
+    with ``detections``: every item also carries that offline teacher's detections."""
+    dataset = _read(ds, data, train)
     if teacher is not None and teacher.detections:  # before max_images: the file may cover every image
-        dataset.attach_teacher(teacher.detections, teacher.drop_unknown_classes)
+        attach_teacher([dataset], teacher.detections, teacher.drop_unknown_classes)
     if ds.max_images is not None:
         dataset.limit(ds.max_images)
     if not train:  # seconds for a val set; a wrong size would otherwise stop the first evaluation
@@ -146,6 +153,38 @@ def build_dataset(ds: BaseDatasetConfig, data: DataConfig, train: bool, seed: in
     if train and seed is not None:
         return EpochSeeded(dataset, seed)
     return dataset
+
+
+def build_train_set(data: DataConfig, seed: int, teacher: TeacherConfig | None = None) -> DetectionDataset:
+    """The training set: ``data.train``, and with ``data.unlabeled`` a :class:`MixedDataset` of
+    both (the unlabeled set's labels dropped; an offline teacher's file read once for both)."""
+    if data.unlabeled is None:
+        return build_dataset(data.train, data, train=True, seed=seed, teacher=teacher)
+    labeled, unlabeled = _read(data.train, data, True), _read(data.unlabeled, data, True)
+    unlabeled.drop_labels()
+    if teacher is not None and teacher.detections:
+        attach_teacher([labeled, unlabeled], teacher.detections, teacher.drop_unknown_classes)
+    for ds, split in ((labeled, data.train), (unlabeled, data.unlabeled)):
+        if split.max_images is not None:
+            ds.limit(split.max_images)
+    if len(unlabeled) == 0:
+        raise DetkdError(f"data.unlabeled holds no image ({data.unlabeled.type}: {data.unlabeled.location()})")
+    # Another seed: an unlabeled image's augmentation is not its labeled namesake's.
+    return MixedDataset(EpochSeeded(labeled, seed), EpochSeeded(unlabeled, seed + 1))
+
+
+def build_train_sampler(train_set: DetectionDataset, data: DataConfig, batch_size: int, seed: int) -> Any:
+    """The training sampler: :class:`ResumableSampler`, or for a :class:`MixedDataset`
+    :class:`MixedSampler` with ``data.unlabeled_share`` of each batch unlabeled."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if not isinstance(train_set, MixedDataset):
+        return ResumableSampler(len(train_set), shuffle=True, seed=seed, rank=rank, world_size=world)
+    try:
+        n_l, n_u = batch_split(batch_size, data.unlabeled_share, len(train_set.labeled), len(train_set.unlabeled))
+    except ValueError as exc:
+        raise DetkdError(f"data.unlabeled: {exc}") from None
+    return MixedSampler(len(train_set.labeled), len(train_set.unlabeled), n_l, n_u, seed=seed, rank=rank,
+                        world_size=world)
 
 
 def check_label_maps(train_set: DetectionDataset, val_set: DetectionDataset) -> None:

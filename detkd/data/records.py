@@ -258,15 +258,32 @@ class RecordDataset(DetectionDataset):
                           teacher_scores=torch.as_tensor(teacher.scores[rows], dtype=torch.float32))
         return image_to_tensor(image), target
 
-    def attach_teacher(self, path: str | Path, drop_unknown_classes: bool = False) -> None:
-        """Carry an offline teacher's detections (``teacher.detections``: a file or folder any
-        detector wrote, :func:`read_teacher_detections`) in every item's target, as
-        ``teacher_boxes`` / ``teacher_labels`` / ``teacher_scores``, augmented as the image is.
-        Boxes are clipped to the image; those left thinner than ``min_box_size`` are dropped."""
-        found = read_teacher_detections(path, self.records, self.class_names, drop_unknown_classes)
-        self.teacher = {}
-        for record in self.records:
-            dets = found[record.image_id]
-            boxes, keep, _ = clip_boxes(dets.boxes, record.width, record.height, self.min_box_size)
-            self.teacher[record.image_id] = TeacherDetections(boxes[keep], dets.labels[keep], dets.scores[keep])
-        self.stats["teacher_boxes"] = sum(len(d.labels) for d in self.teacher.values())
+    def drop_labels(self) -> None:
+        """Forget every box (``data.unlabeled`` of a labeled format: its labels are not used)."""
+        self.records = [dataclasses.replace(r, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                                            flagged=None) for r in self.records]
+        self._count()
+
+
+def attach_teacher(datasets: Sequence[RecordDataset], path: str | Path, drop_unknown_classes: bool = False) -> None:
+    """Carry an offline teacher's detections (``teacher.detections``: a file or folder any
+    detector wrote, :func:`read_teacher_detections`, read once for all ``datasets``, the first
+    one's label map) in every item's target, as ``teacher_boxes`` / ``teacher_labels`` /
+    ``teacher_scores``, augmented as the image is. Boxes are clipped to the image; those left
+    thinner than the dataset's ``min_box_size`` are dropped. A COCO ``image_id`` names an image of
+    the first dataset (the others' images are matched by file name)."""
+    refs, owner, next_id = [], [], max((r.image_id for r in datasets[0].records), default=0) + 1
+    for k, ds in enumerate(datasets):
+        for record in ds.records:
+            image_id = record.image_id if k == 0 else next_id + len(refs)
+            refs.append(dataclasses.replace(record, image_id=image_id))
+            owner.append((ds, record))
+    found = read_teacher_detections(path, refs, datasets[0].class_names, drop_unknown_classes)
+    for ds in datasets:
+        ds.teacher = {}
+    for ref, (ds, record) in zip(refs, owner):
+        dets = found[ref.image_id]
+        boxes, keep, _ = clip_boxes(dets.boxes, record.width, record.height, ds.min_box_size)
+        ds.teacher[record.image_id] = TeacherDetections(boxes[keep], dets.labels[keep], dets.scores[keep])
+    for ds in datasets:
+        ds.stats["teacher_boxes"] = sum(len(d.labels) for d in ds.teacher.values())

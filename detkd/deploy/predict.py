@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from detkd.data.images import IMAGE_SUFFIXES
 from detkd.data.utils import image_to_tensor, load_rgb_image
 from detkd.errors import DetkdError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def find_images(inputs: Sequence[str]) -> list[Path]:

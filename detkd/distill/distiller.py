@@ -302,6 +302,8 @@ class Distiller(nn.Module):
             self.teacher.eval()
         methods = self.active_methods()
         self._stats = {}
+        if targets is not None and any(bool(t.get("unlabeled", False)) for t in targets):
+            targets = self._pseudo_labelled(images, targets)
         taps = {name: module for m in methods for name, module in m.student_taps().items()}
         with _tapped(taps) as tapped:
             step = self.student_family.train_step(self.student, images, targets)
@@ -350,6 +352,36 @@ class Distiller(nn.Module):
             outputs = {m.name: m.teacher_step(rec, self.teacher, t_features) for m in methods}
         rec.teacher_outputs = {name: _cloned(out) for name, out in outputs.items() if out is not None}
         return rec
+
+    def _pseudo_labelled(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """The targets with the teacher's confident detections (score >= ``distill.pseudo_thresh``)
+        as the boxes of every unlabeled image (``target["unlabeled"]``): hard pseudo-labels for the
+        student's own loss and for every method that reads ground truth. An online teacher runs its
+        eval forward (its own transform) on those images; an offline one's detections came with them."""
+        idx = [i for i, t in enumerate(targets) if bool(t.get("unlabeled", False))]
+        if self.teacher is None:
+            found = [{"boxes": targets[i]["teacher_boxes"], "labels": targets[i]["teacher_labels"],
+                      "scores": targets[i]["teacher_scores"]} for i in idx]
+        else:
+            post = family_of_model(self.teacher).postprocessor(self.teacher)
+            kept = post.score_thresh
+            post.score_thresh = self.cfg.pseudo_thresh
+            try:
+                with torch.inference_mode():
+                    found = [{k: v.clone() for k, v in d.items()} for d in self.teacher([images[i] for i in idx])]
+            finally:
+                post.score_thresh = kept
+        out = list(targets)
+        pseudo = 0
+        for i, d in zip(idx, found):
+            size = d["boxes"][:, 2:] - d["boxes"][:, :2]
+            keep = (d["scores"] >= self.cfg.pseudo_thresh) & (d["labels"] > 0) & (size >= 1.0).all(dim=1)
+            out[i] = {**targets[i], "boxes": d["boxes"][keep].to(targets[i]["boxes"].dtype),
+                      "labels": d["labels"][keep].to(torch.int64)}
+            pseudo += int(keep.sum())
+        self._stats["pseudo_boxes"] = torch.tensor(pseudo / len(idx))
+        self._stats["unlabeled_images"] = torch.tensor(float(len(idx)))
+        return out
 
     def _image_keys(self, num_images: int) -> list[int]:
         """The per-image keys the trainer set (:meth:`set_image_keys`, or on the student's keyed

@@ -26,7 +26,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detkd.config.schema import Config
-from detkd.data.sampler import ResumableSampler
 from detkd.engine.checkpoint import run_record
 from detkd.engine.loop import NonFiniteGuard, Position
 from detkd.engine.model import TrainModel
@@ -44,7 +43,7 @@ Step = tuple[dict[str, torch.Tensor], torch.Tensor]  # the loss terms and their 
 class DetectionData:
     train_set: Any
     val_set: Any
-    sampler: ResumableSampler
+    sampler: Any  # ResumableSampler, or MixedSampler with data.unlabeled
     loader: DataLoader
     val_loader: DataLoader
 

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 
 from detkd.config.dump import config_hash, dump_config
 from detkd.config.schema import Config
-from detkd.data.build import build_dataset, build_eval_loader, check_label_maps, collate_fn
-from detkd.data.sampler import ResumableSampler
+from detkd.data.build import (build_dataset, build_eval_loader, build_train_sampler, build_train_set,
+                               check_label_maps, collate_fn)
 from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint
 from detkd.engine.detection_task import DetectionData, DetectionTask, Run, TrainState, finish
 from detkd.engine.driver import LoopSettings, train_epochs
@@ -120,7 +120,7 @@ def set_up_runtime(cfg: Config, device: torch.device, logger: logging.Logger) ->
 
 
 def build_data(cfg: Config, device: torch.device, logger: logging.Logger) -> DetectionData:
-    train_set = build_dataset(cfg.data.train, cfg.data, train=True, seed=cfg.train.seed, teacher=cfg.teacher)
+    train_set = build_train_set(cfg.data, cfg.train.seed, cfg.teacher)
     val_set = build_dataset(cfg.data.val, cfg.data, train=False)
     # An empty validation set would only fail at the first evaluation, after training.
     for name, ds, ds_cfg in (("training", train_set, cfg.data.train), ("validation", val_set, cfg.data.val)):
@@ -133,8 +133,7 @@ def build_data(cfg: Config, device: torch.device, logger: logging.Logger) -> Det
         raise DetkdError(f"the training data has {num_data_classes} classes but model.num_classes is "
                          f"{cfg.model.num_classes}; it counts the background too: set it to {num_data_classes + 1}")
     logger.info("train set: %d images (%s); val set: %d images", len(train_set), train_set.summary(), len(val_set))
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.train.seed, rank=dist.get_rank(),
-                               world_size=dist.get_world_size())
+    sampler = build_train_sampler(train_set, cfg.data, cfg.train.batch_size, cfg.train.seed)
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.train.workers,
                         collate_fn=collate_fn, pin_memory=device.type == "cuda",
                         # A private generator keeps loader start-up off the global RNG (exact resume).

@@ -133,6 +133,9 @@ def check_config(cfg: Config, source: str, origins: dict | None = None) -> None:
         raise DetkdError(f"{source}: a distillation run needs both a 'teacher' and a 'distill' section")
     if cfg.distill is not None:
         check_teacher_source(cfg, source)
+    if cfg.data.unlabeled is not None and cfg.distill is None:
+        raise DetkdError(f"{source}: data.unlabeled needs a teacher (teacher and distill sections): its images have "
+                         "no labels, the teacher's detections are their targets")
     if cfg.distill is not None:  # pairs of detector families a method cannot distil
         families = (ARCH_FAMILIES[cfg.model.arch],
                     None if cfg.teacher.detections else ARCH_FAMILIES[cfg.teacher.model.arch])
