@@ -142,6 +142,18 @@ def test_plan_covers_every_main_group(tmp_path):
     assert teacher_opts == {"baseline_fpn128": False, "distilled_fpn128": True, "hint_only": True}
 
 
+def test_the_offline_group_reads_the_teachers_detections_file(tmp_path):
+    args = detection.build_parser().parse_args(
+        ["--output-root", str(tmp_path), "--seeds", "0", "--only", "fcos128,fcos128_predictions_offline"])
+    runs = plan.plan_runs(args)
+    opts = {r["name"]: [o for o in plan.run_overrides(r, args) if o.startswith("teacher.")] for r in runs}
+    file = (tmp_path / "teacher" / "detections" / "detections_coco.json").resolve()
+    assert opts == {"fcos128": [], "fcos128_predictions_offline": [f"teacher.detections={file}"]}
+    offline = next(r for r in runs if r["name"] == "fcos128_predictions_offline")
+    cfg = load_config(REPO / offline["config"], plan.run_overrides(offline, args))
+    assert cfg.teacher.detections == str(file) and not cfg.teacher.checkpoint
+
+
 def test_each_distillation_group_reads_its_own_teacher(tmp_path):
     """The family groups: the one-stage students read the Faster R-CNN teacher, the CrossKD group
     its FCOS teacher (a teacher group of its own, one run); gap shares are to the pair's teacher."""

@@ -26,6 +26,11 @@ results.json with COCO AP/AP50):
   fcos_teacher       configs/experiment/families/fcos_teacher.yaml (one run, OUTPUT_ROOT/fcos_teacher)
   fcos_crosskd       configs/experiment/families/fcos_crosskd.yaml (--seeds; fcos distilled from
                      fcos_teacher with CrossKD; only with --only)
+  fcos128, fcos128_predictions, fcos128_predictions_offline
+                     configs/experiment/families/fcos128*.yaml (--seeds; a 128 px FCOS alone and
+                     distilled by prediction-level distillation from the Faster R-CNN teacher, online
+                     and from its detections file, which detkd predict writes into
+                     OUTPUT_ROOT/teacher/detections first; only with --only)
 
 (one run of every main group per seed, seed by seed, so a stopped experiment still has pairs), then
 writes the speed/accuracy report (detkd.evaluation.report.run_report: report.md/.csv/
@@ -58,7 +63,7 @@ from pathlib import Path
 
 from detkd.errors import DetkdError
 from detkd.experiments.plan import DEFAULT_GROUPS, GROUP_NAMES, OPTIONAL_GROUPS, distills, plan_runs, \
-    run_overrides, teacher_dir
+    run_overrides, teacher_dir, OFFLINE, offline_detections
 from detkd.experiments.stats import STD_KIND
 from detkd.experiments.tables import distillation_gains, format_gain, format_table, summarize
 
@@ -149,12 +154,29 @@ def train_run(run: dict, args: argparse.Namespace, repo: Path = REPO) -> dict:
         else:
             print(f"[experiment] {label}: {event} -> {where}", flush=True)
 
+    if distills(run) and run["name"] in OFFLINE and not offline_detections(args, run).is_file():
+        write_teacher_detections(teacher, offline_detections(args, run).parent, args, repo)
     config = Path(run["config"])
     cfg = load_config(config if config.is_absolute() else repo / config, run_overrides(run, args))
     data = train_or_reuse(cfg, run["config"], say, progress=False if args.no_progress else None)
     return {"name": run["name"], "seed": run["seed"], "config": run["config"], "output_dir": str(out),
             "metrics": {k: v for k, v in (data.get("final") or {}).items()},
             "train_seconds": data.get("train_seconds"), "iterations": data.get("iterations")}
+
+
+def write_teacher_detections(teacher: Path, out: Path, args: argparse.Namespace, repo: Path) -> None:
+    """The teacher run's detections on its training images (``detkd predict``, score >= 0.05): the
+    ``teacher.detections`` of the :data:`OFFLINE` groups."""
+    from detkd.deploy.predict import find_images, predict_and_draw
+    from detkd.recipe.load import read_saved_config
+
+    cfg = read_saved_config((teacher / "config.yaml").read_text(), str(teacher / "config.yaml"))
+    images = Path(cfg.data.demo.out_dir)
+    images = images if images.is_absolute() else repo / images
+    files = find_images([str(images / cfg.data.train.split)])
+    print(f"[experiment] teacher detections on {len(files)} training images -> {out}", flush=True)
+    predict_and_draw([teacher / "model_final.pth"], files, out, "cpu", score_thresh=0.05,
+                     progress=False if args.no_progress else None)
 
 
 def make_report(done: list[dict], args: argparse.Namespace) -> dict:

@@ -20,11 +20,19 @@ FAMILY_GROUPS = (
     ("ssdlite_cwd", "configs/experiment/families/ssdlite_cwd.yaml", "main"),
     ("fcos_teacher", "configs/experiment/families/fcos_teacher.yaml", "teacher"),
     ("fcos_crosskd", "configs/experiment/families/fcos_crosskd.yaml", "main"),
+    # Prediction-level distillation across families: a 128 px FCOS from the Faster R-CNN teacher's
+    # detections, online and from the file detkd predict wrote.
+    ("fcos128", "configs/experiment/families/fcos128.yaml", "main"),
+    ("fcos128_predictions", "configs/experiment/families/fcos128_predictions.yaml", "main"),
+    ("fcos128_predictions_offline", "configs/experiment/families/fcos128_predictions_offline.yaml", "main"),
 )
 FAMILY_PAIRS = (("retinanet", "retinanet_cwd"), ("fcos", "fcos_cwd"), ("ssdlite", "ssdlite_cwd"),
-                ("fcos", "fcos_crosskd"))
+                ("fcos", "fcos_crosskd"), ("fcos128", "fcos128_predictions"), ("fcos128", "fcos128_predictions_offline"))
 # The teacher run a distillation group reads, where it is not "teacher" (the Faster R-CNN one).
 TEACHER_OF = {"fcos_crosskd": "fcos_teacher"}
+# Groups whose teacher is its detections file (teacher.detections), written by detkd predict from
+# the teacher run into TEACHER_DIR/detections/ before their first run.
+OFFLINE = ("fcos128_predictions_offline",)
 
 # (group, config, kind): kind "teacher" (one run, in OUTPUT_ROOT/<group>), "main" (--seeds) or
 # "ablation" (--ablation-seeds).
@@ -118,9 +126,16 @@ def run_overrides(run: dict, args: argparse.Namespace) -> list[str]:
         opts.append(f"train.epochs={epochs}")
     if run["seed"] is not None:
         opts.append(f"train.seed={run['seed']}")
-    if distills(run):
+    if distills(run) and run["name"] in OFFLINE:
+        opts.append(f"teacher.detections={offline_detections(args, run)}")
+    elif distills(run):
         teacher = teacher_dir(args, run).resolve()
         opts += [f"teacher.config={teacher / 'config.yaml'}",
                  f"teacher.checkpoint={teacher / 'model_final.pth'}"]
     opts.append(f"output_dir={run['output_dir']}")
     return opts
+
+
+def offline_detections(args: argparse.Namespace, run: dict) -> Path:
+    """The detections file of an :data:`OFFLINE` group: its teacher run's ``detkd predict`` output."""
+    return (teacher_dir(args, run) / "detections" / "detections_coco.json").resolve()
