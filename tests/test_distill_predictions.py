@@ -153,13 +153,60 @@ def test_a_teacher_without_detections_gives_a_zero_box_term_and_background_targe
     assert float(losses["loss_predictions_cls"].detach()) > 0 and d.last_stats["predictions_teacher_boxes"] == 0
 
 
-def test_a_faster_rcnn_student_and_bad_options_are_one_line():
+def _iou_of(a, b):
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_a_faster_rcnn_student_equals_an_independent_float64_computation(monkeypatch):
+    """The RoI head's sampled proposals as rows: IoU >= 0.5 to a teacher detection, soft CE with
+    q = s on its class and 1 - s on the background, smooth L1 (beta 1/9) of the class's deltas to
+    the encoded box (weights 10, 10, 5, 5), score-weighted; written out per row in float64."""
+    import detkd.distill.methods.predictions as P
+
+    student, teacher = model("faster_rcnn", 0).double(), model("retinanet", 1).double()
+    seen = {}
+    real = P._roi_head_terms
+    monkeypatch.setattr(P, "_roi_head_terms", lambda s, rcn, d: seen.update(rcn=rcn, d=d) or real(s, rcn, d))
+    images, targets = batch()
+    images = [i.double() for i in images]
+    targets = [{**t, "boxes": t["boxes"].double()} for t in targets]
+    losses = distiller(student, teacher)(images, targets)
+    rcn, dets = seen["rcn"], seen["d"]
+    logits, deltas = rcn["class_logits"].detach().tolist(), rcn["box_regression"].detach().tolist()
+    ce, box_num, box_den, row = 0.0, 0.0, 0.0, 0
+    for proposals, (boxes, labels, scores) in zip(rcn["proposals"], dets):
+        assert len(labels) > 0
+        for p in proposals.tolist():
+            ious = [_iou_of(p, b) for b in boxes.tolist()]
+            best = max(range(len(ious)), key=lambda k: ious[k])
+            z = logits[row]
+            log_z = math.log(sum(math.exp(v) for v in z))
+            if ious[best] >= 0.5:
+                c, sc = int(labels[best]), float(scores[best])
+                ce -= sc * (z[c] - log_z) + (1 - sc) * (z[0] - log_z)
+                b = boxes[best].tolist()
+                pw, ph = p[2] - p[0], p[3] - p[1]
+                gw, gh = b[2] - b[0], b[3] - b[1]
+                t = [10 * ((b[0] + gw / 2) - (p[0] + pw / 2)) / pw, 10 * ((b[1] + gh / 2) - (p[1] + ph / 2)) / ph,
+                     5 * math.log(gw / pw), 5 * math.log(gh / ph)]
+                d = deltas[row][4 * c:4 * c + 4]
+                sl1 = sum(0.5 * (x - y) ** 2 / (1 / 9) if abs(x - y) < 1 / 9 else abs(x - y) - 0.5 / 9
+                          for x, y in zip(d, t))
+                box_num, box_den = box_num + sc * sl1, box_den + sc
+            else:
+                ce -= z[0] - log_z
+            row += 1
+    assert row == len(logits) and box_den > 0
+    assert float(losses["loss_predictions_cls"]) == pytest.approx(ce / row, rel=1e-9)
+    assert float(losses["loss_predictions_reg"]) == pytest.approx(box_num / max(box_den, 1.0), rel=1e-9)
+
+
+def test_bad_options_are_one_line():
     teacher = {"model": {"arch": "fcos", "num_classes": 4}, "checkpoint": "t.pth"}
     tree = {"model": {"num_classes": 4}, "teacher": teacher,
             "distill": {"predictions": {}}}
-    with pytest.raises(DetkdError, match=r"distill.predictions: a faster_rcnn student is not supported yet "
-                                         r"\(students: retinanet, fcos, ssdlite, ssd; the teacher may be any family\)"):
-        config_from_dict(tree)
+    config_from_dict(tree)  # a Faster R-CNN student
     with pytest.raises(DetkdError, match=r"'distill.predictions.score_thresh' must be in \[0, 1\], got 1.5"):
         config_from_dict({**tree, "model": {"arch": "fcos", "num_classes": 4},
                           "distill": {"predictions": {"score_thresh": 1.5}}})

@@ -16,8 +16,9 @@ IoU with forced best matches). With j(r) the detection assigned to row r (none: 
     L     = L_student + weight_cls L_cls + weight_reg L_box
 
 The teacher's scores and boxes are constants; nothing is detached on the student side.
-Students so far: the one-stage families (a family with ``Family.dense``); a Faster R-CNN student
-is refused in one line. Teachers: every family.
+Students: the one-stage families (a family with ``Family.dense``: its rows and matcher) and
+Faster R-CNN (its RoI head's sampled proposals, matched at IoU 0.5, softmax classifier and
+smooth-L1 deltas of the assigned class; its RPN is not distilled). Teachers: every family.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import box_iou
 from torchvision.models.detection.image_list import ImageList
 
 from detkd.config.fields import option
@@ -59,7 +62,7 @@ def _usable(boxes: Tensor, labels: Tensor, scores: Tensor) -> tuple[Tensor, Tens
 
 
 def _students() -> list[str]:
-    return [name for name, family in FAMILIES.items() if family.dense is not None]
+    return [name for name, family in FAMILIES.items() if family.dense is not None or name == "faster_rcnn"]
 
 
 class PredictionsMethod(DistillMethod):
@@ -74,8 +77,8 @@ class PredictionsMethod(DistillMethod):
         self._student = {"model": student}  # a dict: not a submodule (its weights are not the method's)
 
     @classmethod
-    def check_families(cls, section: Any, student_family: str, teacher_family: str) -> None:
-        if FAMILIES[student_family].dense is None:
+    def check_families(cls, section: Any, student_family: str, teacher_family: Optional[str]) -> None:
+        if FAMILIES[student_family].dense is None and student_family != "faster_rcnn":
             raise DetkdError(f"distill.predictions: a {student_family} student is not supported yet "
                              f"(students: {', '.join(_students())}; the teacher may be any family)")
 
@@ -125,10 +128,25 @@ class PredictionsMethod(DistillMethod):
         return out
 
     def forward(self, rec: DistillRecord) -> dict[str, Tensor]:
-        student = self._student["model"]
-        rows = family_of_model(student).dense
-        step = rec.step
         detections = rec.teacher_outputs[self.name]
+        student = self._student["model"]
+        if family_of_model(student).dense is None:
+            cls_loss, box_loss = _roi_head_terms(student, rec.step.rcn, detections)
+        else:
+            cls_loss, box_loss = self._dense_terms(student, rec.step, detections)
+        per_image = float(sum(len(d[1]) for d in detections)) / len(detections)
+        self.stats = {"raw_predictions_cls": cls_loss.detach(), "raw_predictions_reg": box_loss.detach(),
+                      "predictions_teacher_boxes": torch.tensor(per_image)}
+        out = {}
+        if self.section.weight_cls > 0:
+            out["loss_predictions_cls"] = self.section.weight_cls * cls_loss
+        if self.section.weight_reg > 0:
+            out["loss_predictions_reg"] = self.section.weight_reg * box_loss
+        return out
+
+    def _dense_terms(self, student: nn.Module, step: Any, detections: list) -> tuple[Tensor, Tensor]:
+        """A one-stage student: its rows assigned by its own matcher (``Family.dense``)."""
+        rows = family_of_model(student).dense
         targets = [{"boxes": b, "labels": lab} for b, lab, _ in detections]
         matched = rows.match(student, step.anchors, targets, step.grids)
         logits = step.head_outputs["cls_logits"]
@@ -153,12 +171,39 @@ class PredictionsMethod(DistillMethod):
         cls_loss = (soft_sigmoid_loss(z, c, q, self.section.beta) if rows.sigmoid else soft_softmax_loss(z, c, q))
         box_loss = (score_weighted_box_loss(torch.cat(box_rows), torch.cat(box_scores)) if box_rows
                     else regression.sum() * 0.0)
-        per_image = float(sum(len(d[1]) for d in detections)) / len(detections)
-        self.stats = {"raw_predictions_cls": cls_loss.detach(), "raw_predictions_reg": box_loss.detach(),
-                      "predictions_teacher_boxes": torch.tensor(per_image)}
-        out = {}
-        if self.section.weight_cls > 0:
-            out["loss_predictions_cls"] = self.section.weight_cls * cls_loss
-        if self.section.weight_reg > 0:
-            out["loss_predictions_reg"] = self.section.weight_reg * box_loss
-        return out
+        return cls_loss, box_loss
+
+
+def _roi_head_terms(student: nn.Module, rcn: dict, detections: list) -> tuple[Tensor, Tensor]:
+    """A Faster R-CNN student: the RoI head's sampled proposals are the rows, assigned to the
+    teacher's detections by the head's own matcher (IoU >= 0.5, no low-quality matches); the
+    softmax classifier gets ``q = s`` on the class and ``1 - s`` on the background, the assigned
+    class's box deltas a smooth-L1 (beta 1/9, summed over the 4 deltas, as ``fastrcnn_loss``) to
+    the encoded detection box, score-weighted. (The RPN's anchors are not distilled.)"""
+    heads = student.roi_heads
+    logits, regression = rcn["class_logits"], rcn["box_regression"]
+    classes, scores, box_rows, box_scores, start = [], [], [], [], 0
+    for proposals, (boxes, labels, s) in zip(rcn["proposals"], detections):
+        n = len(proposals)
+        if len(labels):
+            idx = heads.proposal_matcher(box_iou(boxes, proposals))
+        else:
+            idx = torch.full((n,), -1, dtype=torch.int64, device=logits.device)
+        assigned = idx >= 0
+        j = idx.clamp(min=0)
+        classes.append(torch.where(assigned, labels[j], torch.zeros_like(idx)) if len(labels) else idx.clamp(min=0))
+        scores.append(torch.where(assigned, s[j], torch.zeros_like(s[j])) if len(labels)
+                      else torch.zeros(n, dtype=logits.dtype, device=logits.device))
+        if assigned.any():
+            r = torch.nonzero(assigned).flatten()
+            target = heads.box_coder.encode_single(boxes[j[r]], proposals[r])
+            cls = labels[j[r]]
+            pred = regression[start + r].reshape(len(r), -1, 4)[torch.arange(len(r), device=r.device), cls]
+            box_rows.append(F.smooth_l1_loss(pred, target.to(pred.dtype), beta=1 / 9, reduction="none").sum(dim=1))
+            box_scores.append(s[j[r]])
+        start += n
+    q = torch.cat(scores).to(logits.dtype)
+    cls_loss = soft_softmax_loss(logits, torch.cat(classes), q)
+    box_loss = (score_weighted_box_loss(torch.cat(box_rows), torch.cat(box_scores)) if box_rows
+                else regression.sum() * 0.0)
+    return cls_loss, box_loss
