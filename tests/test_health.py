@@ -106,3 +106,63 @@ def test_a_dead_fcos_box_branch_is_reported_and_a_healthy_run_is_not(tiny_demo_d
     dead = _train(tiny_demo_dir, tmp_path / "dead", cfg_file, f"model.weights={tmp_path / 'dead.pth'}")
     events = [r for r in dead if r["type"] == "health"]
     assert [(e["iter"], e["check"], e["term"]) for e in events] == [(4, "stuck", "bbox_regression")], events
+
+
+def _dets(boxes, labels, scores):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels),
+            "scores": torch.tensor(scores, dtype=torch.float32)}
+
+
+def test_a_teacher_that_finds_nothing_or_is_the_student_is_reported():
+    from detkd.engine.health import teacher_problems
+
+    gt = [{"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 90, 90]]), "labels": torch.tensor([1, 2])}]
+    good = [_dets([[11, 10, 50, 52], [60, 61, 90, 90]], [1, 2], [0.9, 0.6])]
+    student = [_dets([[0, 0, 5, 5]], [3], [0.2])]
+    assert teacher_problems(good, student, gt) == []
+    wrong_labels = [_dets([[11, 10, 50, 52], [60, 61, 90, 90]], [2, 1], [0.9, 0.6])]  # another label map
+    low = [_dets([[11, 10, 50, 52]], [1], [0.01])]
+    for teacher in (wrong_labels, low, [_dets([], [], [])]):
+        assert [c for c, _ in teacher_problems(teacher, student, gt)] == ["teacher"]
+    checks = [c for c, _ in teacher_problems(good, good, gt)]
+    assert checks == ["teacher_is_student"]
+
+
+def test_a_distillation_run_from_a_random_teacher_is_reported_before_its_first_step(tiny_demo_dir, tmp_path):
+    from detkd.modeling.detector import build_detector
+    from detkd.recipe import load_config
+
+    cfg_file = REPO / "configs/demo/distill_demo.yaml"
+    teacher = build_detector(load_config(cfg_file).teacher.model)
+    torch.save(teacher.state_dict(), tmp_path / "random.pth")
+    records = _train(tiny_demo_dir, tmp_path / "run", cfg_file, f"teacher.checkpoint={tmp_path / 'random.pth'}",
+                     "train.max_iters=2")
+    events = [(r["iter"], r["check"]) for r in records if r["type"] == "health"]
+    assert events == [(0, "teacher")], events
+    assert "health: the teacher finds 0 of the" in (tmp_path / "run" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("anchor_sizes, reported", [(None, False), ([[512], [640], [768], [896], [1024]], True)])
+def test_anchors_that_fit_no_box_are_reported_before_the_first_step(tiny_demo_dir, tmp_path, anchor_sizes, reported):
+    """RetinaNet anchors of 512-1024 px on 96 px images overlap every box by IoU ~0 (torchvision's
+    low-quality matches still give each box an anchor, so no loss term is 0 or stuck); its own
+    anchors raise nothing."""
+    from detkd.engine.health import anchor_fit
+    from detkd.modeling.detector import build_detector
+    from detkd.recipe import config_from_dict
+
+    model = {**FCOS, "arch": "retinanet", **({"anchor_sizes": anchor_sizes} if anchor_sizes else {})}
+    cfg_file = tmp_path / "retinanet.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "_base_": [str(REPO / "configs/_base_/demo_data.yaml"), str(REPO / "configs/_base_/demo_schedule.yaml")],
+        "model": model}))
+    records = _train(tiny_demo_dir, tmp_path / "run", cfg_file)
+    events = [(r["iter"], r["check"], r["term"]) for r in records if r["type"] == "health"]
+    assert events == ([(0, "anchor_fit", "anchors")] if reported else []), events
+    # The rule on a box that one anchor covers exactly: IoU 1.
+    net = build_detector(config_from_dict({"model": model}).model)
+    net.eval()
+    image_list, _ = net.transform([torch.zeros(3, 96, 96)])
+    feats = list(net.backbone(image_list.tensors).values())
+    anchor = net.anchor_generator(image_list, feats)[0][100]
+    assert anchor_fit(net, [(96, 96, anchor[None] * 96 / image_list.image_sizes[0][0])]) == pytest.approx(1.0)

@@ -84,6 +84,12 @@ class DetectionDataset(Dataset, ABC):
     def set_epoch(self, epoch: int) -> None:
         """Called with the epoch number before every training epoch."""
 
+    def box_sizes(self, limit: int) -> list[tuple[int, int, torch.Tensor]]:
+        """``(width, height, xyxy training boxes)`` of the first ``limit`` images, from the
+        annotations (no image is read): what the anchor check compares the anchors with.
+        Default: none."""
+        return []
+
     def check_image_sizes(self) -> None:
         """Refuse, before any training step, an image whose size differs from its annotation
         (evaluation splits: otherwise the first evaluation fails, after training). Default: no check."""

@@ -125,6 +125,9 @@ class EpochSeeded(DetectionDataset):
     def summary(self) -> str:
         return self.dataset.summary()
 
+    def box_sizes(self, limit: int) -> list:
+        return self.dataset.box_sizes(limit)
+
     def limit(self, n: int) -> None:
         self.dataset.limit(n)
 

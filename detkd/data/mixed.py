@@ -82,6 +82,9 @@ class MixedDataset(DetectionDataset):
     def limit(self, n: int) -> None:
         self.labeled.limit(n)
 
+    def box_sizes(self, limit: int) -> list:
+        return self.labeled.box_sizes(limit)
+
 
 class MixedSampler(Sampler[int]):
     """Indices into a :class:`MixedDataset`, ``n_l`` labeled then ``n_u`` unlabeled per batch

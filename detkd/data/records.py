@@ -258,6 +258,9 @@ class RecordDataset(DetectionDataset):
                           teacher_scores=torch.as_tensor(teacher.scores[rows], dtype=torch.float32))
         return image_to_tensor(image), target
 
+    def box_sizes(self, limit: int) -> list[tuple[int, int, torch.Tensor]]:
+        return [(r.width, r.height, torch.as_tensor(r.boxes[self._trained(r)])) for r in self.records[:limit]]
+
     def drop_labels(self) -> None:
         """Forget every box (``data.unlabeled`` of a labeled format: its labels are not used)."""
         self.records = [dataclasses.replace(r, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),

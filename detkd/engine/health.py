@@ -10,6 +10,13 @@ Over each window of ``train.health_window`` steps (default 50), per term:
   or FCOS scale ranges that match no box), a distillation term that matches nothing.
 * **exploding**: the term's median over the window is 1000 times its median over the first window.
 
+Before the first step of a distillation run, the teacher and the student see the first val batch
+(:func:`teacher_problems`): a teacher that finds almost none of its boxes, or whose detections are
+the student's own, is reported too (check ``teacher`` / ``teacher_is_student``).
+
+The student's anchors are checked against the training boxes first as well (:func:`anchor_fit`,
+check ``anchor_fit``).
+
 Each (check, term) is reported once, as one log line that names the term and says what to try,
 and a ``{"type": "health", ...}`` record in ``metrics.jsonl``; ``stop`` ends the run with that line.
 The cost is one list of floats per step (the terms are already on the host for the non-finite check)
@@ -26,9 +33,10 @@ from typing import Any, Mapping
 import torch
 
 from detkd.errors import DetkdError
+from detkd.modeling.families.base import feature_dict
 from detkd.utils.logger import MetricsWriter
 
-__all__ = ["HealthMonitor", "window_problems"]
+__all__ = ["HealthMonitor", "anchor_fit", "anchor_problems", "report", "teacher_problems", "window_problems"]
 
 STUCK_SPREAD = 1e-6  # relative: float noise of a live term is far above it
 EXPLODE_FACTOR = 1e3
@@ -97,9 +105,98 @@ class HealthMonitor:
             if (check, name) in self.reported:
                 continue
             self.reported.add((check, name))
-            self.metrics.write({"type": "health", "iter": iteration, "check": check, "term": name,
-                                "message": message})
-            if self.mode == "stop":
-                raise DetkdError(f"train.health: stop: {message}")
-            self.logger.warning("health: %s", message)
+            report(self.mode, self.logger, self.metrics, iteration, check, name, message)
         self.first.setdefault(name, statistics.median(values))
+
+
+def report(mode: str, logger: logging.Logger, metrics: MetricsWriter, iteration: int, check: str, term: str,
+           message: str) -> None:
+    """One health event: a ``{"type": "health"}`` record in ``metrics.jsonl`` and a warning line, or
+    (``mode`` stop) the run's end with that line."""
+    metrics.write({"type": "health", "iter": iteration, "check": check, "term": term, "message": message})
+    if mode == "stop":
+        raise DetkdError(f"train.health: stop: {message}")
+    logger.warning("health: %s", message)
+
+
+TEACHER_RECALL = 0.05  # below it the teacher finds (almost) nothing of what the student is to learn
+TEACHER_SCORE = 0.05  # a detection counts from this score (torchvision's default box_score_thresh)
+
+
+def _recall50(outputs: list[dict], targets: list[dict]) -> tuple[int, int]:
+    """(ground-truth boxes found by a same-label detection at IoU >= 0.5 and score >= TEACHER_SCORE, all)."""
+    from torchvision.ops import box_iou
+
+    found = total = 0
+    for out, t in zip(outputs, targets):
+        total += len(t["labels"])
+        keep = out["scores"] >= TEACHER_SCORE
+        boxes, labels = out["boxes"][keep], out["labels"][keep]
+        if len(t["labels"]) and len(labels):
+            hit = (box_iou(t["boxes"].to(boxes.dtype), boxes) >= 0.5) & (t["labels"][:, None] == labels[None, :])
+            found += int(hit.any(dim=1).sum())
+    return found, total
+
+
+def teacher_problems(teacher_out: list[dict], student_out: list[dict],
+                     targets: list[dict]) -> list[tuple[str, str]]:
+    """``(check, message)`` from the teacher's and the (untrained) student's eval outputs on the
+    first val batch: a teacher that finds almost none of its boxes (random or wrong weights, another
+    label map, another normalization), or one whose outputs are the student's own (the teacher is
+    the student)."""
+    found, total = _recall50(teacher_out, targets)
+    problems = []
+    if total and found < TEACHER_RECALL * total:
+        problems.append(("teacher", f"the teacher finds {found} of the {total} boxes of the first val batch (same "
+                                    "class, IoU >= 0.5, score >= 0.05): a random or wrong teacher.checkpoint, "
+                                    "another label map or input normalization? Evaluate it with detkd eval"))
+    same = len(teacher_out) == len(student_out) and all(
+        t["boxes"].shape == s["boxes"].shape and torch.equal(t["boxes"], s["boxes"])
+        and torch.equal(t["scores"], s["scores"]) for t, s in zip(teacher_out, student_out))
+    if same and any(len(t["boxes"]) for t in teacher_out):
+        problems.append(("teacher_is_student", "the teacher's detections on the first val batch are the student's "
+                                               "own: teacher.checkpoint is the student's starting weights?"))
+    return problems
+
+
+ANCHOR_FIT = 0.3  # median best IoU of a box with the anchors below which the anchors do not fit the boxes
+
+
+@torch.inference_mode()
+def anchor_fit(model: torch.nn.Module, boxes_by_size: list[tuple[int, int, torch.Tensor]]) -> float | None:
+    """The median over ground-truth boxes of their best IoU with the anchors of an anchor-based
+    detector (Faster R-CNN's RPN, RetinaNet, SSD; None for FCOS, whose points are not anchors),
+    each image's boxes scaled as the model's transform scales it (ultralytics' check_anchors asks
+    the same question of YOLO's anchors). ``boxes_by_size``: (width, height, xyxy boxes) per image."""
+    from torchvision.ops import box_iou
+
+    generator = getattr(getattr(model, "rpn", model), "anchor_generator", None)
+    if generator is None or type(model).__name__ == "FCOS" or not boxes_by_size:
+        return None
+    was_training = model.training
+    model.eval()
+    best, anchors_of = [], {}
+    try:
+        for width, height, boxes in boxes_by_size:
+            if not len(boxes):
+                continue
+            if (width, height) not in anchors_of:
+                image_list, _ = model.transform([torch.zeros(3, height, width)])
+                maps = list(feature_dict(model.backbone(image_list.tensors)).values())
+                size = image_list.image_sizes[0]
+                anchors_of[(width, height)] = (generator(image_list, maps)[0], size[0] / height, size[1] / width)
+            anchors, sy, sx = anchors_of[(width, height)]
+            scaled = boxes.to(anchors.dtype) * torch.tensor([sx, sy, sx, sy], dtype=anchors.dtype)
+            best.append(box_iou(scaled, anchors).max(dim=1).values)
+    finally:
+        model.train(was_training)
+    return float(torch.cat(best).median()) if best else None
+
+
+def anchor_problems(fit: float | None) -> list[tuple[str, str]]:
+    """``(check, message)`` when the anchors fit the training boxes poorly (:func:`anchor_fit`)."""
+    if fit is None or fit >= ANCHOR_FIT:
+        return []
+    return [("anchor_fit", f"the anchors fit the training boxes poorly: a box's best anchor overlaps it by IoU "
+                           f"{fit:.2f} (median; the matcher wants 0.5 and more): set model.anchor_sizes (and "
+                           "model.aspect_ratios) to your boxes' sizes at model.min_size")]

@@ -31,8 +31,9 @@ from detkd.config.schema import Config
 from detkd.data.build import (build_dataset, build_eval_loader, build_train_sampler, build_train_set,
                                check_label_maps, collate_fn)
 from detkd.engine.checkpoint import prepare_output_dir, remove_stale_temp_files, resume_checkpoint
-from detkd.engine.detection_task import DetectionData, DetectionTask, Run, TrainState, finish
+from detkd.engine.detection_task import DetectionData, DetectionTask, Run, TrainState, finish, to_device
 from detkd.engine.driver import LoopSettings, train_epochs
+from detkd.engine.health import anchor_fit, anchor_problems, report, teacher_problems
 from detkd.engine.loop import IterationPlan, NonFiniteGuard, Position
 from detkd.engine.lock import RunLock
 from detkd.engine.model import build_model
@@ -102,8 +103,31 @@ def _train(cfg: Config, resume: str | None, force_resume: bool, progress: bool |
             find_unused_parameters=cfg.distill is not None)
     metrics = MetricsWriter(out / "metrics.jsonl" if dist.is_main() else None, cfg.train.tensorboard)
     nonfinite = NonFiniteGuard(cfg.train.nonfinite_policy, cfg.train.max_nonfinite_skips, out, logger, metrics)
+    if where is None and dist.is_main() and cfg.train.health != "off":
+        for check, message in anchor_problems(anchor_fit(state.model.student, data.train_set.box_sizes(200))):
+            report(cfg.train.health, logger, metrics, 0, check, "anchors", message)
+        check_teacher(cfg, state.model, data, device, logger, metrics)
     run = Run(cfg, device, world, out, chash, amp, progress, logger, data, metrics, nonfinite)
     return train_loop(run, state)
+
+
+@torch.inference_mode()
+def check_teacher(cfg: Config, model: nn.Module, data: DetectionData, device: torch.device, logger: logging.Logger,
+                  metrics: MetricsWriter) -> None:
+    """A fresh distillation run with a teacher model: its and the student's eval outputs on the first
+    val batch, checked by :func:`detkd.engine.health.teacher_problems` (no random draw, no state kept)."""
+    if getattr(model, "teacher", None) is None:
+        return
+    images, targets = next(iter(data.val_loader))
+    images, targets = to_device(images, targets, device)
+    was_training = model.student.training
+    model.student.eval()
+    try:
+        problems = teacher_problems(model.teacher(images), model.student(images), targets)
+    finally:
+        model.student.train(was_training)
+    for check, message in problems:
+        report(cfg.train.health, logger, metrics, 0, check, "teacher", message)
 
 
 def set_up_runtime(cfg: Config, device: torch.device, logger: logging.Logger) -> bool:
