@@ -31,6 +31,9 @@ results.json with COCO AP/AP50):
                      distilled by prediction-level distillation from the Faster R-CNN teacher, online
                      and from its detections file, which detkd predict writes into
                      OUTPUT_ROOT/teacher/detections first; only with --only)
+  fcos128_l100, fcos128_l100_predictions, fcos128_l100_unlabeled
+                     the same student with the labels of 100 of the 600 training images: alone,
+                     distilled on those, distilled on those plus the other 500 as unlabeled images
 
 (one run of every main group per seed, seed by seed, so a stopped experiment still has pairs), then
 writes the speed/accuracy report (detkd.evaluation.report.run_report: report.md/.csv/

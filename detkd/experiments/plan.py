@@ -25,9 +25,15 @@ FAMILY_GROUPS = (
     ("fcos128", "configs/experiment/families/fcos128.yaml", "main"),
     ("fcos128_predictions", "configs/experiment/families/fcos128_predictions.yaml", "main"),
     ("fcos128_predictions_offline", "configs/experiment/families/fcos128_predictions_offline.yaml", "main"),
+    # ... with the labels of 100 of the 600 training images: alone, distilled on those, and distilled
+    # on those plus the other 500 as unlabeled images.
+    ("fcos128_l100", "configs/experiment/families/fcos128_l100.yaml", "main"),
+    ("fcos128_l100_predictions", "configs/experiment/families/fcos128_l100_predictions.yaml", "main"),
+    ("fcos128_l100_unlabeled", "configs/experiment/families/fcos128_l100_unlabeled.yaml", "main"),
 )
 FAMILY_PAIRS = (("retinanet", "retinanet_cwd"), ("fcos", "fcos_cwd"), ("ssdlite", "ssdlite_cwd"),
-                ("fcos", "fcos_crosskd"), ("fcos128", "fcos128_predictions"), ("fcos128", "fcos128_predictions_offline"))
+                ("fcos", "fcos_crosskd"), ("fcos128", "fcos128_predictions"), ("fcos128", "fcos128_predictions_offline"),
+                ("fcos128_l100", "fcos128_l100_predictions"), ("fcos128_l100", "fcos128_l100_unlabeled"))
 # The teacher run a distillation group reads, where it is not "teacher" (the Faster R-CNN one).
 TEACHER_OF = {"fcos_crosskd": "fcos_teacher"}
 # Groups whose teacher is its detections file (teacher.detections), written by detkd predict from
