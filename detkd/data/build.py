@@ -165,11 +165,11 @@ def build_train_set(data: DataConfig, seed: int, teacher: TeacherConfig | None =
         return build_dataset(data.train, data, train=True, seed=seed, teacher=teacher)
     labeled, unlabeled = _read(data.train, data, True), _read(data.unlabeled, data, True)
     unlabeled.drop_labels()
-    if teacher is not None and teacher.detections:
-        attach_teacher([labeled, unlabeled], teacher.detections, teacher.drop_unknown_classes)
     for ds, split in ((labeled, data.train), (unlabeled, data.unlabeled)):
         if split.max_images is not None:
             ds.limit(split.max_images)
+    if teacher is not None and teacher.detections:  # after max_images: the two sets may share files
+        attach_teacher([labeled, unlabeled], teacher.detections, teacher.drop_unknown_classes)
     if len(unlabeled) == 0:
         raise DetkdError(f"data.unlabeled holds no image ({data.unlabeled.type}: {data.unlabeled.location()})")
     # Another seed: an unlabeled image's augmentation is not its labeled namesake's.

@@ -38,7 +38,7 @@ FAMILY_PAIRS = (("retinanet", "retinanet_cwd"), ("fcos", "fcos_cwd"), ("ssdlite"
 TEACHER_OF = {"fcos_crosskd": "fcos_teacher"}
 # Groups whose teacher is its detections file (teacher.detections), written by detkd predict from
 # the teacher run into TEACHER_DIR/detections/ before their first run.
-OFFLINE = ("fcos128_predictions_offline",)
+OFFLINE = ("fcos128_predictions_offline", "fcos128_l100_predictions", "fcos128_l100_unlabeled")
 
 # (group, config, kind): kind "teacher" (one run, in OUTPUT_ROOT/<group>), "main" (--seeds) or
 # "ablation" (--ablation-seeds).
