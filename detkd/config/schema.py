@@ -73,6 +73,10 @@ class FCOSOptions:
     topk_candidates: int = option(1000, gt=0)
     center_sampling_radius: float = option(1.5, gt=0)  # in strides
     p6_input: Optional[Literal["p5", "c5"]] = None  # custom backbones; None: P5 (fcos_resnet50_fpn)
+    # The ltrb box output: "relu" (torchvision's ReLU, which a branch pushed below 0 never leaves) or
+    # "exp" (exp of a learned per-level scale times the conv output, as the FCOS authors' code: always
+    # positive, always a gradient; custom backbones)
+    box_output: Literal["relu", "exp"] = "relu"
 
 
 @dataclass

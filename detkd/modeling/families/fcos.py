@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 
 from detkd.config.schema import ModelConfig
 from detkd.modeling.families.base import (
@@ -50,6 +50,32 @@ def _points(sizes: tuple[tuple[int, ...], ...]):
     return AnchorGenerator(sizes, ((1.0,),) * len(sizes))
 
 
+MAX_LOG_LTRB = 10.0  # exp(10) strides: far beyond any box; keeps exp finite for a wild conv output
+
+
+class ExpRegressionHead(FCOSRegressionHead):
+    """FCOS's regression head (torchvision ``FCOSRegressionHead``: the same tower, ``bbox_reg`` and
+    centerness convs) with ``ltrb_l = exp(min(s_l * t, 10))`` in place of ``relu(t)``, ``s_l`` a
+    learned scale per level initialised to 1 (Tian et al., ICCV 2019, the authors' code's ``Scale``
+    + ``exp``): positive for every input and never without a gradient, where a ReLU'd output pushed
+    below 0 stays 0 (``model.fcos.box_output: exp``; torchvision's decoder multiplies by the stride)."""
+
+    def __init__(self, in_channels: int, num_anchors: int, num_levels: int, num_convs: int = 4) -> None:
+        super().__init__(in_channels, num_anchors, num_convs)
+        self.scales = nn.Parameter(torch.ones(num_levels))
+
+    def forward(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+        regressions, centerness = [], []
+        for level, features in enumerate(x):
+            feature = self.conv(features)
+            ltrb = torch.exp((self.scales[level] * self.bbox_reg(feature)).clamp(max=MAX_LOG_LTRB))
+            ctr = self.bbox_ctrness(feature)
+            n, _, h, w = ltrb.shape
+            regressions.append(ltrb.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            centerness.append(ctr.view(n, -1, 1, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 1))
+        return torch.cat(regressions, dim=1), torch.cat(centerness, dim=1)
+
+
 def _build_custom(cfg: ModelConfig) -> FCOS:
     opts = options(cfg)
     backbone, strides = custom_fpn(cfg, opts.p6_input, "fcos")
@@ -57,6 +83,8 @@ def _build_custom(cfg: ModelConfig) -> FCOS:
     points = _points(anchor_sizes(cfg, len(strides), [[s] for s in strides], per_level=1,
                                   why=" (FCOS has one point per location)"))
     head = FCOSHead(cfg.out_channels, 1, cfg.num_classes)
+    if opts.box_output == "exp":
+        head.regression_head = ExpRegressionHead(cfg.out_channels, 1, len(strides))
     return FCOS(backbone, cfg.num_classes, anchor_generator=points, head=head,
                 center_sampling_radius=opts.center_sampling_radius, **one_stage_kwargs(cfg, opts))
 
@@ -71,7 +99,7 @@ def build(cfg: ModelConfig, pretrained: bool = True) -> FCOS:
         check_reads(cfg, READS)
         return _build_custom(cfg) if pretrained else without_weights(_build_custom, cfg)
     check_reads(cfg, READS_STOCK)
-    require_default(opts, ("p6_input",), "model.fcos", f"is fixed by the stock builder {cfg.arch}; "
+    require_default(opts, ("p6_input", "box_output"), "model.fcos", f"is fixed by the stock builder {cfg.arch}; "
                     "arch: fcos builds on detkd's backbones")
     kwargs = dict(one_stage_kwargs(cfg, opts), center_sampling_radius=opts.center_sampling_radius)
     return build_stock(cfg, _STOCK[cfg.arch], kwargs, _replace_classifier, pretrained)
