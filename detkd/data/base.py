@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
-__all__ = ["DetectionDataset"]
+__all__ = ["Delegating", "DetectionDataset"]
 
 
 class DetectionDataset(Dataset, ABC):
@@ -93,3 +93,42 @@ class DetectionDataset(Dataset, ABC):
     def check_image_sizes(self) -> None:
         """Refuse, before any training step, an image whose size differs from its annotation
         (evaluation splits: otherwise the first evaluation fails, after training). Default: no check."""
+
+
+class Delegating(DetectionDataset):
+    """A dataset whose everything but the items (``__len__``, ``__getitem__``, ``set_epoch``) is
+    another's, ``inner``'s: :class:`~detkd.data.build.EpochSeeded` (``inner``: the dataset it seeds),
+    :class:`~detkd.data.mixed.MixedDataset` (``inner``: the labeled set)."""
+
+    @property
+    def inner(self) -> DetectionDataset:
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str]:  # type: ignore[override]
+        return self.inner.class_names
+
+    @property
+    def stats(self) -> dict[str, int]:  # type: ignore[override]
+        return self.inner.stats
+
+    def get_image_ids(self) -> list[int]:
+        return self.inner.get_image_ids()
+
+    def image_file(self, idx: int) -> Path:
+        return self.inner.image_file(idx)
+
+    def coco_ground_truth(self) -> COCO:
+        return self.inner.coco_ground_truth()
+
+    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return self.inner.voc_ground_truth(image_ids)
+
+    def summary(self) -> str:
+        return self.inner.summary()
+
+    def box_sizes(self, limit: int) -> list[tuple[int, int, torch.Tensor]]:
+        return self.inner.box_sizes(limit)
+
+    def limit(self, n: int) -> None:
+        self.inner.limit(n)

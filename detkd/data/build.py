@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detkd.config.schema import BaseDatasetConfig, DataConfig, TeacherConfig
-from detkd.data.base import DetectionDataset
+from detkd.data.base import Delegating, DetectionDataset
 from detkd.data.coco import CocoDetection
 from detkd.data.csv import CsvDetection
 from detkd.data.demo import DemoDetection
@@ -72,7 +72,7 @@ def dataset_options(type: str = "demo", **options: Any) -> BaseDatasetConfig:
     return DATASETS[type].options(type=type, **options)
 
 
-class EpochSeeded(DetectionDataset):
+class EpochSeeded(Delegating):
     """Makes augmentation a pure function of (seed, epoch, index).
 
     Each item re-seeds the transform's random generators, so a resumed run, a run with
@@ -84,6 +84,10 @@ class EpochSeeded(DetectionDataset):
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
+
+    @property
+    def inner(self) -> DetectionDataset:
+        return self.dataset
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -101,35 +105,6 @@ class EpochSeeded(DetectionDataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
             return self.dataset[idx]
-
-    @property
-    def class_names(self) -> list[str]:  # type: ignore[override]
-        return self.dataset.class_names
-
-    @property
-    def stats(self) -> dict[str, int]:  # type: ignore[override]
-        return self.dataset.stats
-
-    def get_image_ids(self) -> list[int]:
-        return self.dataset.get_image_ids()
-
-    def image_file(self, idx: int) -> Path:
-        return self.dataset.image_file(idx)
-
-    def coco_ground_truth(self) -> Any:
-        return self.dataset.coco_ground_truth()
-
-    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        return self.dataset.voc_ground_truth(image_ids)
-
-    def summary(self) -> str:
-        return self.dataset.summary()
-
-    def box_sizes(self, limit: int) -> list:
-        return self.dataset.box_sizes(limit)
-
-    def limit(self, n: int) -> None:
-        self.dataset.limit(n)
 
 
 def _read(ds: BaseDatasetConfig, data: DataConfig, train: bool) -> RecordDataset:

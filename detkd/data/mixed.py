@@ -11,15 +11,12 @@ uninterrupted one would, with both sets' positions, on any number of processes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from detkd.data.base import DetectionDataset
+from detkd.data.base import Delegating, DetectionDataset
 
 __all__ = ["MixedDataset", "MixedSampler", "batch_split"]
 
@@ -34,7 +31,7 @@ def batch_split(batch_size: int, share: float | None, labeled: int, unlabeled: i
     return batch_size - n_u, n_u
 
 
-class MixedDataset(DetectionDataset):
+class MixedDataset(Delegating):
     """The labeled set then the unlabeled one; everything but the items is the labeled set's."""
 
     def __init__(self, labeled: DetectionDataset, unlabeled: DetectionDataset) -> None:
@@ -57,33 +54,11 @@ class MixedDataset(DetectionDataset):
         self.unlabeled.set_epoch(epoch)
 
     @property
-    def class_names(self) -> list[str]:  # type: ignore[override]
-        return self.labeled.class_names
-
-    @property
-    def stats(self) -> dict[str, int]:  # type: ignore[override]
-        return self.labeled.stats
-
-    def get_image_ids(self) -> list[int]:
-        return self.labeled.get_image_ids()
-
-    def image_file(self, idx: int) -> Path:
-        return self.labeled.image_file(idx)
-
-    def coco_ground_truth(self) -> Any:
-        return self.labeled.coco_ground_truth()
-
-    def voc_ground_truth(self, image_ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        return self.labeled.voc_ground_truth(image_ids)
+    def inner(self) -> DetectionDataset:
+        return self.labeled
 
     def summary(self) -> str:
         return f"{self.labeled.summary()}; unlabeled: {self.unlabeled.summary()}"
-
-    def limit(self, n: int) -> None:
-        self.labeled.limit(n)
-
-    def box_sizes(self, limit: int) -> list:
-        return self.labeled.box_sizes(limit)
 
 
 class MixedSampler(Sampler[int]):
