@@ -56,6 +56,7 @@ from detkd.losses.multi_teacher import (
     fitnet_mkd_loss,
     solve_one_class_svm_dual,
 )
+from detkd.losses.multi_teacher_detection import detection_confidence_weights, weighted_box_fusion
 from detkd.losses.online import FFLLosses, FusionModule, dml_losses, ffl_losses, ffl_rampup, scd_loss
 from detkd.losses.predictions import score_weighted_box_loss, soft_sigmoid_loss, soft_softmax_loss, split_by_score
 
@@ -68,4 +69,5 @@ __all__ = [
     "confidence_weights", "ebkd_loss", "ebkd_weights", "fitnet_mkd_loss", "solve_one_class_svm_dual",
     "FFLLosses", "FusionModule", "dml_losses", "ffl_losses", "ffl_rampup", "scd_loss",
     "score_weighted_box_loss", "soft_sigmoid_loss", "soft_softmax_loss", "split_by_score",
+    "detection_confidence_weights", "weighted_box_fusion",
 ]
