@@ -105,7 +105,11 @@ def test_a_dead_fcos_box_branch_is_reported_and_a_healthy_run_is_not(tiny_demo_d
     torch.save(model.state_dict(), tmp_path / "dead.pth")
     dead = _train(tiny_demo_dir, tmp_path / "dead", cfg_file, f"model.weights={tmp_path / 'dead.pth'}")
     events = [r for r in dead if r["type"] == "health"]
-    assert [(e["iter"], e["check"], e["term"]) for e in events] == [(4, "stuck", "bbox_regression")], events
+    # The loss stuck at 1, and the box conv behind the ReLU without any gradient (the tower before
+    # it still gets the centerness branch's).
+    assert [(e["iter"], e["check"], e["term"]) for e in events] == [
+        (4, "stuck", "bbox_regression"), (4, "no_gradient", "grad head.regression_head.bbox_reg")], events
+    assert "model.fcos.box_output: exp" in events[1]["message"]
 
 
 def _dets(boxes, labels, scores):
@@ -166,3 +170,21 @@ def test_anchors_that_fit_no_box_are_reported_before_the_first_step(tiny_demo_di
     feats = list(net.backbone(image_list.tensors).values())
     anchor = net.anchor_generator(image_list, feats)[0][100]
     assert anchor_fit(net, [(96, 96, anchor[None] * 96 / image_list.image_sizes[0][0])]) == pytest.approx(1.0)
+
+
+def test_gradient_watch_groups_by_module_and_sees_a_disconnected_one():
+    from detkd.engine.health import GradientWatch, window_problems
+
+    net = torch.nn.ModuleDict({"used": torch.nn.Linear(3, 2), "unused": torch.nn.Linear(3, 2),
+                               "frozen": torch.nn.Linear(3, 2)})
+    net["frozen"].requires_grad_(False)
+    watch = GradientWatch(net)
+    assert watch.names == ["grad used", "grad unused"]
+    x = torch.randn(4, 3)
+    (net["used"](x).sum() + net["frozen"](x).sum()).backward()
+    norms = watch.norms()
+    want = torch.sqrt(net["used"].weight.grad.pow(2).sum()) + net["used"].bias.grad.norm()  # sum of per-param norms
+    assert float(norms["grad used"]) == pytest.approx(float(want)) and float(norms["grad unused"]) == 0.0
+    assert [c for c, _ in window_problems("grad unused", [0.0] * 4, None)] == ["no_gradient"]
+    assert window_problems("grad used", [0.0, 0.0, 1e-9, 0.0], None) == []
+    assert window_problems("grad used", [2.0] * 4, 1e-6) == []  # gradient norms: only the zero check

@@ -34,6 +34,7 @@ from detkd.modeling.checkpoint_io import VAL_IMAGES_KEPT, model_state
 from detkd.modeling.sampling import sample_key
 from detkd.utils import dist
 from detkd.utils.atomic import atomic_save, atomic_write_text
+from detkd.engine.health import GradientWatch
 from detkd.utils.logger import MetricsWriter, format_terms
 
 Step = tuple[dict[str, torch.Tensor], torch.Tensor]  # the loss terms and their sum
@@ -98,6 +99,7 @@ class DetectionTask:
 
     run: Run
     state: TrainState
+    _gradients: GradientWatch | None = None
 
     @property
     def pos(self) -> Position:
@@ -137,7 +139,12 @@ class DetectionTask:
         return losses, total
 
     def terms(self, step: Step) -> dict[str, torch.Tensor]:
-        return step[0]
+        """The loss terms and, for the health monitor, each student module's gradient norm."""
+        if self.run.cfg.train.health == "off":
+            return step[0]
+        if self._gradients is None:
+            self._gradients = GradientWatch(self.state.model.student)
+        return {**step[0], **self._gradients.norms()}
 
     def log_values(self, step: Step) -> dict[str, float]:
         """Every term and the model's own statistics, averaged over the processes."""

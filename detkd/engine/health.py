@@ -9,6 +9,8 @@ Over each window of ``train.health_window`` steps (default 50), per term:
 * **zero**: the term is exactly 0 on every step: a box loss without any positive sample (anchor sizes
   or FCOS scale ranges that match no box), a distillation term that matches nothing.
 * **exploding**: the term's median over the window is 1000 times its median over the first window.
+* **no_gradient**: a module's own parameters got a gradient of exactly 0 on every step
+  (:class:`GradientWatch`, detection runs): a dead output behind it, or a disconnected module.
 
 Before the first step of a distillation run, the teacher and the student see the first val batch
 (:func:`teacher_problems`): a teacher that finds almost none of its boxes, or whose detections are
@@ -36,7 +38,7 @@ from detkd.errors import DetkdError
 from detkd.modeling.families.base import feature_dict
 from detkd.utils.logger import MetricsWriter
 
-__all__ = ["HealthMonitor", "anchor_fit", "anchor_problems", "report", "teacher_problems", "window_problems"]
+__all__ = ["GradientWatch", "HealthMonitor", "anchor_fit", "anchor_problems", "report", "teacher_problems", "window_problems"]
 
 STUCK_SPREAD = 1e-6  # relative: float noise of a live term is far above it
 EXPLODE_FACTOR = 1e3
@@ -54,10 +56,44 @@ def _zero_hint(term: str) -> str:
     return "it matches nothing: for a distillation term, check that the teacher checkpoint is the trained one"
 
 
+GRAD_PREFIX = "grad "  # a term "grad <module>": the gradient norm of a module's own parameters this step
+
+
+class GradientWatch:
+    """Per module with trainable parameters of its own: the norm of their gradients after the
+    step's backward (one ``torch._foreach_norm`` over all parameters), as health terms
+    ``"grad <module>"``: exactly 0 over a window is a dead output behind it (torchvision FCOS's
+    ReLU'd box conv), a disconnected module, or parameters the loss never reaches."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        groups: dict[str, list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(name.rpartition(".")[0] or name, []).append(p)
+        self.names = [GRAD_PREFIX + n for n in groups]
+        self.params = [p for ps in groups.values() for p in ps]
+        self.index = torch.tensor([i for i, ps in enumerate(groups.values()) for _ in ps])
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        if not self.params:
+            return {}
+        grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self.params]
+        per_param = torch.stack(torch._foreach_norm(grads)).float()
+        per_group = torch.zeros(len(self.names), device=per_param.device).index_add_(
+            0, self.index.to(per_param.device), per_param)
+        return dict(zip(self.names, per_group))
+
+
 def window_problems(term: str, values: list[float], first_median: float | None) -> list[tuple[str, str]]:
-    """``(check, message)`` of one term over one full window of finite values."""
+    """``(check, message)`` of one term over one full window of finite values (a gradient term,
+    ``"grad <module>"``: only whether it stayed 0)."""
     low, high = min(values), max(values)
     mean = sum(values) / len(values)
+    if term.startswith(GRAD_PREFIX):
+        module = term[len(GRAD_PREFIX):]
+        return [("no_gradient", f"module '{module}' has had no gradient for {len(values)} iterations: a dead ReLU "
+                                "output behind it (torchvision FCOS's box branch: try model.fcos.box_output: exp), "
+                                "a disconnected module, or parameters no loss term reaches")] if high == 0.0 else []
     found = []
     if high == 0.0 and low == 0.0:
         found.append(("zero", f"loss term '{term}' has been 0 for {len(values)} iterations: {_zero_hint(term)}"))
