@@ -144,9 +144,10 @@ def test_unlabeled_images_without_a_teacher_and_a_bad_share_are_one_line(tiny_de
         config_from_dict(_tree(tiny_demo_dir, unlabeled={"type": "images", "roots": "x"}), source="run.yaml")
 
 
-def test_a_student_distils_on_labeled_and_unlabeled_images_from_a_detections_file(tiny_demo_dir, tmp_path):
-    """End to end: the unlabeled images are other files (val images under new names); the file
-    holds the teacher's detections on both sets; the log and metrics count the pseudo-boxes."""
+def _offline_unlabeled_run(tiny_demo_dir: Path, tmp_path: Path) -> Path:
+    """A config: an FCOS student, the 16 tiny demo training images labeled and 4 other images
+    (val images under new names) unlabeled, half of each batch; the teacher a detections file of
+    one box per image on both sets."""
     unlabeled = tmp_path / "unlabeled"
     unlabeled.mkdir()
     for p in sorted((tiny_demo_dir / "val").glob("*.jpg"))[:4]:
@@ -163,15 +164,41 @@ def test_a_student_distils_on_labeled_and_unlabeled_images_from_a_detections_fil
         "model": {"arch": "fcos", "num_classes": 11, "backbone": "resnet18", "weights_backbone": None,
                   "out_channels": 64, "min_size": 96, "max_size": 96},
         "teacher": {"detections": str(tmp_path / "dets.json")}, "distill": {"predictions": {}}}))
+    return cfg_file
+
+
+def _opts(tiny_demo_dir: Path, out: Path, **extra) -> list[str]:
+    return [o for o in tiny_opts(tiny_demo_dir, out, **{"train.log_interval": 1, **extra}) if not o.startswith("model.")]
+
+
+def test_a_student_distils_on_labeled_and_unlabeled_images_from_a_detections_file(tiny_demo_dir, tmp_path):
+    """End to end: the log and metrics count the pseudo-boxes (one per unlabeled image)."""
     from detkd.cli import train
     from detkd.utils.cli import run_cli
 
+    cfg_file = _offline_unlabeled_run(tiny_demo_dir, tmp_path)
     out = tmp_path / "run"
-    opts = [o for o in tiny_opts(tiny_demo_dir, out, **{"train.max_iters": 2, "train.log_interval": 1})
-            if not o.startswith("model.")]
-    assert run_cli(train.main, train.build_parser(), ["--cfg", str(cfg_file), "--no-progress", "--opts", *opts]) == 0
+    argv = ["--cfg", str(cfg_file), "--no-progress", "--opts", *_opts(tiny_demo_dir, out, **{"train.max_iters": 2})]
+    assert run_cli(train.main, train.build_parser(), argv) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x.get("type") == "train"]
     assert steps and all(x["pseudo_boxes"] == 1.0 and x["unlabeled_images"] == 1.0 for x in steps), steps
     log = (out / "log.txt").read_text()
     assert "unlabeled: images" in log and "pseudo_boxes=1" in log
+
+
+def test_a_resumed_mixed_run_is_bit_identical_across_an_epoch_boundary(tiny_demo_dir, tmp_path):
+    """16 labeled images at 2 per batch: 8 steps an epoch; stopped after 5, resumed to 11."""
+    from detkd.engine.checkpoint import load_checkpoint
+    from detkd.engine.trainer import train
+    from detkd.recipe import load_config
+
+    cfg_file = _offline_unlabeled_run(tiny_demo_dir, tmp_path)
+    train(load_config(cfg_file, _opts(tiny_demo_dir, tmp_path / "full", **{"train.max_iters": 11})), progress=False)
+    train(load_config(cfg_file, _opts(tiny_demo_dir, tmp_path / "part", **{"train.max_iters": 5})), progress=False)
+    assert load_checkpoint(tmp_path / "part" / "last.pth")["iter_in_epoch"] == 5
+    train(load_config(cfg_file, _opts(tiny_demo_dir, tmp_path / "part", **{"train.max_iters": 11})), resume="auto",
+          progress=False)
+    a = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)
+    b = torch.load(tmp_path / "part" / "model_final.pth", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
