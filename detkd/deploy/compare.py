@@ -60,6 +60,14 @@ def as_detections(pred: Mapping[str, Any], class_names: Sequence[str],
     return out
 
 
+def shown(pred: Mapping[str, Any], score_thresh: Optional[float]) -> dict[str, np.ndarray]:
+    """The detections (arrays) scoring at least ``score_thresh`` (all for None)."""
+    scores = np.asarray(pred["scores"]).reshape(-1)
+    keep = np.ones(len(scores), bool) if score_thresh is None else scores >= score_thresh
+    return {"boxes": np.asarray(pred["boxes"]).reshape(-1, 4)[keep], "scores": scores[keep],
+            "labels": np.asarray(pred["labels"]).reshape(-1)[keep]}
+
+
 def compare_on_dataset(models: Sequence[Shown], dataset: Any, out: Path, n_differ: int = 3, n_typical: int = 2,
                        ahead: Optional[tuple[str, str]] = None) -> list[dict[str, Any]]:
     """Draw the chosen images of ``dataset`` (a :class:`~detkd.data.base.DetectionDataset`)
@@ -71,7 +79,10 @@ def compare_on_dataset(models: Sequence[Shown], dataset: Any, out: Path, n_diffe
     files = {image_id: Path(dataset.image_file(i)) for i, image_id in enumerate(ids)}
     truth = dict(zip(ids, dataset.voc_ground_truth(ids)))
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
-    aps = {m.title: {i: image_ap50(m.predictions.get(i, empty), truth[i]) for i in ids} for m in models}
+    # Each model's AP50 of what its picture shows (its boxes above its threshold): the images are
+    # chosen, and captioned, by the difference a person sees.
+    aps = {m.title: {i: image_ap50(shown(m.predictions.get(i, empty), m.score_thresh), truth[i]) for i in ids}
+           for m in models}
     entries = []
     for image_id, why in choose_images(aps, n_differ, n_typical, ahead):
         pictures, captions, drawn = [], [], {}
@@ -102,6 +113,7 @@ def compare_on_dataset(models: Sequence[Shown], dataset: Any, out: Path, n_diffe
 def selection_rule(n_differ: int, n_typical: int, ahead: Optional[tuple[str, str]]) -> str:
     """How :func:`compare_on_dataset` chose its images, in words."""
     extra = f", the one where {ahead[0]} beats {ahead[1]} most" if ahead else ""
-    return (f"per-image AP50 (IoU 0.5, all classes ranked together) of every model on every annotated image of "
+    return (f"per-image AP50 (IoU 0.5, all classes ranked together) of the boxes each model's picture shows (above "
+            f"its threshold) on every annotated image of "
             f"the split: the {n_differ} images with the largest spread between the models{extra}, and "
             f"{n_typical} typical images (mean AP50 over the models nearest the median image's)")
