@@ -50,7 +50,7 @@ from detkd.config.schema import Config, DistillConfig, ModelConfig
 from detkd.distill.methods import METHODS, BuildContext, DistillMethod, DistillRecord
 from detkd.errors import DetkdError
 from detkd.modeling.detector import build_detector
-from detkd.modeling.families import TrainStep, check_boxes_only, family_of_model
+from detkd.modeling.families import TrainStep, check_boxes_only, family_of_model, postprocess_settings
 from detkd.modeling.families.base import feature_dict
 from detkd.modeling.sampling import sampling_keys, set_sampling_keys
 from detkd.modeling.weights import load_matching, read_state_dict
@@ -363,14 +363,8 @@ class Distiller(nn.Module):
             found = [{"boxes": targets[i]["teacher_boxes"], "labels": targets[i]["teacher_labels"],
                       "scores": targets[i]["teacher_scores"]} for i in idx]
         else:
-            post = family_of_model(self.teacher).postprocessor(self.teacher)
-            kept = post.score_thresh
-            post.score_thresh = self.cfg.pseudo_thresh
-            try:
-                with torch.inference_mode():
-                    found = [{k: v.clone() for k, v in d.items()} for d in self.teacher([images[i] for i in idx])]
-            finally:
-                post.score_thresh = kept
+            with postprocess_settings(self.teacher, score_thresh=self.cfg.pseudo_thresh), torch.inference_mode():
+                found = [{k: v.clone() for k, v in d.items()} for d in self.teacher([images[i] for i in idx])]
         out = list(targets)
         pseudo = 0
         for i, d in zip(idx, found):

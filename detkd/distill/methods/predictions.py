@@ -37,7 +37,7 @@ from detkd.config.fields import option
 from detkd.distill.methods.base import BuildContext, DistillMethod, DistillRecord, scale_boxes
 from detkd.errors import DetkdError
 from detkd.losses.predictions import score_weighted_box_loss, soft_sigmoid_loss, soft_softmax_loss
-from detkd.modeling.families import FAMILIES, family_of_model
+from detkd.modeling.families import FAMILIES, family_of_model, postprocess_settings
 
 
 MIN_BOX = 1e-2  # pixels: torchvision's remove_small_boxes threshold in its RoI heads
@@ -98,16 +98,11 @@ class PredictionsMethod(DistillMethod):
         """The teacher's detections per image, (boxes in the student's frame, labels, scores)."""
         if teacher is None:
             return self._offline(rec)
-        family = family_of_model(teacher)
-        post = family.postprocessor(teacher)
-        kept = post.score_thresh, post.detections_per_img
-        post.score_thresh, post.detections_per_img = self.section.score_thresh, self.section.max_detections
-        try:
-            first = next(iter(features.values()))
-            batch = first.new_zeros(()).expand(len(rec.image_sizes), 3, *rec.teacher_batch_shape)
-            found = family.detect(teacher, ImageList(batch, rec.teacher_image_sizes), features)
-        finally:
-            post.score_thresh, post.detections_per_img = kept
+        first = next(iter(features.values()))
+        batch = first.new_zeros(()).expand(len(rec.image_sizes), 3, *rec.teacher_batch_shape)
+        with postprocess_settings(teacher, score_thresh=self.section.score_thresh,
+                                  detections_per_img=self.section.max_detections):
+            found = family_of_model(teacher).detect(teacher, ImageList(batch, rec.teacher_image_sizes), features)
         boxes = scale_boxes([d["boxes"] for d in found], rec.teacher_image_sizes, rec.image_sizes)
         return [_usable(b, d["labels"], d["scores"]) for b, d in zip(boxes, found)]
 

@@ -8,6 +8,9 @@ threshold lives) is in the family's file; see docs/models.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 
 from detkd.config.schema import ARCH_FAMILIES, ModelConfig
@@ -15,7 +18,7 @@ from detkd.errors import DetkdError
 from detkd.modeling.families import faster_rcnn, fcos, retinanet, ssd, ssdlite
 from detkd.modeling.families.base import Family, TrainStep, foreground, is_stock
 
-__all__ = ["FAMILIES", "Family", "TrainStep", "check_boxes_only", "family_of", "family_of_model", "describe",
+__all__ = ["FAMILIES", "Family", "TrainStep", "check_boxes_only", "postprocess_settings", "family_of", "family_of_model", "describe",
            "foreground", "is_stock"]
 
 FAMILIES: dict[str, Family] = {
@@ -41,6 +44,22 @@ def family_of_model(model: nn.Module) -> Family:
         if isinstance(model, family.model_class):
             return family
     raise DetkdError(f"{type(model).__name__} is not a model of a detkd family ({', '.join(FAMILIES)})")
+
+
+@contextmanager
+def postprocess_settings(model: nn.Module, **settings: float) -> Iterator[None]:
+    """Set the model's post-processing options (``score_thresh``, ``detections_per_img``, ...: its
+    family's ``postprocessor``) for a block, then restore them: a teacher asked for more
+    detections than it shows at inference."""
+    post = family_of_model(model).postprocessor(model)
+    kept = {name: getattr(post, name) for name in settings}
+    for name, value in settings.items():
+        setattr(post, name, value)
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(post, name, value)
 
 
 def check_boxes_only(model: nn.Module, who: str) -> None:
