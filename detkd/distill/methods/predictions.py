@@ -151,12 +151,9 @@ class PredictionsMethod(DistillMethod):
         for i, ((boxes, labels, s), idx) in enumerate(zip(detections, matched)):
             assigned = idx >= 0
             j = idx.clamp(min=0)
-            if len(labels):
-                classes.append(torch.where(assigned, labels[j], torch.full_like(idx, none)))
-                scores.append(torch.where(assigned, s[j], torch.zeros_like(s[j])))
-            else:
-                classes.append(torch.full_like(idx, none))
-                scores.append(torch.zeros(idx.shape, dtype=logits.dtype, device=logits.device))
+            c, q = _row_targets(idx, labels, s, none, logits.dtype)
+            classes.append(c)
+            scores.append(q)
             if assigned.any():
                 rows_i = torch.nonzero(assigned).flatten()
                 box_rows.append(rows.row_box_loss(student, step.anchors[i][rows_i], regression[i][rows_i],
@@ -167,6 +164,17 @@ class PredictionsMethod(DistillMethod):
         box_loss = (score_weighted_box_loss(torch.cat(box_rows), torch.cat(box_scores)) if box_rows
                     else regression.sum() * 0.0)
         return cls_loss, box_loss
+
+
+def _row_targets(idx: Tensor, labels: Tensor, scores: Tensor, none: int,
+                 dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per row, from the detection index its matcher assigned (< 0: none): that detection's class
+    and score, or ``none`` (-1 sigmoid heads, 0 the softmax background) and 0."""
+    if not len(labels):
+        return torch.full_like(idx, none), torch.zeros(idx.shape, dtype=dtype, device=idx.device)
+    assigned, j = idx >= 0, idx.clamp(min=0)
+    return (torch.where(assigned, labels[j], torch.full_like(idx, none)),
+            torch.where(assigned, scores[j], torch.zeros_like(scores[j])))
 
 
 def _roi_head_terms(student: nn.Module, rcn: dict, detections: list) -> tuple[Tensor, Tensor]:
@@ -186,9 +194,9 @@ def _roi_head_terms(student: nn.Module, rcn: dict, detections: list) -> tuple[Te
             idx = torch.full((n,), -1, dtype=torch.int64, device=logits.device)
         assigned = idx >= 0
         j = idx.clamp(min=0)
-        classes.append(torch.where(assigned, labels[j], torch.zeros_like(idx)) if len(labels) else idx.clamp(min=0))
-        scores.append(torch.where(assigned, s[j], torch.zeros_like(s[j])) if len(labels)
-                      else torch.zeros(n, dtype=logits.dtype, device=logits.device))
+        c, q = _row_targets(idx, labels, s, 0, logits.dtype)
+        classes.append(c)
+        scores.append(q)
         if assigned.any():
             r = torch.nonzero(assigned).flatten()
             target = heads.box_coder.encode_single(boxes[j[r]], proposals[r])
