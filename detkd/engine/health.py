@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import torch
 
 from detkd.errors import DetkdError
+from detkd.modeling.families import family_of_model
 from detkd.modeling.families.base import feature_dict
 from detkd.utils.logger import MetricsWriter
 
@@ -207,7 +208,7 @@ def anchor_fit(model: torch.nn.Module, boxes_by_size: list[tuple[int, int, torch
     from torchvision.ops import box_iou
 
     generator = getattr(getattr(model, "rpn", model), "anchor_generator", None)
-    if generator is None or type(model).__name__ == "FCOS" or not boxes_by_size:
+    if generator is None or family_of_model(model).name == "fcos" or not boxes_by_size:
         return None
     was_training = model.training
     model.eval()
